@@ -1,0 +1,85 @@
+//! The agent's one error type. Every variant maps to a stable `reason()`
+//! that callers (the controller, the CLI) surface as a condition reason.
+//! Messages never carry credentials: S3 errors are reduced to their code
+//! and message, and URLs are rendered without userinfo.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("invalid input: {0}")]
+    Invalid(String),
+    #[error("Qdrant is unreachable at {url}: {detail}")]
+    QdrantUnreachable { url: String, detail: String },
+    #[error("Qdrant answered {status} to {what}: {detail}")]
+    Qdrant {
+        what: String,
+        status: u16,
+        detail: String,
+    },
+    #[error("object store: {op} {key}: {detail}")]
+    Store {
+        op: &'static str,
+        key: String,
+        detail: String,
+        reason: &'static str,
+    },
+    #[error("object store operation not supported: {0}")]
+    Unsupported(&'static str),
+    #[error("backup {0} has no manifest.json: it is incomplete or does not exist")]
+    ManifestMissing(String),
+    #[error("checksum mismatch for {key}: manifest says {expected}, object has {actual}")]
+    ChecksumMismatch {
+        key: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(
+        "Qdrant version mismatch: backup was taken on {backup}, target runs {target}; snapshots restore only into the same minor version"
+    )]
+    VersionMismatch { backup: String, target: String },
+    #[error("snapshot stream stalled: {0}")]
+    Stalled(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("local I/O on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// A stable CamelCase reason for status conditions and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Invalid(_) => "InvalidRequest",
+            Error::QdrantUnreachable { .. } => "QdrantUnreachable",
+            Error::Qdrant { .. } => "QdrantError",
+            Error::Store { reason, .. } => reason,
+            Error::Unsupported(_) => "StoreUnsupported",
+            Error::ManifestMissing(_) => "ManifestMissing",
+            Error::ChecksumMismatch { .. } => "ChecksumMismatch",
+            Error::VersionMismatch { .. } => "VersionMismatch",
+            Error::Stalled(_) => "StreamStalled",
+            Error::Cancelled => "Cancelled",
+            Error::Timeout(_) => "Timeout",
+            Error::Io { .. } => "LocalIo",
+            Error::Internal(_) => "Internal",
+        }
+    }
+
+    pub fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.as_ref().display().to_string(),
+            source,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
