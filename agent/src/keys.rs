@@ -117,7 +117,16 @@ mod tests {
 
     #[test]
     fn rejects_names_that_escape_or_confuse() {
-        for bad in ["", ".", "..", "a/b", "a\\b", "x\ny", "tab\t", &"a".repeat(256)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "x\ny",
+            "tab\t",
+            &"a".repeat(256),
+        ] {
             assert!(validate_segment("collection", bad).is_err(), "{bad:?}");
         }
         for good in ["docs", "my-coll_2", "ünïcode", "with space", "a.b"] {

@@ -6,3 +6,11 @@ pub mod store;
 pub mod upload;
 
 pub use error::{Error, Result};
+pub mod backup;
+pub mod cli;
+pub mod manifest;
+pub mod node;
+pub mod progress;
+pub mod qdrant;
+pub mod restore;
+pub mod server;

@@ -163,7 +163,15 @@ where
         buf.extend_from_slice(&chunk);
         while buf.len() >= target {
             let part = buf.split_to(target).freeze();
-            wait_for_slot(&mut in_flight, concurrency, &mut done, opts, on_part, cancel).await?;
+            wait_for_slot(
+                &mut in_flight,
+                concurrency,
+                &mut done,
+                opts,
+                on_part,
+                cancel,
+            )
+            .await?;
             send(part, number, &mut in_flight);
             number += 1;
             if number > crate::keys::MAX_PARTS {
@@ -178,7 +186,15 @@ where
     }
     // The last part may be short; an empty source still needs one part.
     if !buf.is_empty() || number == 1 {
-        wait_for_slot(&mut in_flight, concurrency, &mut done, opts, on_part, cancel).await?;
+        wait_for_slot(
+            &mut in_flight,
+            concurrency,
+            &mut done,
+            opts,
+            on_part,
+            cancel,
+        )
+        .await?;
         send(buf.freeze(), number, &mut in_flight);
         number += 1;
     }
@@ -236,7 +252,10 @@ mod tests {
 
     fn chunks(total: usize, chunk: usize) -> impl Stream<Item = Result<Bytes>> + Unpin + Send {
         let data: Vec<u8> = (0..total).map(|i| (i * 31 % 251) as u8).collect();
-        let v: Vec<Result<Bytes>> = data.chunks(chunk).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let v: Vec<Result<Bytes>> = data
+            .chunks(chunk)
+            .map(|c| Ok(Bytes::copy_from_slice(c)))
+            .collect();
         futures::stream::iter(v)
     }
 
@@ -245,7 +264,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().into()));
         let total = 12 * 1024 * 1024 + 17;
-        let opts = UploadOptions { part_size: 5 << 20, concurrency: 2, ..Default::default() };
+        let opts = UploadOptions {
+            part_size: 5 << 20,
+            concurrency: 2,
+            ..Default::default()
+        };
         let counted = std::sync::atomic::AtomicU64::new(0);
         let out = upload_stream(
             store.clone(),
@@ -271,12 +294,19 @@ mod tests {
     async fn a_broken_source_aborts_the_upload() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().into()));
-        let src = chunks(6 << 20, 1 << 20).chain(futures::stream::iter(vec![Err(Error::Internal(
-            "connection reset".into(),
-        ))]));
-        let err = upload_stream(store.clone(), "b/k", src, &UploadOptions::default(), &|_| {}, &CancellationToken::new())
-            .await
-            .unwrap_err();
+        let src = chunks(6 << 20, 1 << 20).chain(futures::stream::iter(vec![Err(
+            Error::Internal("connection reset".into()),
+        )]));
+        let err = upload_stream(
+            store.clone(),
+            "b/k",
+            src,
+            &UploadOptions::default(),
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("connection reset"));
         assert!(store.list_multipart("").await.unwrap().is_empty());
         assert_eq!(store.head("b/k").await.unwrap(), None);
@@ -287,10 +317,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().into()));
         let src = chunks(1024, 1024).chain(futures::stream::pending());
-        let opts = UploadOptions { read_timeout: Duration::from_millis(200), ..Default::default() };
-        let err = upload_stream(store.clone(), "b/k", src, &opts, &|_| {}, &CancellationToken::new())
-            .await
-            .unwrap_err();
+        let opts = UploadOptions {
+            read_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        let err = upload_stream(
+            store.clone(),
+            "b/k",
+            src,
+            &opts,
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.reason(), "StreamStalled");
         assert!(store.list_multipart("").await.unwrap().is_empty());
     }
@@ -299,9 +339,16 @@ mod tests {
     async fn an_empty_source_makes_an_empty_object() {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().into()));
-        let out = upload_stream(store.clone(), "e", chunks(0, 1), &UploadOptions::default(), &|_| {}, &CancellationToken::new())
-            .await
-            .unwrap();
+        let out = upload_stream(
+            store.clone(),
+            "e",
+            chunks(0, 1),
+            &UploadOptions::default(),
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!((out.size, out.parts), (0, 1));
         assert_eq!(store.head("e").await.unwrap(), Some(0));
     }

@@ -36,10 +36,14 @@ impl LocalStore {
 
 async fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).await.map_err(|e| Error::io(dir, e))?;
+        fs::create_dir_all(dir)
+            .await
+            .map_err(|e| Error::io(dir, e))?;
     }
     let tmp = path.with_extension(format!("tmp-{}", rand::random::<u32>()));
-    fs::write(&tmp, data).await.map_err(|e| Error::io(&tmp, e))?;
+    fs::write(&tmp, data)
+        .await
+        .map_err(|e| Error::io(&tmp, e))?;
     fs::rename(&tmp, path).await.map_err(|e| Error::io(path, e))
 }
 
@@ -70,23 +74,38 @@ impl ObjectStore for LocalStore {
         })
     }
 
-    async fn complete_multipart(&self, key: &str, id: &str, mut parts: Vec<CompletedPart>) -> Result<()> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &str,
+        mut parts: Vec<CompletedPart>,
+    ) -> Result<()> {
         let dest = self.path(key)?;
         let dir = self.upload_dir(id)?;
         parts.sort_by_key(|p| p.number);
         if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).await.map_err(|e| Error::io(parent, e))?;
+            fs::create_dir_all(parent)
+                .await
+                .map_err(|e| Error::io(parent, e))?;
         }
         let tmp = dir.join("assembled");
-        let mut out = fs::File::create(&tmp).await.map_err(|e| Error::io(&tmp, e))?;
+        let mut out = fs::File::create(&tmp)
+            .await
+            .map_err(|e| Error::io(&tmp, e))?;
         for p in &parts {
             let src = dir.join(format!("{:05}", p.number));
             let mut f = fs::File::open(&src).await.map_err(|e| Error::io(&src, e))?;
-            tokio::io::copy(&mut f, &mut out).await.map_err(|e| Error::io(&tmp, e))?;
+            tokio::io::copy(&mut f, &mut out)
+                .await
+                .map_err(|e| Error::io(&tmp, e))?;
         }
         out.sync_all().await.map_err(|e| Error::io(&tmp, e))?;
-        fs::rename(&tmp, &dest).await.map_err(|e| Error::io(&dest, e))?;
-        fs::remove_dir_all(&dir).await.map_err(|e| Error::io(&dir, e))
+        fs::rename(&tmp, &dest)
+            .await
+            .map_err(|e| Error::io(&dest, e))?;
+        fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| Error::io(&dir, e))
     }
 
     async fn abort_multipart(&self, _key: &str, id: &str) -> Result<()> {
@@ -163,7 +182,9 @@ impl ObjectStore for LocalStore {
             while let Some(e) = rd.next_entry().await.map_err(|e| Error::io(&dir, e))? {
                 let path = e.path();
                 let ft = e.file_type().await.map_err(|e| Error::io(&path, e))?;
-                let Ok(rel) = path.strip_prefix(&self.root) else { continue };
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
                 let rel = rel.to_string_lossy().into_owned();
                 if rel == UPLOADS {
                     continue;
@@ -199,16 +220,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = LocalStore::new(dir.path().to_path_buf());
         let id = s.create_multipart("b/x.snapshot").await.unwrap();
-        let p2 = s.upload_part("b/x.snapshot", &id, 2, Bytes::from_static(b"world")).await.unwrap();
-        let p1 = s.upload_part("b/x.snapshot", &id, 1, Bytes::from_static(b"hello ")).await.unwrap();
+        let p2 = s
+            .upload_part("b/x.snapshot", &id, 2, Bytes::from_static(b"world"))
+            .await
+            .unwrap();
+        let p1 = s
+            .upload_part("b/x.snapshot", &id, 1, Bytes::from_static(b"hello "))
+            .await
+            .unwrap();
         assert_eq!(s.list_multipart("b/").await.unwrap().len(), 1);
-        assert!(s.list("").await.unwrap().is_empty(), "unfinished upload is no object");
-        s.complete_multipart("b/x.snapshot", &id, vec![p2, p1]).await.unwrap();
-        assert_eq!(&get_all(&s, "b/x.snapshot").await.unwrap()[..], b"hello world");
-        assert_eq!(s.list("b/").await.unwrap(), vec![ObjectInfo { key: "b/x.snapshot".into(), size: 11 }]);
+        assert!(
+            s.list("").await.unwrap().is_empty(),
+            "unfinished upload is no object"
+        );
+        s.complete_multipart("b/x.snapshot", &id, vec![p2, p1])
+            .await
+            .unwrap();
+        assert_eq!(
+            &get_all(&s, "b/x.snapshot").await.unwrap()[..],
+            b"hello world"
+        );
+        assert_eq!(
+            s.list("b/").await.unwrap(),
+            vec![ObjectInfo {
+                key: "b/x.snapshot".into(),
+                size: 11
+            }]
+        );
 
         let id = s.create_multipart("b/y").await.unwrap();
-        s.upload_part("b/y", &id, 1, Bytes::from_static(b"zz")).await.unwrap();
+        s.upload_part("b/y", &id, 1, Bytes::from_static(b"zz"))
+            .await
+            .unwrap();
         s.abort_multipart("b/y", &id).await.unwrap();
         assert!(s.list_multipart("").await.unwrap().is_empty());
         assert_eq!(s.head("b/y").await.unwrap(), None);

@@ -112,8 +112,12 @@ where
             let err = se.err();
             let code = err.code().unwrap_or("Unknown").to_string();
             let reason = match code.as_str() {
-                "AccessDenied" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"
-                | "ExpiredToken" | "InvalidToken" | "AllAccessDisabled" => "S3AccessDenied",
+                "AccessDenied"
+                | "InvalidAccessKeyId"
+                | "SignatureDoesNotMatch"
+                | "ExpiredToken"
+                | "InvalidToken"
+                | "AllAccessDisabled" => "S3AccessDenied",
                 "NoSuchBucket" => "S3BucketNotFound",
                 "NoSuchKey" | "NotFound" => "ObjectNotFound",
                 "NoSuchUpload" => "S3UploadGone",
@@ -122,7 +126,10 @@ where
                 _ => "S3Error",
             };
             let msg = err.message().unwrap_or("");
-            (reason, format!("{code}: {msg}").trim_end_matches(": ").to_string())
+            (
+                reason,
+                format!("{code}: {msg}").trim_end_matches(": ").to_string(),
+            )
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
             ("S3Unreachable", DisplayErrorContext(&e).to_string())
@@ -187,7 +194,12 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn complete_multipart(&self, key: &str, id: &str, mut parts: Vec<CompletedPart>) -> Result<()> {
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        id: &str,
+        mut parts: Vec<CompletedPart>,
+    ) -> Result<()> {
         parts.sort_by_key(|p| p.number);
         let parts = parts
             .into_iter()
@@ -203,7 +215,11 @@ impl ObjectStore for S3Store {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
             .send()
             .await
             .map_err(|e| map_err("complete multipart upload", key, e))?;
@@ -223,7 +239,10 @@ impl ObjectStore for S3Store {
             Ok(_) => Ok(()),
             Err(e) => match map_err("abort multipart upload", key, e) {
                 // Already gone: aborting is idempotent.
-                Error::Store { reason: "S3UploadGone", .. } => Ok(()),
+                Error::Store {
+                    reason: "S3UploadGone",
+                    ..
+                } => Ok(()),
                 other => Err(other),
             },
         }
@@ -312,7 +331,14 @@ impl ObjectStore for S3Store {
     }
 
     async fn head(&self, key: &str) -> Result<Option<u64>> {
-        match self.client.head_object().bucket(&self.bucket).key(key).send().await {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(o) => Ok(Some(o.content_length.unwrap_or(0).max(0) as u64)),
             Err(e) => {
                 if let SdkError::ServiceError(se) = &e

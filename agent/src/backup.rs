@@ -1,0 +1,475 @@
+//! The backup task: every requested shard this node holds, streamed live
+//! from Qdrant into its own multipart upload (or, in FILE mode, a collection
+//! snapshot file uploaded and deleted), then `manifest.json` last.
+
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::manifest::{self, CollectionEntry, Manifest, NodeEntry, ObjectEntry, ObjectMode};
+use crate::node::{Node, Target, free_space};
+use crate::progress::{Progress, now};
+use crate::store::ObjectStore;
+use crate::upload::{UploadOptions, upload_stream};
+use futures::{StreamExt, TryStreamExt};
+use qdrant_agent_proto::v1::{CollectionInfo, ShardResult};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Stream,
+    File,
+    Auto,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupRequest {
+    pub backup_name: String,
+    /// (collection, shard ids); empty = all collections / all local shards.
+    pub collections: Vec<(String, Vec<u32>)>,
+    pub mode: Mode,
+    pub upload: UploadOptions,
+    pub shard_concurrency: usize,
+    pub write_manifest: bool,
+}
+
+enum Job {
+    Shard {
+        collection: String,
+        shard: u32,
+        shard_key: Option<Value>,
+    },
+    File {
+        collection: String,
+    },
+}
+
+pub async fn run(
+    node: &Node,
+    target: &Target,
+    req: &BackupRequest,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<Manifest> {
+    keys::validate_segment("backup", &req.backup_name)?;
+    keys::validate_segment("node", &node.name)?;
+    let started_at = now();
+    let store = target.store.clone();
+    if store
+        .head(&keys::manifest_key(&target.prefix, &req.backup_name))
+        .await?
+        .is_some()
+    {
+        return Err(Error::Invalid(format!(
+            "backup {} already exists in {}; choose another name",
+            req.backup_name,
+            store.describe()
+        )));
+    }
+    abort_stale_uploads(&*store, &target.prefix, &node.name).await;
+
+    let version = node.qdrant.version().await?;
+    let peer_id = node.qdrant.peer_id().await?;
+    let wanted: Vec<(String, Vec<u32>)> = if req.collections.is_empty() {
+        node.qdrant
+            .collections()
+            .await?
+            .into_iter()
+            .map(|c| (c, vec![]))
+            .collect()
+    } else {
+        req.collections.clone()
+    };
+    let aliases = node.qdrant.aliases().await?;
+
+    let mut entries = Vec::new();
+    let mut jobs = Vec::new();
+    for (c, shards) in &wanted {
+        keys::validate_segment("collection", c)?;
+        let info =
+            node.qdrant.collection(c).await?.ok_or_else(|| {
+                Error::Invalid(format!("collection {c:?} does not exist in Qdrant"))
+            })?;
+        let config = info.get("config").cloned().unwrap_or(Value::Null);
+        let mode = match req.mode {
+            Mode::Auto => auto_mode(node, &info),
+            m => m,
+        };
+        if mode == Mode::File {
+            if node.snapshots_dir.is_none() {
+                return Err(Error::Invalid(
+                    "FILE mode needs the snapshots directory (--snapshots-dir)".into(),
+                ));
+            }
+            jobs.push(Job::File {
+                collection: c.clone(),
+            });
+        } else {
+            let placement = node.qdrant.placement(c).await?;
+            let local: HashMap<u32, _> = placement
+                .local_shards
+                .iter()
+                .map(|s| (s.shard_id, s))
+                .collect();
+            let ids: Vec<u32> = if shards.is_empty() {
+                let mut v: Vec<u32> = local.keys().copied().collect();
+                v.sort();
+                v
+            } else {
+                shards.clone()
+            };
+            for id in ids {
+                let s = local.get(&id).ok_or_else(|| {
+                    Error::Invalid(format!(
+                        "shard {id} of collection {c:?} is not held by this node"
+                    ))
+                })?;
+                if s.state != "Active" {
+                    return Err(Error::Invalid(format!(
+                        "shard {id} of collection {c:?} is {} on this node, not Active",
+                        s.state
+                    )));
+                }
+                jobs.push(Job::Shard {
+                    collection: c.clone(),
+                    shard: id,
+                    shard_key: s.shard_key.clone(),
+                });
+            }
+        }
+        let mut names: Vec<String> = aliases
+            .iter()
+            .filter(|a| &a.collection_name == c)
+            .map(|a| a.alias_name.clone())
+            .collect();
+        names.sort();
+        entries.push(CollectionEntry {
+            name: c.clone(),
+            config,
+            aliases: names,
+            objects: vec![],
+        });
+    }
+
+    progress.update(|t| {
+        t.shards_total = jobs.len() as u32;
+        t.qdrant_version = version.clone();
+        t.peer_id = peer_id.unwrap_or(0);
+        t.node_name = node.name.clone();
+        t.collections = entries
+            .iter()
+            .map(|e| CollectionInfo {
+                name: e.name.clone(),
+                config_json: e.config.to_string(),
+                aliases: e.aliases.clone(),
+            })
+            .collect();
+    });
+
+    let root = keys::backup_root(&target.prefix, &req.backup_name);
+    let work = cancel.child_token();
+    let results: Vec<Result<(String, ObjectEntry)>> = futures::stream::iter(jobs)
+        .map(|job| {
+            guarded_job(
+                node,
+                &store,
+                &root,
+                job,
+                peer_id,
+                &req.upload,
+                progress,
+                &work,
+            )
+        })
+        .buffer_unordered(req.shard_concurrency.max(1))
+        .collect()
+        .await;
+
+    let mut done = Vec::new();
+    let mut first_err = None;
+    for r in results {
+        match r {
+            Ok(x) => done.push(x),
+            Err(e) if first_err.is_none() || matches!(first_err, Some(Error::Cancelled)) => {
+                first_err = Some(e)
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_err {
+        // A failed backup must not leave objects that look like data.
+        for (_, o) in &done {
+            let _ = store.delete(&keys::join(&root, &o.key)).await;
+        }
+        return Err(e);
+    }
+    for (c, o) in done {
+        if let Some(e) = entries.iter_mut().find(|e| e.name == c) {
+            e.objects.push(o);
+        }
+    }
+    for e in &mut entries {
+        e.objects.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+    let m = Manifest {
+        format: manifest::FORMAT,
+        backup_name: req.backup_name.clone(),
+        qdrant_version: version,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at,
+        completed_at: now(),
+        nodes: vec![NodeEntry {
+            node: node.name.clone(),
+            peer_id,
+        }],
+        collections: entries,
+    };
+    if req.write_manifest {
+        let key = manifest::write(&*store, &target.prefix, &m).await?;
+        progress.update(|t| t.manifest_key = key);
+    }
+    Ok(m)
+}
+
+/// Runs one job; its failure cancels its siblings.
+#[allow(clippy::too_many_arguments)]
+async fn guarded_job(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    job: Job,
+    peer_id: Option<u64>,
+    opts: &UploadOptions,
+    progress: &Progress,
+    work: &CancellationToken,
+) -> Result<(String, ObjectEntry)> {
+    let r = run_job(node, store, root, job, peer_id, opts, progress, work).await;
+    if r.is_err() {
+        work.cancel();
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_job(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    job: Job,
+    peer_id: Option<u64>,
+    opts: &UploadOptions,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<(String, ObjectEntry)> {
+    let taken_at = now();
+    let on_part = |n: u64| progress.add_bytes(n);
+    let (collection, rel, shard_id, shard_key, mode, outcome) = match job {
+        Job::Shard {
+            collection,
+            shard,
+            shard_key,
+        } => {
+            let rel = keys::shard_rel_key(&node.name, &collection, shard);
+            let src = node.qdrant.stream_shard(&collection, shard).await?;
+            let out = upload_stream(
+                store.clone(),
+                &keys::join(root, &rel),
+                src,
+                opts,
+                &on_part,
+                cancel,
+            )
+            .await?;
+            (
+                collection,
+                rel,
+                Some(shard),
+                shard_key,
+                ObjectMode::Stream,
+                out,
+            )
+        }
+        Job::File { collection } => {
+            let (rel, out) =
+                upload_collection_snapshot(node, store, root, &collection, opts, &on_part, cancel)
+                    .await?;
+            (collection, rel, None, None, ObjectMode::File, out)
+        }
+    };
+    progress.shard_done(ShardResult {
+        collection: collection.clone(),
+        shard_id,
+        key: rel.clone(),
+        size: outcome.size,
+        sha256: outcome.sha256.clone(),
+        mode: mode.as_str().into(),
+        done: true,
+        taken_at: taken_at.clone(),
+    });
+    Ok((
+        collection,
+        ObjectEntry {
+            key: rel,
+            size: outcome.size,
+            sha256: outcome.sha256,
+            mode,
+            shard_id,
+            shard_key,
+            node: node.name.clone(),
+            peer_id,
+            taken_at,
+        },
+    ))
+}
+
+/// Two collection snapshots of one collection in the same second collide
+/// in Qdrant, so they are taken one at a time per collection.
+fn collection_lock(c: &str) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    > = std::sync::OnceLock::new();
+    let mut m = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    m.entry(c.to_string()).or_default().clone()
+}
+
+async fn upload_collection_snapshot(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    c: &str,
+    opts: &UploadOptions,
+    on_part: &(dyn Fn(u64) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<(String, crate::upload::UploadOutcome)> {
+    let dir = node
+        .snapshots_dir
+        .clone()
+        .ok_or_else(|| Error::Invalid("no snapshots directory".into()))?;
+    let lock = collection_lock(c);
+    let _held = lock.lock().await;
+    let snap = node.qdrant.create_collection_snapshot(c).await?;
+    let result = async {
+        keys::validate_segment("snapshot", &snap.name)?;
+        let path = dir.join(c).join(&snap.name);
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::io(&path, e))?;
+        let p = path.clone();
+        let src = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map_err(move |e| Error::io(&p, e));
+        let rel = keys::file_rel_key(&node.name, c, &snap.name);
+        let out = upload_stream(
+            store.clone(),
+            &keys::join(root, &rel),
+            src,
+            opts,
+            on_part,
+            cancel,
+        )
+        .await?;
+        if let Some(sum) = &snap.checksum
+            && !sum.eq_ignore_ascii_case(&out.sha256)
+        {
+            let _ = store.delete(&keys::join(root, &rel)).await;
+            return Err(Error::ChecksumMismatch {
+                key: rel,
+                expected: sum.clone(),
+                actual: out.sha256,
+            });
+        }
+        Ok((rel, out))
+    }
+    .await;
+    // The file is a copy of the collection on the node's disk: never leave it.
+    if let Err(e) = node.qdrant.delete_collection_snapshot(c, &snap.name).await {
+        tracing::warn!(collection = c, snapshot = %snap.name, error = %e, "could not delete the local snapshot");
+    }
+    result
+}
+
+/// FILE when the snapshots volume has at least twice the collection's
+/// estimated size free, STREAM otherwise. Qdrant reports no on-disk size,
+/// so the estimate is points x (dense vector bytes + 1 KiB payload/index).
+fn auto_mode(node: &Node, info: &Value) -> Mode {
+    let Some(free) = node.snapshots_dir.as_deref().and_then(free_space) else {
+        return Mode::Stream;
+    };
+    if free >= 2 * estimate_size(info) {
+        Mode::File
+    } else {
+        Mode::Stream
+    }
+}
+
+pub fn estimate_size(info: &Value) -> u64 {
+    let points = info
+        .get("points_count")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let vectors = info.pointer("/config/params/vectors");
+    let dim_of = |v: &Value| v.get("size").and_then(Value::as_u64).unwrap_or(0);
+    let dims: u64 = match vectors {
+        Some(v) if v.get("size").is_some() => dim_of(v),
+        Some(Value::Object(m)) => m.values().map(dim_of).sum(),
+        _ => 0,
+    };
+    points.saturating_mul(dims * 4 + 1024)
+}
+
+/// Aborts multipart uploads this node left under `prefix` (a killed agent),
+/// skipping those this process is writing now. Servers without
+/// ListMultipartUploads get a warning, not a failed backup.
+pub async fn abort_stale_uploads(store: &dyn ObjectStore, prefix: &str, node: &str) -> usize {
+    let root = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", prefix.trim_end_matches('/'))
+    };
+    let pending = match store.list_multipart(&root).await {
+        Ok(p) => p,
+        Err(Error::Unsupported(_)) => {
+            tracing::warn!(store = %store.describe(), "the object store does not list multipart uploads; stale uploads cannot be cleaned up");
+            return 0;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "listing stale multipart uploads failed");
+            return 0;
+        }
+    };
+    let mut n = 0;
+    for u in pending {
+        let mine = u.key.strip_prefix(&root).and_then(|r| r.split('/').nth(1)) == Some(node);
+        if mine && !crate::upload::is_live(&u.upload_id) {
+            match store.abort_multipart(&u.key, &u.upload_id).await {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    tracing::warn!(key = %u.key, error = %e, "could not abort a stale upload")
+                }
+            }
+        }
+    }
+    if n > 0 {
+        tracing::info!(count = n, "aborted stale multipart uploads");
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn size_estimate_counts_named_and_unnamed_vectors() {
+        let single = json!({"points_count": 1000, "config": {"params": {"vectors": {"size": 384, "distance": "Cosine"}}}});
+        assert_eq!(estimate_size(&single), 1000 * (384 * 4 + 1024));
+        let named = json!({"points_count": 10, "config": {"params": {"vectors": {
+            "a": {"size": 4, "distance": "Dot"}, "b": {"size": 8, "distance": "Dot"}}}}});
+        assert_eq!(estimate_size(&named), 10 * (12 * 4 + 1024));
+        assert_eq!(estimate_size(&json!({})), 0);
+    }
+}

@@ -1,0 +1,500 @@
+//! The slice of Qdrant's REST API the agent uses. Every reply is
+//! `{result, status, time}`; errors carry `status.error`. Long operations
+//! are called with `wait=true` and a long timeout.
+
+use crate::error::{Error, Result};
+use crate::store::ByteStream;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+#[derive(Clone)]
+pub struct Qdrant {
+    http: reqwest::Client,
+    base: url::Url,
+    api_key: Option<String>,
+}
+
+impl std::fmt::Debug for Qdrant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Qdrant({})", self.base)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShardInfo {
+    pub shard_id: u32,
+    #[serde(default)]
+    pub shard_key: Option<Value>,
+    #[serde(default)]
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Placement {
+    pub peer_id: u64,
+    #[serde(default)]
+    pub local_shards: Vec<ShardInfo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Alias {
+    pub alias_name: String,
+    pub collection_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SnapshotDescription {
+    pub name: String,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub checksum: Option<String>,
+}
+
+const SHORT: Duration = Duration::from_secs(60);
+const LONG: Duration = Duration::from_secs(6 * 3600);
+
+impl Qdrant {
+    pub fn new(url: &str, api_key: Option<String>) -> Result<Self> {
+        let mut base =
+            url::Url::parse(url).map_err(|e| Error::Invalid(format!("Qdrant URL {url:?}: {e}")))?;
+        if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {
+            return Err(Error::Invalid(format!(
+                "Qdrant URL {url:?} must be http(s)://HOST:PORT"
+            )));
+        }
+        // Credentials in the URL would end up in error messages.
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| Error::Internal(format!("HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            base,
+            api_key,
+        })
+    }
+
+    pub fn url(&self) -> &url::Url {
+        &self.base
+    }
+
+    fn endpoint(&self, segs: &[&str]) -> url::Url {
+        let mut u = self.base.clone();
+        if let Ok(mut p) = u.path_segments_mut() {
+            p.pop_if_empty().extend(segs);
+        }
+        u
+    }
+
+    fn req(&self, method: reqwest::Method, segs: &[&str]) -> reqwest::RequestBuilder {
+        let mut r = self
+            .http
+            .request(method, self.endpoint(segs))
+            .timeout(SHORT);
+        if let Some(k) = &self.api_key {
+            r = r.header("api-key", k);
+        }
+        r
+    }
+
+    async fn send(&self, what: &str, r: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let resp = r.send().await.map_err(|e| self.transport_err(what, e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = resp.text().await.unwrap_or_default();
+        let detail = serde_json::from_str::<Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/status/error")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| body.chars().take(300).collect());
+        Err(Error::Qdrant {
+            what: what.to_string(),
+            status: status.as_u16(),
+            detail,
+        })
+    }
+
+    fn transport_err(&self, what: &str, e: reqwest::Error) -> Error {
+        if e.is_connect() {
+            Error::QdrantUnreachable {
+                url: self.base.to_string(),
+                detail: std::error::Error::source(&e)
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| e.to_string()),
+            }
+        } else if e.is_timeout() {
+            Error::Timeout(format!("Qdrant did not answer {what} in time"))
+        } else {
+            Error::QdrantUnreachable {
+                url: self.base.to_string(),
+                detail: format!("{what}: {}", e.without_url()),
+            }
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(&self, what: &str, r: reqwest::RequestBuilder) -> Result<T> {
+        #[derive(Deserialize)]
+        struct Envelope<T> {
+            result: T,
+        }
+        let resp = self.send(what, r).await?;
+        let env: Envelope<T> = resp.json().await.map_err(|e| Error::Qdrant {
+            what: what.to_string(),
+            status: 200,
+            detail: format!("unexpected reply: {}", e.without_url()),
+        })?;
+        Ok(env.result)
+    }
+
+    /// `GET /`: the server's version, e.g. "1.18.3" (not wrapped in `result`).
+    pub async fn version(&self) -> Result<String> {
+        let v: Value = self
+            .send("GET /", self.req(reqwest::Method::GET, &[]))
+            .await?
+            .json()
+            .await
+            .map_err(|e| Error::Internal(format!("GET /: {}", e.without_url())))?;
+        v.get("version")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| Error::Internal("GET / has no version".into()))
+    }
+
+    /// This node's peer id, `None` when clustering is disabled.
+    pub async fn peer_id(&self) -> Result<Option<u64>> {
+        let v: Value = self
+            .call("GET /cluster", self.req(reqwest::Method::GET, &["cluster"]))
+            .await?;
+        Ok(v.get("peer_id").and_then(Value::as_u64))
+    }
+
+    pub async fn collections(&self) -> Result<Vec<String>> {
+        #[derive(Deserialize)]
+        struct C {
+            name: String,
+        }
+        #[derive(Deserialize)]
+        struct L {
+            collections: Vec<C>,
+        }
+        let l: L = self
+            .call(
+                "GET /collections",
+                self.req(reqwest::Method::GET, &["collections"]),
+            )
+            .await?;
+        Ok(l.collections.into_iter().map(|c| c.name).collect())
+    }
+
+    /// `GET /collections/{c}` result (status, config, counts), `None` if absent.
+    pub async fn collection(&self, c: &str) -> Result<Option<Value>> {
+        match self
+            .call(
+                "GET /collections/{c}",
+                self.req(reqwest::Method::GET, &["collections", c]),
+            )
+            .await
+        {
+            Ok(v) => Ok(Some(v)),
+            Err(Error::Qdrant { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn placement(&self, c: &str) -> Result<Placement> {
+        self.call(
+            "GET /collections/{c}/cluster",
+            self.req(reqwest::Method::GET, &["collections", c, "cluster"]),
+        )
+        .await
+    }
+
+    pub async fn aliases(&self) -> Result<Vec<Alias>> {
+        #[derive(Deserialize)]
+        struct A {
+            aliases: Vec<Alias>,
+        }
+        let a: A = self
+            .call("GET /aliases", self.req(reqwest::Method::GET, &["aliases"]))
+            .await?;
+        Ok(a.aliases)
+    }
+
+    /// The live snapshot of one shard, built by Qdrant as it is read.
+    pub async fn stream_shard(&self, c: &str, shard: u32) -> Result<ByteStream> {
+        let s = shard.to_string();
+        let what = format!("GET /collections/{c}/shards/{shard}/snapshot");
+        let resp = self
+            .send(
+                &what,
+                self.req(
+                    reqwest::Method::GET,
+                    &["collections", c, "shards", &s, "snapshot"],
+                )
+                .timeout(LONG),
+            )
+            .await?;
+        Ok(resp
+            .bytes_stream()
+            .map(move |r| {
+                r.map_err(|e| Error::QdrantUnreachable {
+                    url: String::new(),
+                    detail: format!("{what} broke off: {}", e.without_url()),
+                })
+            })
+            .boxed())
+    }
+
+    pub async fn create_collection(&self, c: &str, body: &Value) -> Result<()> {
+        let _: Value = self
+            .call(
+                "PUT /collections/{c}",
+                self.req(reqwest::Method::PUT, &["collections", c])
+                    .query(&[("timeout", "300")])
+                    .timeout(Duration::from_secs(330))
+                    .json(body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_collection(&self, c: &str) -> Result<()> {
+        let _: Value = self
+            .call(
+                "DELETE /collections/{c}",
+                self.req(reqwest::Method::DELETE, &["collections", c]),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_shard_key(&self, c: &str, key: &Value) -> Result<()> {
+        let _: Value = self
+            .call(
+                "PUT /collections/{c}/shards",
+                self.req(reqwest::Method::PUT, &["collections", c, "shards"])
+                    .json(&json!({ "shard_key": key })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Recovers one shard from a snapshot streamed in the request body.
+    /// `priority=snapshot` makes the snapshot the source of truth; Qdrant
+    /// checks `checksum` before it recovers.
+    pub async fn upload_shard<S>(
+        &self,
+        c: &str,
+        shard: u32,
+        body: S,
+        len: u64,
+        sha256: &str,
+    ) -> Result<()>
+    where
+        S: Stream<Item = Result<Bytes>> + Send + Sync + 'static,
+    {
+        let s = shard.to_string();
+        let part =
+            reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(body), len)
+                .file_name(format!("{shard}.snapshot"))
+                .mime_str("application/octet-stream")
+                .map_err(|e| Error::Internal(e.to_string()))?;
+        let form = reqwest::multipart::Form::new().part("snapshot", part);
+        let _: Value = self
+            .call(
+                &format!("POST /collections/{c}/shards/{shard}/snapshots/upload"),
+                self.req(
+                    reqwest::Method::POST,
+                    &["collections", c, "shards", &s, "snapshots", "upload"],
+                )
+                .query(&[
+                    ("wait", "true"),
+                    ("priority", "snapshot"),
+                    ("checksum", sha256),
+                ])
+                .timeout(LONG)
+                .multipart(form),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Writes a collection snapshot (this node's shards) to the snapshots dir.
+    pub async fn create_collection_snapshot(&self, c: &str) -> Result<SnapshotDescription> {
+        self.call(
+            "POST /collections/{c}/snapshots",
+            self.req(reqwest::Method::POST, &["collections", c, "snapshots"])
+                .query(&[("wait", "true")])
+                .timeout(LONG),
+        )
+        .await
+    }
+
+    pub async fn list_collection_snapshots(&self, c: &str) -> Result<Vec<SnapshotDescription>> {
+        self.call(
+            "GET /collections/{c}/snapshots",
+            self.req(reqwest::Method::GET, &["collections", c, "snapshots"]),
+        )
+        .await
+    }
+
+    pub async fn delete_collection_snapshot(&self, c: &str, name: &str) -> Result<()> {
+        let _: Value = self
+            .call(
+                "DELETE /collections/{c}/snapshots/{name}",
+                self.req(
+                    reqwest::Method::DELETE,
+                    &["collections", c, "snapshots", name],
+                )
+                .query(&[("wait", "true")]),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Recovers a collection from a snapshot file Qdrant can read itself.
+    pub async fn recover_collection(&self, c: &str, location: &str, sha256: &str) -> Result<()> {
+        let _: Value = self
+            .call(
+                "PUT /collections/{c}/snapshots/recover",
+                self.req(
+                    reqwest::Method::PUT,
+                    &["collections", c, "snapshots", "recover"],
+                )
+                .query(&[("wait", "true")])
+                .timeout(LONG)
+                .json(&json!({ "location": location, "priority": "snapshot", "checksum": sha256 })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn create_alias(&self, alias: &str, collection: &str) -> Result<()> {
+        let _: Value = self
+            .call(
+                "POST /collections/aliases",
+                self.req(reqwest::Method::POST, &["collections", "aliases"]).json(&json!({
+                    "actions": [{ "create_alias": { "collection_name": collection, "alias_name": alias } }]
+                })),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Turns a collection's saved `config` (from `GET /collections/{c}`) into the
+/// body of `PUT /collections/{c}`. Field names differ between the two
+/// (`optimizer_config` vs `optimizers_config`); nulls are dropped so Qdrant
+/// applies its defaults rather than refusing them.
+pub fn create_body_from_config(config: &Value) -> Result<Value> {
+    let params = config
+        .get("params")
+        .ok_or_else(|| Error::Invalid("saved collection config has no params".into()))?;
+    let mut body = serde_json::Map::new();
+    for k in [
+        "vectors",
+        "shard_number",
+        "sharding_method",
+        "replication_factor",
+        "write_consistency_factor",
+        "on_disk_payload",
+        "sparse_vectors",
+    ] {
+        if let Some(v) = params.get(k) {
+            body.insert(k.into(), v.clone());
+        }
+    }
+    for (from, to) in [
+        ("hnsw_config", "hnsw_config"),
+        ("wal_config", "wal_config"),
+        ("optimizer_config", "optimizers_config"),
+        ("quantization_config", "quantization_config"),
+        ("strict_mode_config", "strict_mode_config"),
+        ("metadata", "metadata"),
+    ] {
+        if let Some(v) = config.get(from) {
+            body.insert(to.into(), v.clone());
+        }
+    }
+    let mut body = Value::Object(body);
+    drop_nulls(&mut body);
+    Ok(body)
+}
+
+fn drop_nulls(v: &mut Value) {
+    match v {
+        Value::Object(m) => {
+            m.retain(|_, v| !v.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
+}
+
+/// "1.18.3" -> (1, 18). Snapshots restore only within one minor version.
+pub fn minor_version(v: &str) -> Option<(u64, u64)> {
+    let mut it = v.trim_start_matches('v').split('.');
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_body_keeps_the_collection_shape_and_renames_optimizer_config() {
+        let config = json!({
+            "params": {
+                "vectors": {"size": 384, "distance": "Cosine", "on_disk": true},
+                "shard_number": 6, "sharding_method": "custom", "replication_factor": 2,
+                "write_consistency_factor": 1, "on_disk_payload": true,
+                "sparse_vectors": {"text": {"modifier": "idf"}}
+            },
+            "hnsw_config": {"m": 32, "ef_construct": 200, "full_scan_threshold": 10000, "on_disk": false},
+            "optimizer_config": {"deleted_threshold": 0.2, "indexing_threshold": 20000, "max_segment_size": null},
+            "wal_config": {"wal_capacity_mb": 32, "wal_segments_ahead": 0},
+            "quantization_config": {"scalar": {"type": "int8", "always_ram": true}}
+        });
+        let body = create_body_from_config(&config).unwrap();
+        assert_eq!(body["vectors"]["size"], 384);
+        assert_eq!(body["shard_number"], 6);
+        assert_eq!(body["sharding_method"], "custom");
+        assert_eq!(body["replication_factor"], 2);
+        assert_eq!(body["sparse_vectors"]["text"]["modifier"], "idf");
+        assert_eq!(body["hnsw_config"]["m"], 32);
+        assert_eq!(body["optimizers_config"]["indexing_threshold"], 20000);
+        assert!(body["optimizers_config"].get("max_segment_size").is_none());
+        assert!(body.get("optimizer_config").is_none());
+        assert_eq!(body["quantization_config"]["scalar"]["type"], "int8");
+        assert!(create_body_from_config(&json!({})).is_err());
+    }
+
+    #[test]
+    fn minor_versions_compare() {
+        assert_eq!(minor_version("1.18.3"), Some((1, 18)));
+        assert_eq!(minor_version("v1.18.0-rc1"), Some((1, 18)));
+        assert_eq!(minor_version("garbage"), None);
+    }
+
+    #[test]
+    fn url_credentials_are_dropped_and_segments_escaped() {
+        let q = Qdrant::new("http://user:pw@localhost:6333/", None).unwrap();
+        assert!(!q.url().as_str().contains("pw"));
+        let u = q.endpoint(&["collections", "a b/c"]);
+        assert_eq!(u.as_str(), "http://localhost:6333/collections/a%20b%2Fc");
+        assert!(Qdrant::new("ftp://x", None).is_err());
+    }
+}

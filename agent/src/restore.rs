@@ -1,0 +1,567 @@
+//! The restore task. Refuses, touching nothing, a backup without a
+//! manifest, from another Qdrant minor version, or with an object whose
+//! sha256 differs. Then creates each missing collection from its saved
+//! config, streams each shard object into Qdrant's shard snapshot upload
+//! (FILE-mode objects are downloaded with ranged GETs and recovered from the
+//! snapshots volume), re-creates aliases and waits for green.
+
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::manifest::{self, CollectionEntry, Manifest, ObjectEntry, ObjectMode};
+use crate::node::{Node, Target};
+use crate::progress::Progress;
+use crate::qdrant::{create_body_from_config, minor_version};
+use crate::store::{ByteStream, ObjectStore};
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use qdrant_agent_proto::v1::ShardResult;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub backup_name: String,
+    /// (collection, shard ids); empty = all collections / all shards.
+    pub collections: Vec<(String, Vec<u32>)>,
+    pub rename: HashMap<String, String>,
+    pub verify_first: bool,
+    pub create_collections: bool,
+    pub restore_aliases: bool,
+    pub green_timeout: Duration,
+    pub concurrency: usize,
+}
+
+pub async fn run(
+    node: &Node,
+    target: &Target,
+    req: &RestoreRequest,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let store = target.store.clone();
+    let m = manifest::read(&*store, &target.prefix, &req.backup_name).await?;
+    let version = node.qdrant.version().await?;
+    if minor_version(&version).is_none()
+        || minor_version(&version) != minor_version(&m.qdrant_version)
+    {
+        return Err(Error::VersionMismatch {
+            backup: m.qdrant_version.clone(),
+            target: version,
+        });
+    }
+    let plan = select(&m, req)?;
+    let root = keys::backup_root(&target.prefix, &req.backup_name);
+    let total: u64 = plan
+        .iter()
+        .flat_map(|(_, _, objs)| objs.iter().map(|o| o.size))
+        .sum();
+    let count: usize = plan.iter().map(|(_, _, objs)| objs.len()).sum();
+    progress.update(|t| {
+        t.bytes_total = total;
+        t.shards_total = count as u32;
+        t.qdrant_version = version.clone();
+        t.node_name = node.name.clone();
+    });
+    if req.verify_first {
+        verify(&store, &root, &plan, req.concurrency, cancel).await?;
+    }
+
+    let mut created: Vec<String> = Vec::new();
+    let result = async {
+        for (entry, name, objects) in &plan {
+            restore_collection(
+                node,
+                &store,
+                &root,
+                req,
+                entry,
+                name,
+                objects,
+                progress,
+                cancel,
+                &mut created,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        // Collections this task created hold a partial restore: remove them,
+        // so nothing half-restored passes for the real thing.
+        for c in &created {
+            if let Err(de) = node.qdrant.delete_collection(c).await {
+                tracing::warn!(collection = %c, error = %de, "could not remove a partially restored collection");
+            }
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+type Plan<'a> = Vec<(&'a CollectionEntry, String, Vec<&'a ObjectEntry>)>;
+
+/// The collections and objects to restore, with their target names.
+fn select<'a>(m: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>> {
+    let wanted: Vec<(String, Vec<u32>)> = if req.collections.is_empty() {
+        m.collections
+            .iter()
+            .map(|c| (c.name.clone(), vec![]))
+            .collect()
+    } else {
+        req.collections.clone()
+    };
+    for old in req.rename.keys() {
+        if !wanted.iter().any(|(c, _)| c == old) {
+            return Err(Error::Invalid(format!(
+                "--rename names {old:?}, which is not being restored"
+            )));
+        }
+    }
+    let mut plan = Vec::new();
+    for (c, shards) in wanted {
+        let entry = m.collections.iter().find(|e| e.name == c).ok_or_else(|| {
+            Error::Invalid(format!(
+                "collection {c:?} is not in backup {}",
+                m.backup_name
+            ))
+        })?;
+        let name = req.rename.get(&c).cloned().unwrap_or_else(|| c.clone());
+        keys::validate_segment("collection", &name)?;
+        let objects: Vec<&ObjectEntry> = entry
+            .objects
+            .iter()
+            .filter(|o| shards.is_empty() || o.shard_id.is_some_and(|s| shards.contains(&s)))
+            .collect();
+        if !shards.is_empty() && objects.len() != shards.len() {
+            return Err(Error::Invalid(format!(
+                "backup {} lacks some requested shards of {c:?}",
+                m.backup_name
+            )));
+        }
+        plan.push((entry, name, objects));
+    }
+    Ok(plan)
+}
+
+/// Reads every object once and compares size and sha256 with the manifest.
+async fn verify(
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    plan: &Plan<'_>,
+    concurrency: usize,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let objects: Vec<ObjectEntry> = plan
+        .iter()
+        .flat_map(|(_, _, o)| o.iter().map(|o| (*o).clone()))
+        .collect();
+    futures::stream::iter(objects)
+        .map(|o| async move { verify_one(store, root, &o, cancel).await })
+        .buffer_unordered(concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn verify_one(
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    o: &ObjectEntry,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let key = keys::join(root, &o.key);
+    let stream = store.get(&key, None).await?;
+    let (size, sum) = hash_stream(stream, cancel).await?;
+    if size != o.size || sum != o.sha256 {
+        return Err(Error::ChecksumMismatch {
+            key,
+            expected: o.sha256.clone(),
+            actual: sum,
+        });
+    }
+    Ok(())
+}
+
+async fn hash_stream(mut s: ByteStream, cancel: &CancellationToken) -> Result<(u64, String)> {
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    loop {
+        let chunk = tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            c = s.next() => c,
+        };
+        match chunk {
+            Some(c) => {
+                let c = c?;
+                n += c.len() as u64;
+                h.update(&c);
+            }
+            None => return Ok((n, hex::encode(h.finalize()))),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_collection(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    req: &RestoreRequest,
+    entry: &CollectionEntry,
+    name: &str,
+    objects: &[&ObjectEntry],
+    progress: &Progress,
+    cancel: &CancellationToken,
+    created: &mut Vec<String>,
+) -> Result<()> {
+    let q = &node.qdrant;
+    let mut shard_map: HashMap<u32, u32> = objects
+        .iter()
+        .filter_map(|o| o.shard_id)
+        .map(|s| (s, s))
+        .collect();
+    if req.create_collections && q.collection(name).await?.is_none() {
+        q.create_collection(name, &create_body_from_config(&entry.config)?)
+            .await?;
+        created.push(name.to_string());
+        if entry
+            .config
+            .pointer("/params/sharding_method")
+            .and_then(Value::as_str)
+            == Some("custom")
+        {
+            shard_map = create_shard_keys(node, name, entry).await?;
+        }
+    }
+    let before: Vec<String> = q
+        .list_collection_snapshots(name)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+
+    let ctx = ObjCtx {
+        node,
+        store,
+        root,
+        name,
+        shard_map: &shard_map,
+        progress,
+        cancel,
+    };
+    let owned: Vec<ObjectEntry> = objects.iter().map(|o| (*o).clone()).collect();
+    let ctx = &ctx;
+    let result = futures::stream::iter(owned)
+        .map(|o| async move { restore_object(ctx, &o).await })
+        .buffer_unordered(req.concurrency.max(1))
+        .try_collect::<Vec<()>>()
+        .await;
+
+    // Qdrant may keep uploaded snapshots in its snapshots dir: remove the
+    // ones this restore added, whatever the outcome.
+    if let Ok(after) = q.list_collection_snapshots(name).await {
+        for s in after.into_iter().filter(|s| !before.contains(&s.name)) {
+            let _ = q.delete_collection_snapshot(name, &s.name).await;
+        }
+    }
+    result?;
+
+    if req.restore_aliases {
+        for a in &entry.aliases {
+            q.create_alias(a, name).await?;
+        }
+    }
+    wait_green(node, name, req.green_timeout, cancel).await
+}
+
+struct ObjCtx<'a> {
+    node: &'a Node,
+    store: &'a Arc<dyn ObjectStore>,
+    root: &'a str,
+    name: &'a str,
+    shard_map: &'a HashMap<u32, u32>,
+    progress: &'a Progress,
+    cancel: &'a CancellationToken,
+}
+
+async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<()> {
+    let key = keys::join(cx.root, &o.key);
+    match o.mode {
+        ObjectMode::Stream => {
+            let from = o
+                .shard_id
+                .ok_or_else(|| Error::Invalid(format!("{key} has no shard id")))?;
+            let to = *cx.shard_map.get(&from).unwrap_or(&from);
+            let body = checked_stream(
+                cx.store.get(&key, None).await?,
+                o,
+                cx.progress.clone(),
+                cx.cancel.clone(),
+            );
+            cx.node
+                .qdrant
+                .upload_shard(cx.name, to, body, o.size, &o.sha256)
+                .await?;
+        }
+        ObjectMode::File => {
+            recover_from_file(cx.node, cx.store, &key, cx.name, o, cx.progress, cx.cancel).await?
+        }
+    }
+    cx.progress.shard_done(ShardResult {
+        collection: cx.name.to_string(),
+        shard_id: o.shard_id,
+        key: o.key.clone(),
+        size: o.size,
+        sha256: o.sha256.clone(),
+        mode: o.mode.as_str().into(),
+        done: true,
+        taken_at: o.taken_at.clone(),
+    });
+    Ok(())
+}
+
+/// Custom-sharded collections need their shard keys before their shards.
+/// Keys are created in the order of their first shard id, and each backed-up
+/// shard is mapped to the new shard of the same key in the same position.
+async fn create_shard_keys(
+    node: &Node,
+    name: &str,
+    entry: &CollectionEntry,
+) -> Result<HashMap<u32, u32>> {
+    let mut by_key: BTreeMap<u32, (Value, Vec<u32>)> = BTreeMap::new();
+    let mut firsts: HashMap<String, u32> = HashMap::new();
+    for o in &entry.objects {
+        if let (Some(id), Some(k)) = (o.shard_id, &o.shard_key) {
+            let first = *firsts.entry(k.to_string()).or_insert(id);
+            let slot = by_key.entry(first).or_insert_with(|| (k.clone(), vec![]));
+            slot.1.push(id);
+        }
+    }
+    for (k, _) in by_key.values() {
+        node.qdrant.create_shard_key(name, k).await?;
+    }
+    let placement = node.qdrant.placement(name).await?;
+    let mut map = HashMap::new();
+    for (k, old) in by_key.values_mut() {
+        let mut new: Vec<u32> = placement
+            .local_shards
+            .iter()
+            .filter(|s| s.shard_key.as_ref() == Some(&*k))
+            .map(|s| s.shard_id)
+            .collect();
+        old.sort();
+        new.sort();
+        for (o, n) in old.iter().zip(new) {
+            map.insert(*o, n);
+        }
+    }
+    Ok(map)
+}
+
+/// Passes the object's bytes through a bounded channel (reqwest bodies must
+/// be `Sync`; the S3 stream is not), counting and hashing them. It ends in
+/// an error instead of a clean end when the bytes differ from the manifest,
+/// so Qdrant receives a broken upload rather than a bad snapshot.
+fn checked_stream(
+    mut src: ByteStream,
+    o: &ObjectEntry,
+    progress: Progress,
+    cancel: CancellationToken,
+) -> impl futures::Stream<Item = Result<Bytes>> + Send + Sync + 'static {
+    let (key, want_size, want_sum) = (o.key.clone(), o.size, o.sha256.clone());
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(8);
+    tokio::spawn(async move {
+        let mut h = Sha256::new();
+        let mut n = 0u64;
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => Some(Err(Error::Cancelled)),
+                _ = tx.closed() => return,
+                c = src.next() => c,
+            };
+            let item = match next {
+                Some(Ok(c)) => {
+                    h.update(&c);
+                    n += c.len() as u64;
+                    progress.add_bytes(c.len() as u64);
+                    Ok(c)
+                }
+                Some(Err(e)) => Err(e),
+                None => {
+                    let sum = hex::encode(h.finalize());
+                    if n != want_size || sum != want_sum {
+                        let _ = tx
+                            .send(Err(Error::ChecksumMismatch {
+                                key,
+                                expected: want_sum,
+                                actual: sum,
+                            }))
+                            .await;
+                    }
+                    return;
+                }
+            };
+            let stop = item.is_err();
+            if tx.send(item).await.is_err() || stop {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// FILE-mode objects: concurrent ranged GETs into the snapshots volume,
+/// checked, recovered by Qdrant from the file, and the file removed.
+async fn recover_from_file(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    collection: &str,
+    o: &ObjectEntry,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let dir = node.snapshots_dir.clone().ok_or_else(|| {
+        Error::Invalid("restoring a FILE-mode backup needs --snapshots-dir".into())
+    })?;
+    let rel = std::path::PathBuf::from(collection)
+        .join(format!("restore-{:016x}.snapshot", rand::random::<u64>()));
+    let path = dir.join(&rel);
+    let result = async {
+        download_ranged(store, key, &path, o.size, progress, cancel).await?;
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Error::io(&path, e))?;
+        let p = path.clone();
+        let s = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map_err(move |e| Error::io(&p, e))
+            .boxed();
+        let (_, sum) = hash_stream(s, cancel).await?;
+        if sum != o.sha256 {
+            return Err(Error::ChecksumMismatch {
+                key: key.into(),
+                expected: o.sha256.clone(),
+                actual: sum,
+            });
+        }
+        let qpath = node.qdrant_path(&rel).unwrap_or(path.clone());
+        node.qdrant
+            .recover_collection(
+                collection,
+                &format!("file://{}", qpath.display()),
+                &o.sha256,
+            )
+            .await
+    }
+    .await;
+    let _ = tokio::fs::remove_file(&path).await;
+    result
+}
+
+const RANGE: u64 = 16 << 20;
+
+async fn download_ranged(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    path: &std::path::Path,
+    size: u64,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    if let Some(d) = path.parent() {
+        tokio::fs::create_dir_all(d)
+            .await
+            .map_err(|e| Error::io(d, e))?;
+    }
+    let file = tokio::fs::File::create(path)
+        .await
+        .map_err(|e| Error::io(path, e))?;
+    file.set_len(size).await.map_err(|e| Error::io(path, e))?;
+    drop(file);
+    let ranges: Vec<(u64, u64)> = (0..size.div_ceil(RANGE))
+        .map(|i| (i * RANGE, ((i + 1) * RANGE).min(size)))
+        .collect();
+    futures::stream::iter(ranges)
+        .map(|r| download_range(store, key, path, r, progress, cancel))
+        .buffer_unordered(4)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+async fn download_range(
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    path: &std::path::Path,
+    (start, end): (u64, u64),
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    use tokio::io::AsyncSeekExt;
+    let mut s = store.get(key, Some((start, end))).await?;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .await
+        .map_err(|e| Error::io(path, e))?;
+    f.seek(std::io::SeekFrom::Start(start))
+        .await
+        .map_err(|e| Error::io(path, e))?;
+    loop {
+        let c = tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            c = s.next() => c,
+        };
+        let Some(c) = c else { break };
+        let c = c?;
+        f.write_all(&c).await.map_err(|e| Error::io(path, e))?;
+        progress.add_bytes(c.len() as u64);
+    }
+    f.flush().await.map_err(|e| Error::io(path, e))
+}
+
+async fn wait_green(
+    node: &Node,
+    name: &str,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let status = node
+            .qdrant
+            .collection(name)
+            .await?
+            .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_string));
+        match status.as_deref() {
+            Some("green") => return Ok(()),
+            Some("red") => {
+                return Err(Error::Qdrant {
+                    what: format!("collection {name} after restore"),
+                    status: 200,
+                    detail: "collection status is red".into(),
+                });
+            }
+            _ => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "collection {name} did not turn green within {}s (status {status:?})",
+                timeout.as_secs()
+            )));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
