@@ -128,6 +128,11 @@ pub struct BackupArgs {
     /// Shards streamed at once.
     #[arg(long, default_value_t = 2)]
     pub shard_concurrency: usize,
+    /// Seconds without progress (no data from Qdrant, or no part finished
+    /// uploading) before the backup fails. Qdrant itself cuts a snapshot
+    /// stream whose reader stalls for 300 s, so keep this below that.
+    #[arg(long, default_value_t = 240)]
+    pub stall_timeout: u64,
 }
 
 #[derive(Args, Debug)]

@@ -1,0 +1,96 @@
+//! A real S3-compatible server for tests: moto's server, started on
+//! 127.0.0.1. When `TEST_S3_ENDPOINT` is set (the test script starts one
+//! shared server) that one is used; otherwise each caller starts its own.
+//! Buckets are created with a plain HTTP PUT (moto does not check signatures).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct S3Server {
+    pub endpoint: String,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    pub fn start() -> std::io::Result<Self> {
+        if let Ok(e) = std::env::var("TEST_S3_ENDPOINT")
+            && !e.is_empty()
+        {
+            return Ok(Self {
+                endpoint: e.trim_end_matches('/').to_string(),
+                child: None,
+            });
+        }
+        let port = free_port()?;
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start moto_server (pip install 'moto[server]'): {e}"
+                ))
+            })?;
+        let s = Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if s.request("GET", "/")
+                .map(|r| r.starts_with("HTTP/1.1 200"))
+                .unwrap_or(false)
+            {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(std::io::Error::other("moto_server did not come up in 30s"))
+    }
+
+    /// Creates a bucket with a name unique to this process and `tag`.
+    pub fn bucket(&self, tag: &str) -> std::io::Result<String> {
+        let name = format!("t-{}-{}-{}", tag, std::process::id(), rand::random::<u32>())
+            .to_lowercase()
+            .replace('_', "-");
+        let r = self.request("PUT", &format!("/{name}"))?;
+        if !r.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!(
+                "create bucket: {}",
+                r.lines().next().unwrap_or("")
+            )));
+        }
+        Ok(name)
+    }
+
+    fn request(&self, method: &str, path: &str) -> std::io::Result<String> {
+        let hostport = self.endpoint.trim_start_matches("http://");
+        let mut s = TcpStream::connect(hostport)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
