@@ -168,6 +168,18 @@ pub async fn run(
     });
 
     let root = keys::backup_root(&target.prefix, &req.backup_name);
+    let planned: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Shard {
+                collection, shard, ..
+            } => Some(keys::join(
+                &root,
+                &keys::shard_rel_key(&node.name, collection, *shard),
+            )),
+            Job::File { .. } => None,
+        })
+        .collect();
     let work = cancel.child_token();
     let results: Vec<Result<(String, ObjectEntry)>> = futures::stream::iter(jobs)
         .map(|job| {
@@ -198,9 +210,20 @@ pub async fn run(
         }
     }
     if let Some(e) = first_err {
-        // A failed backup must not leave objects that look like data.
-        for (_, o) in &done {
-            let _ = store.delete(&keys::join(&root, &o.key)).await;
+        // A failed backup must not leave objects that look like data. Every
+        // planned key is deleted, not only those seen to finish: a complete
+        // whose answer was lost may still have created its object.
+        let mut doomed: Vec<String> = done
+            .iter()
+            .map(|(_, o)| keys::join(&root, &o.key))
+            .collect();
+        doomed.extend(planned);
+        doomed.sort();
+        doomed.dedup();
+        for key in doomed {
+            if let Err(de) = store.delete(&key).await {
+                tracing::warn!(key, error = %de, "could not delete an object of the failed backup");
+            }
         }
         return Err(e);
     }

@@ -107,7 +107,8 @@ async fn run(cmd: Command) -> Result<()> {
                 upload: UploadOptions {
                     part_size: a.part_size,
                     concurrency: a.concurrency,
-                    ..Default::default()
+                    slot_timeout: Duration::from_secs(a.stall_timeout),
+                    read_timeout: Duration::from_secs(a.stall_timeout),
                 },
                 shard_concurrency: a.shard_concurrency,
                 write_manifest: true,

@@ -84,9 +84,30 @@ where
         l.insert(id.clone());
     }
     let _guard = LiveGuard(id.clone());
-    match pump(&store, key, &id, src, opts, on_part, cancel).await {
+    tracing::debug!(key, "multipart upload started");
+    let mut in_flight: JoinSet<PartResult> = JoinSet::new();
+    let pumped = pump(&store, key, &id, src, opts, on_part, cancel, &mut in_flight).await;
+    if pumped.is_err() {
+        // A part request already sent may still succeed after an abort and
+        // leave storage behind (S3 documents this), so let in-flight parts
+        // end before aborting. They are bounded in size; the wait is bounded.
+        let _ = tokio::time::timeout(opts.slot_timeout, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        in_flight.abort_all();
+    }
+    match pumped {
         Ok((parts, outcome)) => match store.complete_multipart(key, &id, parts).await {
-            Ok(()) => Ok(outcome),
+            Ok(()) => {
+                tracing::debug!(
+                    key,
+                    bytes = outcome.size,
+                    parts = outcome.parts,
+                    "multipart upload completed"
+                );
+                Ok(outcome)
+            }
             Err(e) => {
                 abort(&*store, key, &id).await;
                 Err(e)
@@ -100,6 +121,7 @@ where
 }
 
 async fn abort(store: &dyn ObjectStore, key: &str, id: &str) {
+    tracing::debug!(key, "aborting multipart upload");
     if let Err(e) = store.abort_multipart(key, id).await {
         tracing::warn!(key, error = %e, "could not abort multipart upload; the next task's stale-upload cleanup retries");
     }
@@ -107,6 +129,7 @@ async fn abort(store: &dyn ObjectStore, key: &str, id: &str) {
 
 type PartResult = Result<(CompletedPart, u64)>;
 
+#[allow(clippy::too_many_arguments)]
 async fn pump<S>(
     store: &Arc<dyn ObjectStore>,
     key: &str,
@@ -115,13 +138,13 @@ async fn pump<S>(
     opts: &UploadOptions,
     on_part: &(dyn Fn(u64) + Send + Sync),
     cancel: &CancellationToken,
+    in_flight: &mut JoinSet<PartResult>,
 ) -> Result<(Vec<CompletedPart>, UploadOutcome)>
 where
     S: Stream<Item = Result<Bytes>> + Send + Unpin,
 {
     let concurrency = opts.concurrency.max(1);
     let mut hasher = Sha256::new();
-    let mut in_flight: JoinSet<PartResult> = JoinSet::new();
     let mut done: Vec<CompletedPart> = Vec::new();
     let mut number: u32 = 1;
     let mut target = part_size(opts.part_size, number) as usize;
@@ -163,16 +186,8 @@ where
         buf.extend_from_slice(&chunk);
         while buf.len() >= target {
             let part = buf.split_to(target).freeze();
-            wait_for_slot(
-                &mut in_flight,
-                concurrency,
-                &mut done,
-                opts,
-                on_part,
-                cancel,
-            )
-            .await?;
-            send(part, number, &mut in_flight);
+            wait_for_slot(in_flight, concurrency, &mut done, opts, on_part, cancel).await?;
+            send(part, number, in_flight);
             number += 1;
             if number > crate::keys::MAX_PARTS {
                 return Err(Error::Invalid(format!(
@@ -186,19 +201,11 @@ where
     }
     // The last part may be short; an empty source still needs one part.
     if !buf.is_empty() || number == 1 {
-        wait_for_slot(
-            &mut in_flight,
-            concurrency,
-            &mut done,
-            opts,
-            on_part,
-            cancel,
-        )
-        .await?;
-        send(buf.freeze(), number, &mut in_flight);
+        wait_for_slot(in_flight, concurrency, &mut done, opts, on_part, cancel).await?;
+        send(buf.freeze(), number, in_flight);
         number += 1;
     }
-    wait_for_slot(&mut in_flight, 1, &mut done, opts, on_part, cancel).await?;
+    wait_for_slot(in_flight, 1, &mut done, opts, on_part, cancel).await?;
     Ok((
         done,
         UploadOutcome {

@@ -78,6 +78,7 @@ struct Inner {
     uploads: Vec<Upload>,
     snapshots: BTreeMap<String, Vec<String>>,
     snapshot_seq: u64,
+    streams: u64,
 }
 
 #[derive(Clone)]
@@ -158,6 +159,15 @@ impl Double {
 
     pub fn set_fault(&self, c: &str, shard: u32, f: Fault) {
         self.lock().faults.insert((c.into(), shard), f);
+    }
+
+    pub fn clear_fault(&self, c: &str, shard: u32) {
+        self.lock().faults.remove(&(c.into(), shard));
+    }
+
+    /// How many live shard snapshot streams were opened.
+    pub fn streams_opened(&self) -> u64 {
+        self.lock().streams
     }
 
     pub fn collection(&self, c: &str) -> Option<Collection> {
@@ -580,7 +590,8 @@ async fn stream_shard(
 ) -> Response {
     guard!(d, h);
     let (content, fault) = {
-        let g = d.lock();
+        let mut g = d.lock();
+        g.streams += 1;
         let Some(col) = g.collections.get(&c) else {
             return not_found(&c);
         };

@@ -102,15 +102,30 @@ impl S3Store {
 
 /// Reduces an SDK error to a reason and a one-line detail that carries the
 /// service's code and message but nothing from the request itself.
-fn map_err<E, R>(op: &'static str, key: &str, e: SdkError<E, R>) -> Error
+fn map_err<E>(
+    op: &'static str,
+    key: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug,
 {
+    tracing::debug!(op, key, error = %DisplayErrorContext(&e), "S3 call failed");
     let (reason, detail) = match &e {
         SdkError::ServiceError(se) => {
             let err = se.err();
-            let code = err.code().unwrap_or("Unknown").to_string();
+            let status = se.raw().status().as_u16();
+            // HEAD answers have no body, hence no code: derive it from the status.
+            let code = err
+                .code()
+                .unwrap_or(match status {
+                    401 | 403 => "AccessDenied",
+                    404 => "NotFound",
+                    503 => "ServiceUnavailable",
+                    500..=599 => "InternalError",
+                    _ => "Unknown",
+                })
+                .to_string();
             let reason = match code.as_str() {
                 "AccessDenied"
                 | "InvalidAccessKeyId"
@@ -128,7 +143,9 @@ where
             let msg = err.message().unwrap_or("");
             (
                 reason,
-                format!("{code}: {msg}").trim_end_matches(": ").to_string(),
+                format!("HTTP {status} {code}: {msg}")
+                    .trim_end_matches(": ")
+                    .to_string(),
             )
         }
         SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {

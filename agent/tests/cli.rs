@@ -1,0 +1,477 @@
+//! End-to-end tests of the `qdrant-agent` CLI against a real S3 server
+//! (moto) and the Qdrant test double.
+
+mod common;
+
+use common::*;
+use qdrant_agent::manifest::{Manifest, ObjectMode};
+use qdrant_agent::store::get_all;
+use test_support::qdrant_double::{Content, Fault, generated_sha256, seed_for};
+
+fn seed_source(d: &test_support::qdrant_double::Double) {
+    // Shard sizes cover several parts, a short last part and an empty shard.
+    d.add_collection("docs", 384, &[11 * MIB + 7, MIB, 0]);
+    d.add_collection("imgs", 512, &[3 * MIB]);
+    d.add_alias("docs-latest", "docs");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_stores_every_shard_with_a_manifest_and_restore_brings_it_back() {
+    let env = Env::new("roundtrip");
+    let (_src, src_url) = double("1.18.3", seed_source).await;
+    let url = env.url("prod/ns/c1");
+    let out = env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &url,
+        "--name",
+        "nightly",
+        "--node-name",
+        "pod-0",
+        "--part-size",
+        "5242880",
+        "--concurrency",
+        "3",
+    ]);
+    assert_ok(&out);
+
+    // Every shard is in the bucket under the documented layout, byte-exact.
+    let store = env.store().await;
+    let mut keys: Vec<String> = store
+        .list("prod/ns/c1/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "prod/ns/c1/nightly/manifest.json",
+            "prod/ns/c1/nightly/pod-0/docs/0.snapshot",
+            "prod/ns/c1/nightly/pod-0/docs/1.snapshot",
+            "prod/ns/c1/nightly/pod-0/docs/2.snapshot",
+            "prod/ns/c1/nightly/pod-0/imgs/0.snapshot",
+        ]
+    );
+    for (c, s, size) in [
+        ("docs", 0, 11 * MIB + 7),
+        ("docs", 1, MIB),
+        ("docs", 2, 0),
+        ("imgs", 0, 3 * MIB),
+    ] {
+        let key = format!("prod/ns/c1/nightly/pod-0/{c}/{s}.snapshot");
+        assert_eq!(store.head(&key).await.unwrap(), Some(size), "{key}");
+        assert_eq!(
+            sha_of(&*store, &key).await,
+            generated_sha256(seed_for(c, s), size),
+            "{key}"
+        );
+    }
+    assert!(
+        store.list_multipart("prod/").await.unwrap().is_empty(),
+        "no upload left open"
+    );
+
+    // The manifest lists every object with its checksum, config and aliases.
+    let m: Manifest = serde_json::from_slice(
+        &get_all(&*store, "prod/ns/c1/nightly/manifest.json")
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(m.qdrant_version, "1.18.3");
+    assert_eq!(m.nodes[0].node, "pod-0");
+    let docs = m.collections.iter().find(|c| c.name == "docs").unwrap();
+    assert_eq!(docs.aliases, ["docs-latest"]);
+    assert_eq!(docs.config["params"]["vectors"]["size"], 384);
+    assert_eq!(docs.objects.len(), 3);
+    for o in &docs.objects {
+        assert_eq!(o.mode, ObjectMode::Stream);
+        let size = store
+            .head(&format!("prod/ns/c1/nightly/{}", o.key))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(o.size, size);
+        assert_eq!(
+            o.sha256,
+            sha_of(&*store, &format!("prod/ns/c1/nightly/{}", o.key)).await
+        );
+    }
+
+    let listed = env.run(&["list", "--from", &url]);
+    assert_ok(&listed);
+    assert!(String::from_utf8_lossy(&listed.stdout).starts_with("nightly\t"));
+
+    // Restore into an empty Qdrant of the same minor version, renaming one.
+    let (dst, dst_url) = double("1.18.0", |_| {}).await;
+    let out = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "nightly",
+        "--rename",
+        "imgs=pictures",
+    ]);
+    assert_ok(&out);
+    assert_eq!(dst.collection_names(), ["docs", "pictures"]);
+    let docs = dst.collection("docs").unwrap();
+    assert_eq!(docs.config["params"]["vectors"]["size"], 384);
+    for (s, size) in [(0, 11 * MIB + 7), (1, MIB), (2, 0)] {
+        assert_eq!(
+            docs.shards[&s].content,
+            Content::Uploaded {
+                sha256: generated_sha256(seed_for("docs", s), size),
+                size
+            },
+            "shard {s}"
+        );
+    }
+    assert_eq!(
+        dst.collection("pictures").unwrap().shards[&0]
+            .content
+            .sha256(),
+        generated_sha256(seed_for("imgs", 0), 3 * MIB)
+    );
+    assert_eq!(
+        dst.aliases().get("docs-latest").map(String::as_str),
+        Some("docs")
+    );
+    let uploads = dst.uploads();
+    assert_eq!(uploads.len(), 4);
+    for u in uploads {
+        assert_eq!(
+            u.query.get("priority").map(String::as_str),
+            Some("snapshot"),
+            "priority is sent explicitly"
+        );
+        assert_eq!(
+            u.query.get("checksum"),
+            Some(&u.sha256),
+            "the manifest checksum is sent"
+        );
+    }
+}
+
+async fn make_backup(env: &Env, prefix: &str) -> String {
+    let (_src, src_url) = double("1.18.3", seed_source).await;
+    let url = env.url(prefix);
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &url,
+        "--name",
+        "b1",
+        "--node-name",
+        "pod-0",
+    ]));
+    url
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_a_tampered_object_and_touches_nothing() {
+    let env = Env::new("tamper");
+    let url = make_backup(&env, "p").await;
+    let store = env.store().await;
+    // Same size, different bytes: only the checksum can tell.
+    store
+        .put(
+            "p/b1/pod-0/imgs/0.snapshot",
+            vec![7u8; 3 * MIB as usize].into(),
+        )
+        .await
+        .unwrap();
+
+    let (dst, dst_url) = double("1.18.3", |_| {}).await;
+    let out = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("checksum mismatch for p/b1/pod-0/imgs/0.snapshot"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("[ChecksumMismatch]"));
+    assert!(dst.collection_names().is_empty(), "nothing created");
+    assert!(dst.uploads().is_empty(), "nothing uploaded");
+
+    // Without the up-front check, the bad shard is still refused while it
+    // streams, and the collections created for the restore are removed.
+    let out = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+        "--skip-verify",
+        "--collection",
+        "imgs",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        dst.collection_names().is_empty(),
+        "partial restore rolled back: {:?}",
+        dst.collection_names()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_refuses_another_minor_version_and_a_missing_manifest() {
+    let env = Env::new("refuse");
+    let url = make_backup(&env, "p").await;
+    let (dst, dst_url) = double("1.17.4", |_| {}).await;
+    let out = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("backup was taken on 1.18.3, target runs 1.17.4"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(dst.collection_names().is_empty() && dst.uploads().is_empty());
+
+    env.store()
+        .await
+        .delete("p/b1/manifest.json")
+        .await
+        .unwrap();
+    let (dst, dst_url) = double("1.18.3", |_| {}).await;
+    let out = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+    ]);
+    assert!(
+        stderr(&out).contains("[ManifestMissing]"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(dst.collection_names().is_empty());
+    let listed = env.run(&["list", "--from", &url]);
+    assert!(
+        listed.stdout.is_empty(),
+        "an incomplete backup is not offered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broken_shard_stream_fails_the_backup_and_leaves_nothing() {
+    let env = Env::new("broken");
+    let (_src, src_url) = double("1.18.3", |d| {
+        seed_source(d);
+        d.set_fault("docs", 0, Fault::BreakAfter(6 * MIB));
+    })
+    .await;
+    let url = env.url("p");
+    let out = env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &url,
+        "--name",
+        "b1",
+        "--part-size",
+        "5242880",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("broke off"), "{}", stderr(&out));
+    let store = env.store().await;
+    assert!(
+        store.list_multipart("").await.unwrap().is_empty(),
+        "multipart upload aborted"
+    );
+    let left = store.list("p/").await.unwrap();
+    assert!(
+        left.is_empty(),
+        "no object of the failed backup remains: {left:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_shard_stream_fails_clearly_instead_of_hanging() {
+    let env = Env::new("stall");
+    let (_src, src_url) = double("1.18.3", |d| {
+        d.add_collection("docs", 8, &[4 * MIB]);
+        d.set_fault("docs", 0, Fault::StallAfter(MIB));
+    })
+    .await;
+    let out = env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &env.url("p"),
+        "--name",
+        "b1",
+        "--stall-timeout",
+        "2",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("[StreamStalled]"), "{}", stderr(&out));
+    assert!(
+        env.store()
+            .await
+            .list_multipart("")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn file_mode_round_trip_through_a_local_directory_leaves_no_snapshot_file() {
+    let env = Env::new("filemode");
+    let dir = tempfile::tempdir().unwrap();
+    let (snaps, store_dir, snaps2) = (
+        dir.path().join("snaps"),
+        dir.path().join("store"),
+        dir.path().join("snaps2"),
+    );
+    std::fs::create_dir_all(&store_dir).unwrap();
+    let (src, src_url) = double_with_snapshots("1.18.3", &snaps, |d| {
+        d.add_collection("docs", 8, &[2 * MIB, MIB])
+    })
+    .await;
+    let to = format!("file://{}", store_dir.display());
+    let snaps_arg = snaps.display().to_string();
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--snapshots-dir",
+        &snaps_arg,
+        "--to",
+        &to,
+        "--name",
+        "f1",
+        "--mode",
+        "file",
+        "--node-name",
+        "n0",
+    ]));
+    assert!(
+        src.snapshot_files().is_empty(),
+        "Qdrant's snapshot was deleted"
+    );
+    let m: Manifest =
+        serde_json::from_slice(&std::fs::read(store_dir.join("f1/manifest.json")).unwrap())
+            .unwrap();
+    let o = &m.collections[0].objects[0];
+    assert_eq!(o.mode, ObjectMode::File);
+    assert_eq!(o.size, 3 * MIB);
+    assert!(o.key.starts_with("n0/docs/docs-"), "{}", o.key);
+
+    let (dst, dst_url) = double_with_snapshots("1.18.3", &snaps2, |_| {}).await;
+    let snaps2_arg = snaps2.display().to_string();
+    assert_ok(&env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--snapshots-dir",
+        &snaps2_arg,
+        "--from",
+        &to,
+        "--name",
+        "f1",
+    ]));
+    assert_eq!(
+        dst.collection("docs").unwrap().shards[&0].content.sha256(),
+        o.sha256
+    );
+    let left: Vec<_> = walk(&snaps2);
+    assert!(
+        left.is_empty(),
+        "no snapshot file left on the node: {left:?}"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denied_credentials_fail_clearly_without_printing_the_secret() {
+    // A moto server that checks credentials: every request must be signed
+    // with a key it knows, and ours is not one of them.
+    let port = test_support::s3_server::free_port().unwrap();
+    let mut moto = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("moto_server");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "moto did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_src, src_url) = double("1.18.3", |d| d.add_collection("docs", 8, &[MIB])).await;
+    let secret = "SECRETMARKER0123456789abcdefSECRET";
+    let out = std::process::Command::new(AGENT)
+        .args([
+            "backup",
+            "--qdrant-url",
+            &src_url,
+            "--to",
+            "s3://bkt/p",
+            "--name",
+            "b1",
+            "--s3-endpoint",
+            &endpoint,
+        ])
+        .env("AWS_ACCESS_KEY_ID", "AKIAUNKNOWNKEY000000")
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1")
+        .env("QDRANT_AGENT_LOG", "debug")
+        .output()
+        .unwrap();
+    let _ = moto.kill();
+    let _ = moto.wait();
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("[S3AccessDenied]"), "{err}");
+    assert!(
+        !err.contains(secret) && !String::from_utf8_lossy(&out.stdout).contains(secret),
+        "secret leaked"
+    );
+}
