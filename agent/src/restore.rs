@@ -55,6 +55,17 @@ pub async fn run(
         });
     }
     let plan = select(&m, req)?;
+    if req.create_collections {
+        // Restoring over a live collection would replace its data: refuse,
+        // before anything is touched, and say how to restore beside it.
+        for (_, name, _) in &plan {
+            if node.qdrant.collection(name).await?.is_some() {
+                return Err(Error::Invalid(format!(
+                    "collection {name:?} already exists in the target Qdrant; restore it under another name (--rename {name}=NEW) or delete it first"
+                )));
+            }
+        }
+    }
     let root = keys::backup_root(&target.prefix, &req.backup_name);
     let total: u64 = plan
         .iter()
@@ -226,7 +237,7 @@ async fn restore_collection(
         .filter_map(|o| o.shard_id)
         .map(|s| (s, s))
         .collect();
-    if req.create_collections && q.collection(name).await?.is_none() {
+    if req.create_collections {
         q.create_collection(name, &create_body_from_config(&entry.config)?)
             .await?;
         created.push(name.to_string());
@@ -274,9 +285,7 @@ async fn restore_collection(
     result?;
 
     if req.restore_aliases {
-        for a in &entry.aliases {
-            q.create_alias(a, name).await?;
-        }
+        restore_aliases(node, &entry.aliases, name).await?;
     }
     wait_green(node, name, req.green_timeout, cancel).await
 }
@@ -324,6 +333,25 @@ async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<()> {
         done: true,
         taken_at: o.taken_at.clone(),
     });
+    Ok(())
+}
+
+/// Re-creates the backup's aliases for `name`. An alias that already points
+/// at another collection is live traffic's: it is left alone, with a warning.
+async fn restore_aliases(node: &Node, aliases: &[String], name: &str) -> Result<()> {
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    let existing = node.qdrant.aliases().await?;
+    for a in aliases {
+        match existing.iter().find(|e| &e.alias_name == a) {
+            Some(e) if e.collection_name == name => {}
+            Some(e) => {
+                tracing::warn!(alias = %a, points_to = %e.collection_name, restored = name, "alias exists and points elsewhere; left unchanged")
+            }
+            None => node.qdrant.create_alias(a, name).await?,
+        }
+    }
     Ok(())
 }
 

@@ -163,6 +163,15 @@ fn fingerprint(storage: Option<&StorageTarget>, rest: &impl prost::Message) -> S
     hex::encode(h.finalize())
 }
 
+/// Input errors are answered at once rather than as a failed task.
+fn check_input(backup_name: &str, storage: Option<&StorageTarget>) -> Result<(), Status> {
+    crate::keys::validate_segment("backup", backup_name)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let url = storage.map(|s| s.url.as_str()).unwrap_or_default();
+    Location::parse(url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    Ok(())
+}
+
 fn selections(c: &[CollectionSelection]) -> Vec<(String, Vec<u32>)> {
     c.iter()
         .map(|s| (s.collection.clone(), s.shard_ids.clone()))
@@ -221,6 +230,7 @@ impl Agent for AgentService {
         req: Request<StartBackupRequest>,
     ) -> Result<Response<Task>, Status> {
         let r = req.into_inner();
+        check_input(&r.backup_name, r.storage.as_ref())?;
         let mut rest = r.clone();
         rest.storage = None;
         let fp = fingerprint(r.storage.as_ref(), &rest);
@@ -276,6 +286,7 @@ impl Agent for AgentService {
         req: Request<StartRestoreRequest>,
     ) -> Result<Response<Task>, Status> {
         let r = req.into_inner();
+        check_input(&r.backup_name, r.storage.as_ref())?;
         let mut rest = r.clone();
         rest.storage = None;
         let fp = fingerprint(r.storage.as_ref(), &rest);

@@ -475,3 +475,194 @@ async fn denied_credentials_fail_clearly_without_printing_the_secret() {
         "secret leaked"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_never_overwrites_a_collection_or_moves_a_live_alias() {
+    let env = Env::new("nooverwrite");
+    let url = make_backup(&env, "p").await;
+    let (dst, dst_url) = double("1.18.3", |d| {
+        d.add_collection("docs", 384, &[MIB]);
+        d.add_collection("serving", 384, &[MIB]);
+        d.add_alias("docs-latest", "serving");
+    })
+    .await;
+    let before = dst.collection("docs").unwrap().shards[&0].content.clone();
+    let out = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+        "--collection",
+        "docs",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(
+            "already exists in the target Qdrant; restore it under another name (--rename docs=NEW)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        dst.collection("docs").unwrap().shards[&0].content,
+        before,
+        "existing data untouched"
+    );
+    assert!(dst.uploads().is_empty());
+
+    // Beside it under a new name: the alias that serves traffic stays put.
+    assert_ok(&env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+        "--collection",
+        "docs",
+        "--rename",
+        "docs=docs-restored",
+    ]));
+    assert!(dst.collection("docs-restored").is_some());
+    assert_eq!(
+        dst.aliases().get("docs-latest").map(String::as_str),
+        Some("serving")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_sharded_collection_gets_its_shard_keys_before_its_shards() {
+    use serde_json::json;
+    let env = Env::new("custom");
+    let (_src, src_url) = double("1.18.3", |d| {
+        d.add_collection("tenants", 8, &[MIB, 2 * MIB, 3 * MIB]);
+        d.set_custom_sharding("tenants", &[json!("eu"), json!("us"), json!(7)], 1);
+    })
+    .await;
+    let url = env.url("p");
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &url,
+        "--name",
+        "b1",
+        "--node-name",
+        "n0",
+    ]));
+    let (dst, dst_url) = double("1.18.3", |_| {}).await;
+    assert_ok(&env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+    ]));
+    let restored = dst.collection("tenants").unwrap();
+    assert_eq!(restored.config["params"]["sharding_method"], "custom");
+    for (s, key, size) in [
+        (0, json!("eu"), MIB),
+        (1, json!("us"), 2 * MIB),
+        (2, json!(7), 3 * MIB),
+    ] {
+        let shard = &restored.shards[&s];
+        assert_eq!(shard.shard_key.as_ref(), Some(&key));
+        assert_eq!(
+            shard.content.sha256(),
+            generated_sha256(seed_for("tenants", s), size),
+            "shard {s} ({key})"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn against_a_signature_checking_server_a_wrong_secret_is_refused_and_a_right_one_works() {
+    use test_support::s3_server::S3sFs;
+    let dir = tempfile::tempdir().unwrap();
+    let s3 = S3sFs::start(dir.path(), "agent-key", "agent-secret").unwrap();
+    let bucket = s3.bucket("backups").unwrap();
+    let (_src, src_url) = double("1.18.3", |d| d.add_collection("docs", 8, &[6 * MIB])).await;
+    let run = |secret: &str, args: &[&str]| {
+        std::process::Command::new(AGENT)
+            .args(args)
+            .args(["--s3-endpoint", &s3.endpoint])
+            .env("AWS_ACCESS_KEY_ID", "agent-key")
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let url = format!("s3://{bucket}/p");
+    let wrong = "WRONGsecretMARKER0123456789";
+    let out = run(
+        wrong,
+        &[
+            "backup",
+            "--qdrant-url",
+            &src_url,
+            "--to",
+            &url,
+            "--name",
+            "b1",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("[S3AccessDenied]"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(wrong));
+    let files: Vec<_> = walk(&dir.path().join(&bucket));
+    assert!(
+        files.is_empty(),
+        "nothing written with a wrong secret: {files:?}"
+    );
+
+    // s3s-fs does not implement ListMultipartUploads: the stale-upload
+    // cleanup warns and the backup goes on.
+    let out = run(
+        "agent-secret",
+        &[
+            "backup",
+            "--qdrant-url",
+            &src_url,
+            "--to",
+            &url,
+            "--name",
+            "b1",
+            "--part-size",
+            "5242880",
+        ],
+    );
+    assert_ok(&out);
+    assert!(
+        stderr(&out).contains("does not list multipart uploads"),
+        "{}",
+        stderr(&out)
+    );
+    let (dst, dst_url) = double("1.18.3", |_| {}).await;
+    assert_ok(&run(
+        "agent-secret",
+        &[
+            "restore",
+            "--qdrant-url",
+            &dst_url,
+            "--from",
+            &url,
+            "--name",
+            "b1",
+        ],
+    ));
+    assert_eq!(
+        dst.collection("docs").unwrap().shards[&0].content.sha256(),
+        generated_sha256(seed_for("docs", 0), 6 * MIB)
+    );
+}

@@ -112,6 +112,18 @@ async fn only_callers_with_the_token_reach_the_agent_but_health_is_open() {
         .unwrap()
         .into_inner();
     assert!(s.qdrant_reachable);
+    // Bad input is answered at once, not as a failed task.
+    let bad = c
+        .start_backup(authed(backup_req(&env, "t2", "../escape")))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let mut req = backup_req(&env, "t3", "b1");
+    req.storage.as_mut().unwrap().url = "ftp://x".into();
+    assert_eq!(
+        c.start_backup(authed(req)).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
     assert_eq!(s.qdrant_version, "1.18.3");
     assert_eq!(s.node_name, "pod-0");
 

@@ -138,6 +138,17 @@ impl Double {
         );
     }
 
+    /// Makes `c` custom-sharded, with shard `i` under `keys[i]`.
+    pub fn set_custom_sharding(&self, c: &str, keys: &[Value], shards_per_key: u64) {
+        if let Some(col) = self.lock().collections.get_mut(c) {
+            col.config["params"]["sharding_method"] = json!("custom");
+            col.config["params"]["shard_number"] = json!(shards_per_key);
+            for (s, k) in col.shards.values_mut().zip(keys) {
+                s.shard_key = Some(k.clone());
+            }
+        }
+    }
+
     pub fn set_shard_state(&self, c: &str, shard: u32, state: &str) {
         if let Some(s) = self
             .lock()

@@ -94,3 +94,66 @@ pub fn free_port() -> std::io::Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// s3s-fs, a real S3 server that checks request signatures and does not
+/// implement ListMultipartUploads (`cargo install s3s-fs@0.14.1 --features binary`).
+/// Buckets are directories under its root.
+pub struct S3sFs {
+    pub endpoint: String,
+    pub root: std::path::PathBuf,
+    child: Child,
+}
+
+impl S3sFs {
+    pub fn start(
+        root: &std::path::Path,
+        access_key: &str,
+        secret_key: &str,
+    ) -> std::io::Result<Self> {
+        let port = free_port()?;
+        let child = Command::new("s3s-fs")
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--access-key",
+                access_key,
+                "--secret-key",
+                secret_key,
+            ])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start s3s-fs (cargo install s3s-fs@0.14.1 --features binary): {e}"
+                ))
+            })?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("s3s-fs did not come up in 30s"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root: root.to_path_buf(),
+            child,
+        })
+    }
+
+    pub fn bucket(&self, name: &str) -> std::io::Result<String> {
+        std::fs::create_dir_all(self.root.join(name))?;
+        Ok(name.to_string())
+    }
+}
+
+impl Drop for S3sFs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
