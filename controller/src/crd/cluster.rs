@@ -1,0 +1,224 @@
+//! `QdrantCluster`: Qdrant run as a StatefulSet, with the agent as a sidecar.
+
+use super::SecretKeyRef;
+use k8s_openapi::api::core::v1::{
+    Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A Qdrant cluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "qdrant.io",
+    version = "v1alpha1",
+    kind = "QdrantCluster",
+    namespaced,
+    status = "QdrantClusterStatus",
+    shortname = "qc",
+    category = "qdrant",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
+    printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.replicas <= 1 || self.cluster.enabled").message("replicas > 1 needs cluster.enabled: true (distributed mode)"))]
+#[serde(rename_all = "camelCase")]
+pub struct QdrantClusterSpec {
+    /// Number of Qdrant nodes.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 100))]
+    pub replicas: i32,
+    /// Qdrant version: the image tag, e.g. `v1.18.3`.
+    #[schemars(regex(pattern = r"^v?[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$"))]
+    pub version: String,
+    /// Image repository (default `qdrant/qdrant`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Resources of the Qdrant container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    #[serde(default)]
+    pub persistence: Persistence,
+    #[serde(default)]
+    pub cluster: ClusterMode,
+    /// Qdrant's API key (and optionally a read-only key), from Secrets in
+    /// the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKey>,
+    #[serde(default)]
+    pub metrics: Metrics,
+    /// Extra Qdrant configuration merged into the generated config file
+    /// (same shape as Qdrant's `config.yaml`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form")]
+    pub config: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    #[serde(default)]
+    pub agent: AgentSpec,
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// An object whose fields are kept as given.
+fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// Storage of each Qdrant node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Persistence {
+    /// Size of each node's volume, e.g. `50Gi`.
+    #[serde(default = "default_size")]
+    #[schemars(regex(pattern = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$"))]
+    pub size: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+    /// Delete the volumes when the QdrantCluster is deleted (default: keep).
+    #[serde(default)]
+    pub delete_claims_on_delete: bool,
+}
+
+fn default_size() -> String {
+    "10Gi".into()
+}
+
+impl Default for Persistence {
+    fn default() -> Self {
+        Self {
+            size: default_size(),
+            storage_class_name: None,
+            delete_claims_on_delete: false,
+        }
+    }
+}
+
+/// Distributed mode.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterMode {
+    /// Run Qdrant in distributed mode (required for more than one replica).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Port of Qdrant's peer-to-peer traffic.
+    #[serde(default = "default_p2p_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub p2p_port: i32,
+}
+
+fn default_p2p_port() -> i32 {
+    6335
+}
+
+impl Default for ClusterMode {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            p2p_port: default_p2p_port(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKey {
+    /// The full API key (needed by the agent to restore).
+    pub secret_ref: SecretKeyRef,
+    /// An optional read-only API key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only_secret_ref: Option<SecretKeyRef>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct Metrics {
+    /// Annotate pods for Prometheus scraping of Qdrant's `/metrics`.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// The backup agent sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Run the agent beside each Qdrant node (needed for backups).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Agent image (default: the operator's matching agent image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// gRPC port of the agent.
+    #[serde(default = "default_agent_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_agent_port() -> i32 {
+    50051
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            image: None,
+            resources: None,
+            port: default_agent_port(),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ClusterPhase {
+    Pending,
+    Running,
+    Upgrading,
+    Scaling,
+    Degraded,
+    Failed,
+    Terminating,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QdrantClusterStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<ClusterPhase>,
+    #[serde(default)]
+    pub replicas: i32,
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Version all nodes run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// In-cluster URL of Qdrant's REST API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Ready, Progressing, Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

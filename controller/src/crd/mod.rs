@@ -1,0 +1,169 @@
+//! The four custom resources, group `qdrant.io`, version `v1alpha1`.
+//! CRD YAML under `manifests/crds/` is generated from these types by
+//! `crdgen`; a test fails when the two drift apart.
+
+mod backup;
+mod cluster;
+mod restore;
+mod schedule;
+
+pub use backup::*;
+pub use cluster::*;
+pub use restore::*;
+pub use schedule::*;
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub const GROUP: &str = "qdrant.io";
+
+/// Every CRD of the operator, in a stable order.
+pub fn all() -> Vec<CustomResourceDefinition> {
+    vec![
+        QdrantCluster::crd(),
+        QdrantBackup::crd(),
+        QdrantBackupSchedule::crd(),
+        QdrantRestore::crd(),
+    ]
+}
+
+/// A reference to an object in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct LocalObjectReference {
+    /// Name of the object, in the resource's own namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A key of a Secret in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct SecretKeyRef {
+    /// Name of the Secret, in the resource's own namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1))]
+    pub key: String,
+}
+
+/// Where backups live in S3 or an S3-compatible store.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Storage {
+    /// Bucket name.
+    #[schemars(length(min = 3, max = 63))]
+    pub bucket: String,
+    /// Key prefix; backups go under `<prefix>/<namespace>/<cluster>/<backup>/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[^/].*[^/]$|^[^/]$"))]
+    pub prefix: Option<String>,
+    /// Region, e.g. `eu-west-1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, ...); path-style
+    /// addressing is used with a custom endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub endpoint: Option<String>,
+    /// Secret in the same namespace with keys `AWS_ACCESS_KEY_ID`,
+    /// `AWS_SECRET_ACCESS_KEY` and optionally `AWS_SESSION_TOKEN`. Without it,
+    /// the agents use their pods' identity (IRSA, instance profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<LocalObjectReference>,
+    /// Server-side encryption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse: Option<ServerSideEncryption>,
+    /// KMS key id when `sse` is `aws:kms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_kms_key_id: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ServerSideEncryption {
+    #[serde(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    AwsKms,
+}
+
+/// Backup storage. S3 is the only kind for now.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct BackupStorage {
+    pub s3: S3Storage,
+}
+
+/// What deleting a backup resource does to its objects in the bucket.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep the objects: deleting the resource never destroys data.
+    #[default]
+    Retain,
+    /// Delete the objects before the resource goes.
+    Delete,
+}
+
+/// How the agents take each backup.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupMode {
+    /// Live shard snapshots streamed to S3; needs no free disk.
+    #[default]
+    Stream,
+    /// Collection snapshot files written by Qdrant, uploaded, deleted.
+    File,
+    /// `file` when the snapshots volume has room, `stream` otherwise.
+    Auto,
+}
+
+/// Progress of a backup or restore, as reported by the agents.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskProgress {
+    pub bytes_done: u64,
+    pub shards_done: u32,
+    pub shards_total: u32,
+}
+
+/// One shard object of a backup.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShardObject {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_id: Option<u32>,
+    /// Object key relative to the backup's root.
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    /// Pod whose agent took it.
+    pub pod: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer_id: Option<u64>,
+}
+
+/// Per-collection result of a backup or restore.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionResult {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<ShardObject>,
+}
+
+/// Every CRD as `(file name, YAML)`, as checked in under `manifests/crds/`.
+pub fn rendered() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+    all()
+        .into_iter()
+        .map(|crd| {
+            let file = format!("{}.yaml", crd.spec.names.plural);
+            Ok((
+                file,
+                format!(
+                    "# Generated by crdgen from the Rust types: do not edit.\n{}",
+                    serde_yaml::to_string(&crd)?
+                ),
+            ))
+        })
+        .collect()
+}

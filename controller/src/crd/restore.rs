@@ -1,0 +1,90 @@
+//! `QdrantRestore`: restore a backup, or a raw S3 path, into a cluster.
+
+use super::{CollectionResult, LocalObjectReference, S3Storage, TaskProgress};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// A restore of a backup into a QdrantCluster.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "qdrant.io",
+    version = "v1alpha1",
+    kind = "QdrantRestore",
+    namespaced,
+    status = "QdrantRestoreStatus",
+    shortname = "qr",
+    category = "qdrant",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.targetClusterRef.name"}"#,
+    printcolumn = r#"{"name":"Backup","type":"string","jsonPath":".spec.backupRef.name"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("has(self.backupRef) != has(self.source)").message("give exactly one of backupRef or source"))]
+#[x_kube(validation = Rule::new("self == oldSelf").message("a restore cannot be changed once created; create a new one"))]
+#[serde(rename_all = "camelCase")]
+pub struct QdrantRestoreSpec {
+    /// A Completed QdrantBackup in the same namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup_ref: Option<LocalObjectReference>,
+    /// A backup found in a bucket, for example one whose QdrantBackup
+    /// resource or cluster is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<RestoreSource>,
+    /// The QdrantCluster to restore into, in the same namespace.
+    pub target_cluster_ref: LocalObjectReference,
+    /// Collections to restore; empty means all in the backup.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<String>,
+    /// Restore collection KEY under the name VALUE.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub collection_mapping: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RestoreSource {
+    pub s3: S3Source,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Source {
+    /// Bucket, endpoint, region and credentials, as for a backup; `prefix`
+    /// is ignored in favour of `path`.
+    #[serde(flatten)]
+    pub storage: S3Storage,
+    /// Key of the backup's directory: the one holding `manifest.json`.
+    #[schemars(length(min = 1))]
+    pub path: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RestorePhase {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QdrantRestoreStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<RestorePhase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<TaskProgress>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collections: Vec<CollectionResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}

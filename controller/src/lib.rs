@@ -1,0 +1,4 @@
+//! qdrant-operator: the custom resources of group `qdrant.io` and, as they
+//! are built, the reconcilers that drive Qdrant and its agents.
+
+pub mod crd;

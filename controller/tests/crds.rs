@@ -1,0 +1,130 @@
+//! The checked-in CRDs match the Rust types, and the manifests a user
+//! applies parse as the kinds they claim to be.
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use qdrant_operator::crd::*;
+use std::path::PathBuf;
+
+fn manifests() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests")
+}
+
+#[test]
+fn checked_in_crds_match_the_rust_types() {
+    for (file, yaml) in rendered().unwrap() {
+        let path = manifests().join("crds").join(&file);
+        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            on_disk == yaml,
+            "{} is out of date: run `cargo run -p qdrant-operator --bin crdgen`",
+            path.display()
+        );
+    }
+    let files = std::fs::read_dir(manifests().join("crds")).unwrap().count();
+    assert_eq!(files, 4, "manifests/crds holds exactly the generated CRDs");
+}
+
+#[test]
+fn every_crd_has_status_short_names_category_and_printer_columns() {
+    let want = [
+        ("QdrantCluster", "qc"),
+        ("QdrantBackup", "qb"),
+        ("QdrantBackupSchedule", "qbs"),
+        ("QdrantRestore", "qr"),
+    ];
+    for (crd, (kind, short)) in all().iter().zip(want) {
+        let path = manifests()
+            .join("crds")
+            .join(format!("{}.yaml", crd.spec.names.plural));
+        let parsed: CustomResourceDefinition =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        assert_eq!(parsed.spec.group, GROUP);
+        assert_eq!(parsed.spec.names.kind, kind);
+        assert_eq!(
+            parsed.spec.names.short_names.as_deref(),
+            Some(&[short.to_string()][..])
+        );
+        assert_eq!(
+            parsed.spec.names.categories.as_deref(),
+            Some(&["qdrant".to_string()][..])
+        );
+        let v = &parsed.spec.versions[0];
+        assert_eq!(v.name, "v1alpha1");
+        assert!(
+            v.subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some(),
+            "{kind} has a status subresource"
+        );
+        let cols: Vec<&str> = v
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert!(cols.contains(&"Age"), "{kind}: {cols:?}");
+        assert!(
+            cols.contains(&"Phase") || kind == "QdrantBackupSchedule",
+            "{kind}: {cols:?}"
+        );
+    }
+}
+
+#[test]
+fn cel_rules_guard_invalid_field_combinations() {
+    let json = |crd: &CustomResourceDefinition| serde_json::to_string(crd).unwrap();
+    assert!(json(&all()[0]).contains("self.replicas <= 1 || self.cluster.enabled"));
+    assert!(json(&all()[3]).contains("has(self.backupRef) != has(self.source)"));
+}
+
+#[test]
+fn examples_parse_as_their_kinds() {
+    let read = |f: &str| std::fs::read_to_string(manifests().join("examples").join(f)).unwrap();
+    let c: QdrantCluster = serde_yaml::from_str(&read("qdrantcluster.yaml")).unwrap();
+    assert_eq!(c.spec.replicas, 3);
+    assert!(c.spec.cluster.enabled);
+    assert_eq!(
+        c.spec.config.unwrap()["storage"]["performance"]["max_search_threads"],
+        4
+    );
+    let b: QdrantBackup = serde_yaml::from_str(&read("qdrantbackup.yaml")).unwrap();
+    assert_eq!(b.spec.deletion_policy, DeletionPolicy::Retain);
+    assert_eq!(
+        b.spec.storage.s3.credentials_secret_ref.unwrap().name,
+        "backup-s3-credentials"
+    );
+    let s: QdrantBackupSchedule = serde_yaml::from_str(&read("qdrantbackupschedule.yaml")).unwrap();
+    assert_eq!(s.spec.retention_policy.keep_daily, Some(7));
+    assert_eq!(
+        s.spec.backup_template.deletion_policy,
+        DeletionPolicy::Delete,
+        "scheduled backups default to Delete"
+    );
+    let r: QdrantRestore = serde_yaml::from_str(&read("qdrantrestore.yaml")).unwrap();
+    assert_eq!(r.spec.collection_mapping["docs"], "docs-restored");
+}
+
+#[test]
+fn a_minimal_cluster_gets_safe_defaults() {
+    let c: QdrantCluster = serde_yaml::from_str(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q}\nspec: {version: v1.18.3}\n",
+    )
+    .unwrap();
+    assert_eq!(c.spec.replicas, 1);
+    assert!(!c.spec.cluster.enabled);
+    assert_eq!(c.spec.cluster.p2p_port, 6335);
+    assert_eq!(c.spec.persistence.size, "10Gi");
+    assert!(
+        !c.spec.persistence.delete_claims_on_delete,
+        "volumes are kept by default"
+    );
+    assert!(c.spec.agent.enabled);
+    assert_eq!(c.spec.agent.port, 50051);
+    // A hand-made backup keeps its data when the resource is deleted.
+    let b: QdrantBackup = serde_yaml::from_str(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {name: b}\nspec: {clusterRef: {name: q}, storage: {s3: {bucket: bkt}}}\n",
+    )
+    .unwrap();
+    assert_eq!(b.spec.deletion_policy, DeletionPolicy::Retain);
+}
