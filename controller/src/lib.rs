@@ -2,3 +2,4 @@
 //! are built, the reconcilers that drive Qdrant and its agents.
 
 pub mod crd;
+pub mod render;

@@ -1,0 +1,544 @@
+//! Pure builders of every object a `QdrantCluster` owns. No I/O: the
+//! reconciler applies what these return with server-side apply.
+
+use crate::crd::QdrantCluster;
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::core::v1::*;
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+pub const HTTP_PORT: i32 = 6333;
+pub const GRPC_PORT: i32 = 6334;
+pub const QDRANT_UID: i64 = 1000;
+pub const QDRANT_GID: i64 = 2000;
+pub const FS_GROUP: i64 = 3000;
+pub const DEFAULT_IMAGE: &str = "qdrant/qdrant";
+pub const STORAGE_PATH: &str = "/qdrant/storage";
+pub const SNAPSHOTS_PATH: &str = "/qdrant/snapshots";
+pub const AGENT_TOKEN_DIR: &str = "/var/run/qdrant-agent";
+/// Key of the agent token in its Secret.
+pub const AGENT_TOKEN_KEY: &str = "token";
+
+/// Names of the objects of one cluster, derived from its name.
+pub struct Names {
+    pub cluster: String,
+}
+
+impl Names {
+    pub fn of(c: &QdrantCluster) -> Self {
+        Self {
+            cluster: c.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+    pub fn statefulset(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn headless(&self) -> String {
+        format!("{}-headless", self.cluster)
+    }
+    pub fn client_service(&self) -> String {
+        self.cluster.clone()
+    }
+    pub fn config(&self) -> String {
+        format!("{}-config", self.cluster)
+    }
+    pub fn service_account(&self) -> String {
+        format!("{}-qdrant", self.cluster)
+    }
+    pub fn agent_token(&self) -> String {
+        format!("{}-agent-token", self.cluster)
+    }
+    pub fn pdb(&self) -> String {
+        self.cluster.clone()
+    }
+}
+
+pub fn selector_labels(c: &QdrantCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "qdrant".into()),
+        ("app.kubernetes.io/instance".into(), Names::of(c).cluster),
+    ])
+}
+
+fn labels(c: &QdrantCluster) -> BTreeMap<String, String> {
+    let mut l = selector_labels(c);
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "qdrant-operator".into(),
+    );
+    l
+}
+
+fn owner(c: &QdrantCluster) -> Vec<OwnerReference> {
+    c.controller_owner_ref(&()).into_iter().collect()
+}
+
+fn meta(c: &QdrantCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: c.metadata.namespace.clone(),
+        labels: Some(labels(c)),
+        owner_references: Some(owner(c)),
+        ..Default::default()
+    }
+}
+
+fn port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::Int(port)),
+        ..Default::default()
+    }
+}
+
+/// Peer discovery: one DNS name per pod, ready or not (Qdrant peers must
+/// find each other before they are ready).
+pub fn headless_service(c: &QdrantCluster) -> Service {
+    let mut ports = vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)];
+    if c.spec.cluster.enabled {
+        ports.push(port("p2p", c.spec.cluster.p2p_port));
+    }
+    if c.spec.agent.enabled {
+        ports.push(port("agent", c.spec.agent.port));
+    }
+    Service {
+        metadata: meta(c, Names::of(c).headless()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector_labels(c)),
+            ports: Some(ports),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// What applications connect to: REST and gRPC.
+pub fn client_service(c: &QdrantCluster) -> Service {
+    Service {
+        metadata: meta(c, Names::of(c).client_service()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(c)),
+            ports: Some(vec![port("http", HTTP_PORT), port("grpc", GRPC_PORT)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The Qdrant pods run with no Kubernetes API access at all.
+pub fn service_account(c: &QdrantCluster) -> ServiceAccount {
+    ServiceAccount {
+        metadata: meta(c, Names::of(c).service_account()),
+        automount_service_account_token: Some(false),
+        ..Default::default()
+    }
+}
+
+pub fn pod_disruption_budget(c: &QdrantCluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(c, Names::of(c).pdb()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(c)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The agent's bearer token, shared by the agents and the controller.
+pub fn agent_token_secret(c: &QdrantCluster, token: &str) -> Secret {
+    Secret {
+        metadata: meta(c, Names::of(c).agent_token()),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(AGENT_TOKEN_KEY.into(), token.into())])),
+        ..Default::default()
+    }
+}
+
+/// Qdrant's config: the user's `spec.config` deep-merged under the keys the
+/// operator owns (paths, ports, distributed mode), which always win.
+pub fn qdrant_config(c: &QdrantCluster) -> Value {
+    let mut cfg = c
+        .spec
+        .config
+        .clone()
+        .filter(Value::is_object)
+        .unwrap_or_else(|| json!({}));
+    let owned = json!({
+        "storage": {"storage_path": STORAGE_PATH, "snapshots_path": SNAPSHOTS_PATH},
+        "service": {"http_port": HTTP_PORT, "grpc_port": GRPC_PORT},
+        "cluster": {"enabled": c.spec.cluster.enabled, "p2p": {"port": c.spec.cluster.p2p_port}},
+    });
+    merge(&mut cfg, &owned);
+    cfg
+}
+
+fn merge(into: &mut Value, from: &Value) {
+    match (into, from) {
+        (Value::Object(a), Value::Object(b)) => {
+            for (k, v) in b {
+                merge(a.entry(k.clone()).or_insert(Value::Null), v);
+            }
+        }
+        (a, b) => *a = b.clone(),
+    }
+}
+
+/// Starts Qdrant: pod 0 founds the cluster, the others join it through
+/// pod 0's peer address. Plain Qdrant when distributed mode is off.
+pub fn start_script(c: &QdrantCluster) -> String {
+    let n = Names::of(c);
+    if !c.spec.cluster.enabled {
+        return "#!/bin/bash\nexec ./entrypoint.sh\n".into();
+    }
+    let p2p = c.spec.cluster.p2p_port;
+    format!(
+        "#!/bin/bash\n\
+         # Pod 0 founds the cluster; every other pod bootstraps from it.\n\
+         SELF=\"http://${{HOSTNAME}}.{svc}:{p2p}\"\n\
+         if [ \"${{HOSTNAME##*-}}\" = \"0\" ]; then\n  exec ./entrypoint.sh --uri \"$SELF\"\nfi\n\
+         exec ./entrypoint.sh --bootstrap \"http://{sts}-0.{svc}:{p2p}\" --uri \"$SELF\"\n",
+        svc = n.headless(),
+        sts = n.statefulset(),
+    )
+}
+
+pub fn config_map(c: &QdrantCluster) -> ConfigMap {
+    let yaml = serde_yaml::to_string(&qdrant_config(c)).unwrap_or_default();
+    ConfigMap {
+        metadata: meta(c, Names::of(c).config()),
+        data: Some(BTreeMap::from([
+            ("production.yaml".into(), yaml),
+            ("start.sh".into(), start_script(c)),
+        ])),
+        ..Default::default()
+    }
+}
+
+fn secret_env(name: &str, secret: &crate::crd::SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(QDRANT_UID),
+        run_as_group: Some(QDRANT_GID),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        ..Default::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(HTTP_PORT),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        ..Default::default()
+    }
+}
+
+fn qdrant_container(c: &QdrantCluster) -> Container {
+    let s = &c.spec;
+    let mut ports = vec![
+        ContainerPort {
+            name: Some("http".into()),
+            container_port: HTTP_PORT,
+            ..Default::default()
+        },
+        ContainerPort {
+            name: Some("grpc".into()),
+            container_port: GRPC_PORT,
+            ..Default::default()
+        },
+    ];
+    if s.cluster.enabled {
+        ports.push(ContainerPort {
+            name: Some("p2p".into()),
+            container_port: s.cluster.p2p_port,
+            ..Default::default()
+        });
+    }
+    let mut env = vec![];
+    if let Some(k) = &s.api_key {
+        env.push(secret_env("QDRANT__SERVICE__API_KEY", &k.secret_ref));
+        if let Some(ro) = &k.read_only_secret_ref {
+            env.push(secret_env("QDRANT__SERVICE__READ_ONLY_API_KEY", ro));
+        }
+    }
+    let config = VolumeMount {
+        sub_path: Some("production.yaml".into()),
+        ..mount("config", "/qdrant/config/production.yaml")
+    };
+    let script = VolumeMount {
+        sub_path: Some("start.sh".into()),
+        ..mount("config", "/qdrant/start.sh")
+    };
+    Container {
+        name: "qdrant".into(),
+        image: Some(format!(
+            "{}:{}",
+            s.image.as_deref().unwrap_or(DEFAULT_IMAGE),
+            s.version
+        )),
+        command: Some(vec!["/bin/bash".into(), "/qdrant/start.sh".into()]),
+        ports: Some(ports),
+        env: Some(env),
+        resources: s.resources.clone(),
+        volume_mounts: Some(vec![
+            mount("storage", STORAGE_PATH),
+            mount("snapshots", SNAPSHOTS_PATH),
+            config,
+            script,
+            mount("tmp", "/tmp"),
+        ]),
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(http_probe("/livez", 10, 6)),
+        // Loading a large collection can take long: no liveness until up.
+        startup_probe: Some(http_probe("/livez", 10, 60)),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+/// The agent image the operator ships with, unless the cluster names one.
+pub fn default_agent_image() -> String {
+    format!(
+        "ghcr.io/qdrant-operator/qdrant-agent:{}",
+        env!("CARGO_PKG_VERSION")
+    )
+}
+
+fn agent_container(c: &QdrantCluster) -> Container {
+    let a = &c.spec.agent;
+    let mut env = vec![EnvVar {
+        name: "NODE_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }];
+    if let Some(k) = &c.spec.api_key {
+        env.push(secret_env("QDRANT_API_KEY", &k.secret_ref));
+    }
+    env.push(EnvVar {
+        name: "QDRANT_AGENT_LOG_FORMAT".into(),
+        value: Some("json".into()),
+        ..Default::default()
+    });
+    Container {
+        name: "agent".into(),
+        image: Some(a.image.clone().unwrap_or_else(default_agent_image)),
+        args: Some(
+            [
+                "serve",
+                "--listen",
+                &format!("0.0.0.0:{}", a.port),
+                "--qdrant-url",
+                &format!("http://127.0.0.1:{HTTP_PORT}"),
+                "--snapshots-dir",
+                SNAPSHOTS_PATH,
+                "--token-file",
+                &format!("{AGENT_TOKEN_DIR}/{AGENT_TOKEN_KEY}"),
+            ]
+            .map(String::from)
+            .to_vec(),
+        ),
+        ports: Some(vec![ContainerPort {
+            name: Some("agent".into()),
+            container_port: a.port,
+            ..Default::default()
+        }]),
+        env: Some(env),
+        resources: a.resources.clone(),
+        volume_mounts: Some(vec![
+            mount("snapshots", SNAPSHOTS_PATH),
+            VolumeMount {
+                read_only: Some(true),
+                ..mount("agent-token", AGENT_TOKEN_DIR)
+            },
+        ]),
+        // gRPC health needs no token, so kubelet can probe it.
+        readiness_probe: Some(Probe {
+            grpc: Some(GRPCAction {
+                port: a.port,
+                service: Some("qdrant.agent.v1.Agent".into()),
+            }),
+            period_seconds: Some(10),
+            ..Default::default()
+        }),
+        security_context: Some(restricted()),
+        ..Default::default()
+    }
+}
+
+pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
+    let s = &c.spec;
+    let n = Names::of(c);
+    let mut containers = vec![qdrant_container(c)];
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: n.config(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        // Collection snapshots (FILE mode) pass through here; the live
+        // shard stream needs no disk.
+        Volume {
+            name: "snapshots".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+    ];
+    if s.agent.enabled {
+        containers.push(agent_container(c));
+        volumes.push(Volume {
+            name: "agent-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(n.agent_token()),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+    }
+    let mut annotations = BTreeMap::new();
+    if s.metrics.enabled {
+        annotations.insert("prometheus.io/scrape".into(), "true".into());
+        annotations.insert("prometheus.io/port".into(), HTTP_PORT.to_string());
+        annotations.insert("prometheus.io/path".into(), "/metrics".into());
+    }
+    let claim = PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some("storage".into()),
+            labels: Some(selector_labels(c)),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteOnce".into()]),
+            storage_class_name: s.persistence.storage_class_name.clone(),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([(
+                    "storage".into(),
+                    Quantity(s.persistence.size.clone()),
+                )])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    StatefulSet {
+        metadata: meta(c, n.statefulset()),
+        spec: Some(StatefulSetSpec {
+            replicas: Some(s.replicas),
+            service_name: Some(n.headless()),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(c)),
+                ..Default::default()
+            },
+            // Version changes roll out one pod at a time, highest ordinal first.
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
+            }),
+            pod_management_policy: Some("OrderedReady".into()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(c)),
+                    annotations: (!annotations.is_empty()).then_some(annotations),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(n.service_account()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(QDRANT_UID),
+                        run_as_group: Some(QDRANT_GID),
+                        fs_group: Some(FS_GROUP),
+                        fs_group_change_policy: Some("OnRootMismatch".into()),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".into(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    containers,
+                    volumes: Some(volumes),
+                    node_selector: (!s.node_selector.is_empty()).then(|| s.node_selector.clone()),
+                    tolerations: (!s.tolerations.is_empty()).then(|| s.tolerations.clone()),
+                    affinity: s.affinity.clone(),
+                    topology_spread_constraints: (!s.topology_spread_constraints.is_empty())
+                        .then(|| s.topology_spread_constraints.clone()),
+                    ..Default::default()
+                }),
+            },
+            volume_claim_templates: Some(vec![claim]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// In-cluster URL of the cluster's REST API.
+pub fn endpoint(c: &QdrantCluster) -> String {
+    format!(
+        "http://{}.{}.svc:{HTTP_PORT}",
+        Names::of(c).client_service(),
+        c.metadata.namespace.as_deref().unwrap_or("default")
+    )
+}

@@ -1,0 +1,199 @@
+//! The objects rendered from a QdrantCluster: a golden file of the whole
+//! StatefulSet (run with UPDATE_SNAPSHOTS=1 to rewrite it on purpose) and
+//! the properties that matter, asserted one by one.
+
+use qdrant_operator::crd::QdrantCluster;
+use qdrant_operator::render::*;
+use std::path::PathBuf;
+
+fn cluster(yaml: &str) -> QdrantCluster {
+    let mut c: QdrantCluster = serde_yaml::from_str(yaml).unwrap();
+    c.metadata.uid = Some("0d9c1b4e-0000-4000-8000-000000000001".into());
+    c
+}
+
+fn example() -> QdrantCluster {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/qdrantcluster.yaml");
+    cluster(&std::fs::read_to_string(path).unwrap())
+}
+
+#[test]
+fn statefulset_matches_its_golden_file() {
+    let rendered = serde_yaml::to_string(&statefulset(&example())).unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/statefulset.yaml");
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::write(&path, &rendered).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        golden == rendered,
+        "rendered StatefulSet differs from {}; review and rerun with UPDATE_SNAPSHOTS=1\n{rendered}",
+        path.display()
+    );
+}
+
+#[test]
+fn the_agent_sidecar_shares_snapshots_runs_as_qdrant_and_needs_no_api_access() {
+    let sts = statefulset(&example());
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
+    assert_eq!(pod.service_account_name.as_deref(), Some("vectors-qdrant"));
+    let [qdrant, agent] = &pod.containers[..] else {
+        panic!("two containers")
+    };
+    assert_eq!(qdrant.image.as_deref(), Some("qdrant/qdrant:v1.18.3"));
+    let mounts = |c: &k8s_openapi::api::core::v1::Container| -> Vec<(String, String)> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.clone(), m.mount_path.clone()))
+            .collect()
+    };
+    assert!(mounts(qdrant).contains(&("snapshots".into(), SNAPSHOTS_PATH.into())));
+    assert!(mounts(agent).contains(&("snapshots".into(), SNAPSHOTS_PATH.into())));
+    for c in [qdrant, agent] {
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_group),
+            (Some(QDRANT_UID), Some(QDRANT_GID)),
+            "{}",
+            c.name
+        );
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.run_as_non_root, Some(true));
+    }
+    let args = agent.args.clone().unwrap().join(" ");
+    assert!(
+        args.starts_with("serve --listen 0.0.0.0:50051 --qdrant-url http://127.0.0.1:6333"),
+        "{args}"
+    );
+    assert!(
+        args.contains("--token-file /var/run/qdrant-agent/token") && !args.contains("--insecure")
+    );
+    assert_eq!(
+        agent
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .grpc
+            .as_ref()
+            .unwrap()
+            .port,
+        50051
+    );
+    // The API key reaches both containers from its Secret, never as a literal.
+    for (c, var) in [
+        (qdrant, "QDRANT__SERVICE__API_KEY"),
+        (agent, "QDRANT_API_KEY"),
+    ] {
+        let e = c
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == var)
+            .unwrap_or_else(|| panic!("{var}"));
+        assert!(e.value.is_none());
+        assert_eq!(
+            e.value_from
+                .as_ref()
+                .unwrap()
+                .secret_key_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "qdrant-api-key"
+        );
+    }
+}
+
+#[test]
+fn agent_off_means_no_sidecar_and_no_token_volume() {
+    let c = cluster(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\nspec: {version: v1.18.3, agent: {enabled: false}}\n",
+    );
+    let pod = statefulset(&c).spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.containers.len(), 1);
+    assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "agent-token"));
+}
+
+#[test]
+fn distributed_mode_bootstraps_from_pod_zero_and_exposes_p2p() {
+    let c = example();
+    let script = start_script(&c);
+    assert!(script.contains("exec ./entrypoint.sh --uri \"$SELF\""));
+    assert!(script.contains("--bootstrap \"http://vectors-0.vectors-headless:6335\""));
+    let headless = headless_service(&c).spec.unwrap();
+    assert_eq!(headless.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(headless.publish_not_ready_addresses, Some(true));
+    assert!(headless.ports.unwrap().iter().any(|p| p.port == 6335));
+    let client = client_service(&c).spec.unwrap();
+    let ports: Vec<i32> = client.ports.unwrap().iter().map(|p| p.port).collect();
+    assert_eq!(ports, [6333, 6334]);
+
+    let single = cluster(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\nspec: {version: v1.18.3}\n",
+    );
+    assert_eq!(start_script(&single), "#!/bin/bash\nexec ./entrypoint.sh\n");
+    assert!(
+        !headless_service(&single)
+            .spec
+            .unwrap()
+            .ports
+            .unwrap()
+            .iter()
+            .any(|p| p.name.as_deref() == Some("p2p"))
+    );
+}
+
+#[test]
+fn user_config_is_merged_but_cannot_move_paths_or_ports() {
+    let c = cluster(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\n\
+         spec:\n  version: v1.18.3\n  config:\n    storage: {storage_path: /elsewhere, performance: {max_search_threads: 4}}\n    service: {http_port: 1, max_request_size_mb: 64}\n    log_level: DEBUG\n",
+    );
+    let cfg = qdrant_config(&c);
+    assert_eq!(cfg["storage"]["storage_path"], STORAGE_PATH);
+    assert_eq!(cfg["storage"]["snapshots_path"], SNAPSHOTS_PATH);
+    assert_eq!(cfg["storage"]["performance"]["max_search_threads"], 4);
+    assert_eq!(cfg["service"]["http_port"], 6333);
+    assert_eq!(cfg["service"]["max_request_size_mb"], 64);
+    assert_eq!(cfg["log_level"], "DEBUG");
+    assert_eq!(cfg["cluster"]["enabled"], false);
+}
+
+#[test]
+fn every_object_is_owned_by_the_cluster_and_labelled() {
+    let c = example();
+    let metas = [
+        statefulset(&c).metadata,
+        headless_service(&c).metadata,
+        client_service(&c).metadata,
+        config_map(&c).metadata,
+        service_account(&c).metadata,
+        pod_disruption_budget(&c).metadata,
+        agent_token_secret(&c, "t").metadata,
+    ];
+    for m in metas {
+        let owners = m.owner_references.unwrap();
+        assert_eq!(owners.len(), 1, "{:?}", m.name);
+        assert_eq!(
+            (
+                owners[0].kind.as_str(),
+                owners[0].name.as_str(),
+                owners[0].controller
+            ),
+            ("QdrantCluster", "vectors", Some(true))
+        );
+        assert_eq!(m.namespace.as_deref(), Some("search"));
+        assert_eq!(
+            m.labels.unwrap()["app.kubernetes.io/managed-by"],
+            "qdrant-operator"
+        );
+    }
+    assert_eq!(
+        service_account(&c).automount_service_account_token,
+        Some(false)
+    );
+    assert_eq!(endpoint(&c), "http://vectors.search.svc:6333");
+}
