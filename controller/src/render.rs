@@ -2,7 +2,10 @@
 //! reconciler applies what these return with server-side apply.
 
 use crate::crd::QdrantCluster;
-use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::apps::v1::{
+    StatefulSet, StatefulSetPersistentVolumeClaimRetentionPolicy, StatefulSetSpec,
+    StatefulSetUpdateStrategy,
+};
 use k8s_openapi::api::core::v1::*;
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -528,6 +531,20 @@ pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
                 }),
             },
             volume_claim_templates: Some(vec![claim]),
+            // Data outlives the resource unless the user asked otherwise.
+            persistent_volume_claim_retention_policy: Some(
+                StatefulSetPersistentVolumeClaimRetentionPolicy {
+                    when_deleted: Some(
+                        if s.persistence.delete_claims_on_delete {
+                            "Delete"
+                        } else {
+                            "Retain"
+                        }
+                        .into(),
+                    ),
+                    when_scaled: Some("Retain".into()),
+                },
+            ),
             ..Default::default()
         }),
         ..Default::default()

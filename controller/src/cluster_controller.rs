@@ -1,0 +1,312 @@
+//! The QdrantCluster reconciler: read what is there, decide (pure, in
+//! `decide`), apply the rendered objects with server-side apply, patch the
+//! status when it changed, and record an Event on each phase transition.
+
+use crate::crd::{ClusterPhase, QdrantCluster, QdrantClusterStatus};
+use crate::decide::{Observed, conditions, decide};
+use crate::metrics::Metrics;
+use crate::render;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const FINALIZER: &str = "qdrant.io/cluster";
+pub const MANAGER: &str = "qdrant-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::Finalizer(_) => "Finalizer",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// Consecutive failures per object UID, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Seconds to wait after the `n`-th consecutive failure: 5, 10, 20, ... 300.
+pub fn backoff(n: u32) -> Duration {
+    Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
+}
+
+pub async fn reconcile(c: Arc<QdrantCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let kind = Metrics::kind("QdrantCluster");
+    ctx.metrics.reconciles.get_or_create(&kind).inc();
+    let ns = c.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = c.uid().unwrap_or_default();
+    let result = finalizer(&api, FINALIZER, c, |ev| async {
+        match ev {
+            Finalizer::Apply(c) => apply(c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup(c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics
+        .duration
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures().remove(&uid);
+    }
+    result
+}
+
+pub fn error_policy(c: Arc<QdrantCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures();
+        let n = f.entry(c.uid().unwrap_or_default()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    ctx.metrics
+        .failures
+        .get_or_create(&crate::metrics::ErrorLabel {
+            kind: "QdrantCluster".into(),
+            reason: err.reason().into(),
+        })
+        .inc();
+    tracing::warn!(cluster = %c.name_any(), error = %err, failures = n, "reconcile failed");
+    Action::requeue(backoff(n))
+}
+
+async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?)
+}
+
+async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
+    let ns = c.namespace().unwrap_or_else(|| "default".into());
+    let client = &ctx.client;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let mut observed = Observed::default();
+    if let Some(k) = &c.spec.api_key {
+        for r in std::iter::once(&k.secret_ref).chain(k.read_only_secret_ref.as_ref()) {
+            if secrets.get_opt(&r.name).await?.is_none() {
+                observed.missing_secrets.push(r.name.clone());
+            }
+        }
+    }
+    let before = decide(&c, &observed);
+    if !before.apply {
+        write_status(&c, ctx, &before, None).await?;
+        // Secrets are not watched: look again in a while.
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    }
+    if c.spec.agent.enabled {
+        ensure_agent_token(&secrets, &c).await?;
+    }
+    ssa(client, &ns, &render::service_account(&c)).await?;
+    ssa(client, &ns, &render::config_map(&c)).await?;
+    ssa(client, &ns, &render::headless_service(&c)).await?;
+    ssa(client, &ns, &render::client_service(&c)).await?;
+    ssa(client, &ns, &render::pod_disruption_budget(&c)).await?;
+    let sts = ssa(client, &ns, &render::statefulset(&c)).await?;
+    observed.statefulset = Some(sts.clone());
+    let d = decide(&c, &observed);
+    write_status(&c, ctx, &d, Some(&sts)).await?;
+    Ok(match d.phase {
+        ClusterPhase::Running => Action::requeue(Duration::from_secs(300)),
+        _ => Action::requeue(Duration::from_secs(15)),
+    })
+}
+
+/// Creates the agent's bearer token once; an existing one is never replaced
+/// (that would cut the controller off from running agents).
+async fn ensure_agent_token(secrets: &Api<Secret>, c: &QdrantCluster) -> Result<(), Error> {
+    let name = render::Names::of(c).agent_token();
+    if secrets.get_opt(&name).await?.is_some() {
+        return Ok(());
+    }
+    let token: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
+    match secrets
+        .create(
+            &PostParams::default(),
+            &render::agent_token_secret(c, &token),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write_status(
+    c: &QdrantCluster,
+    ctx: &Context,
+    d: &crate::decide::Decision,
+    sts: Option<&StatefulSet>,
+) -> Result<(), Error> {
+    let previous = c.status.clone().unwrap_or_default();
+    let now = Time(jiff::Timestamp::now());
+    let st = sts.and_then(|s| s.status.clone()).unwrap_or_default();
+    let status = QdrantClusterStatus {
+        phase: Some(d.phase),
+        replicas: st.replicas,
+        ready_replicas: st.ready_replicas.unwrap_or(0),
+        version: if d.phase == ClusterPhase::Running {
+            Some(c.spec.version.clone())
+        } else {
+            previous.version.clone()
+        },
+        endpoint: Some(render::endpoint(c)),
+        conditions: conditions(&previous.conditions, d, c.metadata.generation, now),
+        observed_generation: c.metadata.generation,
+    };
+    if status == previous {
+        return Ok(());
+    }
+    let api: Api<QdrantCluster> =
+        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "qdrant.io/v1alpha1",
+        "kind": "QdrantCluster",
+        "status": status,
+    });
+    api.patch_status(
+        &c.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    if previous.phase != Some(d.phase) {
+        let (reason, ok, msg) = d
+            .conditions
+            .first()
+            .map(|(_, ok, r, m)| (*r, *ok, m.clone()))
+            .unwrap_or(("", true, String::new()));
+        let type_ = match d.phase {
+            ClusterPhase::Failed | ClusterPhase::Degraded => EventType::Warning,
+            _ if !ok && reason == "ReplicasNotReady" => EventType::Warning,
+            _ => EventType::Normal,
+        };
+        let ev = Event {
+            type_,
+            reason: format!("{:?}", d.phase),
+            note: Some(if msg.is_empty() {
+                reason.to_string()
+            } else {
+                format!("{reason}: {msg}")
+            }),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&ev, &c.object_ref(&())).await {
+            tracing::warn!(error = %e, "could not record an event");
+        }
+    }
+    Ok(())
+}
+
+/// Owned objects go with the cluster through owner references; volumes
+/// follow `persistence.deleteClaimsOnDelete` (StatefulSet retention policy).
+async fn cleanup(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
+    let keep = !c.spec.persistence.delete_claims_on_delete;
+    let ev = Event {
+        type_: EventType::Normal,
+        reason: "Deleting".into(),
+        note: Some(if keep {
+            "volumes are kept (persistence.deleteClaimsOnDelete is false)".into()
+        } else {
+            "volumes are deleted with the pods".into()
+        }),
+        action: "Delete".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &c.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record an event");
+    }
+    Ok(Action::await_change())
+}
+
+/// Runs the QdrantCluster controller until shutdown.
+pub async fn run(client: Client, ctx: Arc<Context>) {
+    let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=qdrant-operator");
+    Controller::new(
+        Api::<QdrantCluster>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), managed.clone())
+    .owns(Api::<Service>::all(client.clone()), managed.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+    .owns(
+        Api::<PodDisruptionBudget>::all(client.clone()),
+        managed.clone(),
+    )
+    .owns(Api::<ServiceAccount>::all(client), managed)
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "controller event");
+        }
+    })
+    .await;
+}

@@ -1,0 +1,312 @@
+//! The QdrantCluster reconciler against a mock API server (kube's
+//! tower-test pattern): each scenario names the exact requests expected, in
+//! order, answers them, and checks what was sent.
+
+use http::{Request, Response};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::{Client, Resource};
+use qdrant_operator::cluster_controller::{Context, FINALIZER, backoff, reconcile};
+use qdrant_operator::crd::QdrantCluster;
+use qdrant_operator::metrics::Metrics;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+struct ApiServer(Handle);
+
+impl ApiServer {
+    /// Takes the next request, checks method and path, answers with
+    /// `respond(body)`, and returns the request's query and body.
+    async fn expect(
+        &mut self,
+        method: &str,
+        path: &str,
+        respond: impl FnOnce(&Value) -> (u16, Value),
+    ) -> (String, Value) {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
+            .expect("service dropped");
+        let got = format!("{} {}", req.method(), req.uri().path());
+        assert_eq!(got, format!("{method} {path}"), "unexpected request order");
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let (code, answer) = respond(&body);
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        (query, body)
+    }
+
+    async fn nothing_more(&mut self) {
+        let next = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
+        if let Ok(Some((req, _))) = next {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+fn not_found() -> (u16, Value) {
+    (
+        404,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+    )
+}
+
+/// Answers an apply with what was sent, as the API server would.
+fn echo(body: &Value) -> (u16, Value) {
+    let mut b = body.clone();
+    b["metadata"]["uid"] = json!("u-1");
+    (200, b)
+}
+
+/// Answers a status patch with the whole object, as the API server does.
+fn with_status(c: &QdrantCluster) -> impl FnOnce(&Value) -> (u16, Value) + use<> {
+    let full = serde_json::to_value(c).unwrap();
+    move |body: &Value| {
+        let mut f = full;
+        f["status"] = body["status"].clone();
+        (200, f)
+    }
+}
+
+fn setup() -> (Arc<Context>, ApiServer) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "search");
+    let metrics = Arc::new(Metrics::new(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    (Arc::new(Context::new(client, metrics)), ApiServer(handle))
+}
+
+fn cluster(finalized: bool, api_key: bool) -> QdrantCluster {
+    let key = if api_key {
+        "\n  apiKey: {secretRef: {name: qdrant-api-key, key: api-key}}"
+    } else {
+        ""
+    };
+    let mut c: QdrantCluster = serde_yaml::from_str(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: vectors, namespace: search, uid: c-1, generation: 1}}\n\
+         spec:\n  version: v1.18.3\n  replicas: 3\n  cluster: {{enabled: true}}{key}\n"
+    ))
+    .unwrap();
+    if finalized {
+        c.meta_mut().finalizers = Some(vec![FINALIZER.into()]);
+    }
+    c
+}
+
+const NS: &str = "/api/v1/namespaces/search";
+const CLUSTERS: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantclusters";
+
+#[tokio::test]
+async fn a_new_cluster_gets_the_finalizer_before_anything_else() {
+    let (ctx, mut api) = setup();
+    let c = cluster(false, true);
+    let answer = serde_json::to_value(cluster(true, true)).unwrap();
+    let server = tokio::spawn(async move {
+        let (_, patch) = api
+            .expect("PATCH", &format!("{CLUSTERS}/vectors"), |_| (200, answer))
+            .await;
+        assert!(patch.to_string().contains(FINALIZER), "{patch}");
+        api.nothing_more().await;
+    });
+    let action = reconcile(Arc::new(c), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
+    let (ctx, mut api) = setup();
+    let server = tokio::spawn(async move {
+        api.expect("GET", &format!("{NS}/secrets/qdrant-api-key"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "qdrant-api-key"}}))).await;
+        api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| {
+            not_found()
+        })
+        .await;
+        let (_, token) = api.expect("POST", &format!("{NS}/secrets"), echo).await;
+        assert_eq!(token["metadata"]["name"], "vectors-agent-token");
+        assert_eq!(
+            token["stringData"]["token"].as_str().unwrap().len(),
+            64,
+            "a 256-bit random token"
+        );
+        for path in [
+            format!("{NS}/serviceaccounts/vectors-qdrant"),
+            format!("{NS}/configmaps/vectors-config"),
+            format!("{NS}/services/vectors-headless"),
+            format!("{NS}/services/vectors"),
+            "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors".into(),
+        ] {
+            let (query, body) = api.expect("PATCH", &path, echo).await;
+            assert!(
+                query.contains("fieldManager=qdrant-operator") && query.contains("force=true"),
+                "server-side apply: {query}"
+            );
+            assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "c-1");
+        }
+        let (_, sts) = api
+            .expect(
+                "PATCH",
+                "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+                echo,
+            )
+            .await;
+        assert_eq!(sts["spec"]["replicas"], 3);
+        let (_, status) = api
+            .expect(
+                "PATCH",
+                &format!("{CLUSTERS}/vectors/status"),
+                with_status(&cluster(true, true)),
+            )
+            .await;
+        assert_eq!(status["status"]["phase"], "Pending");
+        assert_eq!(
+            status["status"]["endpoint"],
+            "http://vectors.search.svc:6333"
+        );
+        assert_eq!(status["status"]["observedGeneration"], 1);
+        let ready = status["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Ready")
+            .unwrap()
+            .clone();
+        assert_eq!(
+            (ready["status"].as_str(), ready["reason"].as_str()),
+            (Some("False"), Some("Starting"))
+        );
+        let (_, event) = api
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/search/events",
+                echo,
+            )
+            .await;
+        assert_eq!(event["reason"], "Pending");
+        api.nothing_more().await;
+    });
+    let action = reconcile(Arc::new(cluster(true, true)), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_api_key_secret_fails_the_cluster_and_applies_nothing() {
+    let (ctx, mut api) = setup();
+    let server = tokio::spawn(async move {
+        api.expect("GET", &format!("{NS}/secrets/qdrant-api-key"), |_| {
+            not_found()
+        })
+        .await;
+        let (_, status) = api
+            .expect(
+                "PATCH",
+                &format!("{CLUSTERS}/vectors/status"),
+                with_status(&cluster(true, true)),
+            )
+            .await;
+        assert_eq!(status["status"]["phase"], "Failed");
+        let ready = &status["status"]["conditions"][0];
+        assert_eq!(ready["reason"], "SecretMissing");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("Secret qdrant-api-key not found in namespace search")
+        );
+        let (_, event) = api
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/search/events",
+                echo,
+            )
+            .await;
+        assert_eq!(
+            (event["type"].as_str(), event["reason"].as_str()),
+            (Some("Warning"), Some("Failed"))
+        );
+        api.nothing_more().await;
+    });
+    let action = reconcile(Arc::new(cluster(true, true)), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_running_cluster_whose_status_is_current_writes_no_status() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use qdrant_operator::decide::{Observed, conditions, decide};
+    let ready_sts = |body: &Value| {
+        let mut b = body.clone();
+        b["metadata"]["generation"] = json!(1);
+        b["status"] = json!({"replicas": 3, "readyReplicas": 3, "updatedReplicas": 3, "currentRevision": "r1", "updateRevision": "r1", "observedGeneration": 1});
+        (200, b)
+    };
+    // The status a previous reconcile wrote for exactly this state.
+    let mut c = cluster(true, false);
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(
+        ready_sts(&serde_json::to_value(qdrant_operator::render::statefulset(&c)).unwrap()).1,
+    )
+    .unwrap();
+    let d = decide(
+        &c,
+        &Observed {
+            statefulset: Some(sts),
+            ..Default::default()
+        },
+    );
+    c.status = Some(qdrant_operator::crd::QdrantClusterStatus {
+        phase: Some(d.phase),
+        replicas: 3,
+        ready_replicas: 3,
+        version: Some("v1.18.3".into()),
+        endpoint: Some("http://vectors.search.svc:6333".into()),
+        conditions: conditions(&[], &d, Some(1), Time(jiff::Timestamp::UNIX_EPOCH)),
+        observed_generation: Some(1),
+    });
+    let (ctx, mut api) = setup();
+    let server = tokio::spawn(async move {
+        api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token"}}))).await;
+        for path in [
+            "serviceaccounts/vectors-qdrant",
+            "configmaps/vectors-config",
+            "services/vectors-headless",
+            "services/vectors",
+        ] {
+            api.expect("PATCH", &format!("{NS}/{path}"), echo).await;
+        }
+        api.expect(
+            "PATCH",
+            "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors",
+            echo,
+        )
+        .await;
+        api.expect(
+            "PATCH",
+            "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+            ready_sts,
+        )
+        .await;
+        // No status patch and no event: the controller does not loop on itself.
+        api.nothing_more().await;
+    });
+    let action = reconcile(Arc::new(c), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    server.await.unwrap();
+}
+
+#[test]
+fn failures_back_off_exponentially_up_to_five_minutes() {
+    let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
+    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300]);
+}
