@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: unit tests and end-to-end tests against one
-# shared local S3 server (moto) and in-process Qdrant doubles.
+# Runs the whole test suite: the Kubernetes manifests against Kubernetes' own
+# schemas, then unit and end-to-end tests against one shared local S3 server
+# (moto) and in-process Qdrant doubles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . scripts/lib.sh
+
+command -v kubernetes-validate >/dev/null || {
+  echo "kubernetes-validate not found: pip install kubernetes-validate" >&2
+  exit 1
+}
+kubernetes-validate --quiet -k 1.33.0 --strict manifests/crds/*.yaml \
+  manifests/operator/namespace.yaml manifests/operator/rbac.yaml manifests/operator/deployment.yaml \
+  controller/tests/snapshots/statefulset.yaml
+echo "manifests valid for Kubernetes 1.33"
 
 port=$(free_port)
 start_moto "$port"

@@ -4,5 +4,7 @@
 pub mod cluster_controller;
 pub mod crd;
 pub mod decide;
+pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod render;

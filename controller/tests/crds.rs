@@ -128,3 +128,110 @@ fn a_minimal_cluster_gets_safe_defaults() {
     .unwrap();
     assert_eq!(b.spec.deletion_policy, DeletionPolicy::Retain);
 }
+
+/// Every document under manifests/ parses as the Kubernetes type its
+/// `kind` names; an unknown kind fails the test.
+#[test]
+fn every_manifest_parses_as_the_kind_it_claims() {
+    use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, rbac::v1 as rbac};
+    use serde::Deserialize;
+    fn check<T: serde::de::DeserializeOwned>(doc: &serde_yaml::Value, file: &std::path::Path) {
+        if let Err(e) = serde_yaml::from_value::<T>(doc.clone()) {
+            panic!(
+                "{}: {} does not parse: {e}",
+                file.display(),
+                doc["kind"].as_str().unwrap_or("?")
+            );
+        }
+    }
+    let mut files = vec![];
+    let mut dirs = vec![manifests()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml") {
+                files.push(p);
+            }
+        }
+    }
+    let mut kinds = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let doc = serde_yaml::Value::deserialize(doc).unwrap();
+            let kind = doc["kind"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{}: no kind", file.display()))
+                .to_string();
+            match kind.as_str() {
+                "Kustomization" => assert!(
+                    doc["resources"]
+                        .as_sequence()
+                        .is_some_and(|r| !r.is_empty())
+                ),
+                "CustomResourceDefinition" => check::<CustomResourceDefinition>(&doc, file),
+                "Namespace" => check::<core::Namespace>(&doc, file),
+                "ServiceAccount" => check::<core::ServiceAccount>(&doc, file),
+                "ClusterRole" => check::<rbac::ClusterRole>(&doc, file),
+                "ClusterRoleBinding" => check::<rbac::ClusterRoleBinding>(&doc, file),
+                "Role" => check::<rbac::Role>(&doc, file),
+                "RoleBinding" => check::<rbac::RoleBinding>(&doc, file),
+                "Deployment" => check::<apps::Deployment>(&doc, file),
+                "QdrantCluster" => check::<QdrantCluster>(&doc, file),
+                "QdrantBackup" => check::<QdrantBackup>(&doc, file),
+                "QdrantBackupSchedule" => check::<QdrantBackupSchedule>(&doc, file),
+                "QdrantRestore" => check::<QdrantRestore>(&doc, file),
+                other => panic!("{}: unexpected kind {other}", file.display()),
+            }
+            kinds.insert(kind);
+        }
+    }
+    for k in [
+        "CustomResourceDefinition",
+        "Deployment",
+        "ClusterRole",
+        "QdrantCluster",
+        "QdrantRestore",
+    ] {
+        assert!(kinds.contains(k), "no {k} under manifests/");
+    }
+}
+
+/// The operator's Deployment runs non-root with a read-only root
+/// filesystem and probes on the endpoints the binary serves.
+#[test]
+fn the_operator_deployment_is_locked_down() {
+    let text = std::fs::read_to_string(manifests().join("operator/deployment.yaml")).unwrap();
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_yaml::from_str(&text).unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    let c = &pod.containers[0];
+    let sc = c.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(
+        c.liveness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+    assert!(c.resources.as_ref().unwrap().requests.is_some());
+}

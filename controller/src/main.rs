@@ -1,0 +1,102 @@
+//! `qdrant-operator`: the controller binary.
+
+use clap::Parser;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use qdrant_operator::cluster_controller::{self, Context};
+use qdrant_operator::crd::QdrantCluster;
+use qdrant_operator::{http, lease, metrics::Metrics};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Parser)]
+#[command(
+    name = "qdrant-operator",
+    version,
+    about = "Kubernetes operator for Qdrant"
+)]
+struct Args {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    http_listen: std::net::SocketAddr,
+    /// Run without leader election (only one replica may run then).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Lease used for leader election, in the operator's namespace.
+    #[arg(long, default_value = "qdrant-operator-leader")]
+    lease_name: String,
+    #[arg(long, env = "POD_NAMESPACE", default_value = "qdrant-operator")]
+    namespace: String,
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// text or json.
+    #[arg(long, default_value = "json")]
+    log_format: String,
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    if args.log_format == "json" {
+        fmt.json().init()
+    } else {
+        fmt.init()
+    }
+    match run(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "operator stopped");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let client = Client::try_default().await?;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = Arc::new(Metrics::new(&mut registry));
+    let ready = Arc::new(AtomicBool::new(false));
+    let shared = http::Shared {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
+    let listener = tokio::net::TcpListener::bind(args.http_listen).await?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, http::router(shared)).await {
+            tracing::error!(error = %e, "HTTP server stopped");
+        }
+    });
+
+    // The operator never installs its own CRDs: say how when they are missing.
+    if let Err(e) = Api::<QdrantCluster>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+    {
+        return Err(format!(
+            "cannot list QdrantClusters ({e}); are the CRDs installed? kubectl apply -k manifests/"
+        )
+        .into());
+    }
+    ready.store(true, Ordering::Relaxed);
+
+    if !args.no_leader_election {
+        let me = args
+            .pod_name
+            .clone()
+            .unwrap_or_else(|| format!("qdrant-operator-{:08x}", rand::random::<u32>()));
+        lease::acquire(
+            Api::<Lease>::namespaced(client.clone(), &args.namespace),
+            args.lease_name.clone(),
+            me,
+        )
+        .await;
+    }
+    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    tracing::info!("reconciling QdrantClusters");
+    cluster_controller::run(client, ctx).await;
+    Ok(())
+}
