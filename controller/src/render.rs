@@ -303,7 +303,12 @@ fn qdrant_container(c: &QdrantCluster) -> Container {
             ..Default::default()
         });
     }
-    let mut env = vec![];
+    // Qdrant writes an "initialized" marker; the root filesystem is read-only.
+    let mut env = vec![EnvVar {
+        name: "QDRANT_INIT_FILE_PATH".into(),
+        value: Some("/qdrant/init/.qdrant-initialized".into()),
+        ..Default::default()
+    }];
     if let Some(k) = &s.api_key {
         env.push(secret_env("QDRANT__SERVICE__API_KEY", &k.secret_ref));
         if let Some(ro) = &k.read_only_secret_ref {
@@ -334,6 +339,7 @@ fn qdrant_container(c: &QdrantCluster) -> Container {
             mount("snapshots", SNAPSHOTS_PATH),
             config,
             script,
+            mount("init", "/qdrant/init"),
             mount("tmp", "/tmp"),
         ]),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
@@ -437,6 +443,11 @@ pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
         // shard stream needs no disk.
         Volume {
             name: "snapshots".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "init".into(),
             empty_dir: Some(EmptyDirVolumeSource::default()),
             ..Default::default()
         },

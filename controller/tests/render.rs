@@ -52,6 +52,16 @@ fn the_agent_sidecar_shares_snapshots_runs_as_qdrant_and_needs_no_api_access() {
     };
     assert!(mounts(qdrant).contains(&("snapshots".into(), SNAPSHOTS_PATH.into())));
     assert!(mounts(agent).contains(&("snapshots".into(), SNAPSHOTS_PATH.into())));
+    // With a read-only root filesystem Qdrant needs a writable place for its init marker.
+    assert!(mounts(qdrant).contains(&("init".into(), "/qdrant/init".into())));
+    assert!(
+        qdrant
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "QDRANT_INIT_FILE_PATH"
+                && e.value.as_deref() == Some("/qdrant/init/.qdrant-initialized"))
+    );
     for c in [qdrant, agent] {
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(
