@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Serve plaintext without authentication (local diagnostics only).
     #[arg(long)]
     pub insecure: bool,
+    /// Also serve gRPC health alone, in plaintext, on this address (for
+    /// kubelet probes, which cannot present TLS).
+    #[arg(long)]
+    pub health_listen: Option<SocketAddr>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

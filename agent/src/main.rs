@@ -78,13 +78,21 @@ async fn run(cmd: Command) -> Result<()> {
                 .local_addr()
                 .map_err(|e| Error::io("listener", e))?;
             tracing::info!(%addr, qdrant = %node.qdrant.url(), node = %node.name, token = token.is_some(), tls = tls.is_some(), "agent serving");
+            let health_listener = match a.health_listen {
+                Some(h) => Some(
+                    tokio::net::TcpListener::bind(h)
+                        .await
+                        .map_err(|e| Error::io(h.to_string(), e))?,
+                ),
+                None => None,
+            };
             let service = AgentService::new(node, s3_config(&a.s3));
             let auth = Auth {
                 token,
                 tls,
                 insecure: a.insecure,
             };
-            serve(listener, service, auth, shutdown_signal()).await
+            serve(listener, health_listener, service, auth, shutdown_signal()).await
         }
         Command::Backup(a) => {
             let node = node(&a.qdrant)?;

@@ -422,8 +422,11 @@ impl tonic::service::Interceptor for TokenCheck {
     }
 }
 
+/// Serves the agent on `listener`; `health_listener`, when given, serves
+/// only gRPC health in plaintext, for kubelet probes (they cannot do TLS).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    health_listener: Option<tokio::net::TcpListener>,
     service: AgentService,
     auth: Auth,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -453,13 +456,30 @@ pub async fn serve(
             .tls_config(tls)
             .map_err(|e| Error::Invalid(format!("TLS configuration: {e}")))?;
     }
+    let health_only = health_listener.map(|l| {
+        let svc = health_service.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!(error = %e, "health server stopped");
+            }
+        })
+    });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    builder
+    let served = builder
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha)
         .add_service(agent)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")))
+        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+    if let Some(h) = health_only {
+        h.abort();
+    }
+    served
 }

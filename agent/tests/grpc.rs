@@ -533,6 +533,10 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
         write("tls.key", &p.server.1),
     );
     let (_d, q) = double("1.18.3", |_| {}).await;
+    let health_addr = format!(
+        "127.0.0.1:{}",
+        test_support::s3_server::free_port().unwrap()
+    );
     let agent = serve(
         &env,
         &q,
@@ -544,6 +548,8 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
             &key,
             "--tls-client-ca",
             &ca,
+            "--health-listen",
+            &health_addr,
         ],
         dir.path(),
     );
@@ -565,11 +571,28 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
         };
         assert!(refused, "a client without a CA-signed certificate got in");
     }
-    // Plaintext is not served at all.
+    // Plaintext is not served at all on the agent port...
     assert!(
         AgentClient::new(channel(&agent.addr).await)
             .status(StatusRequest {})
             .await
             .is_err()
     );
+    // ...but kubelet's plaintext probe reaches health, and only health, on its own port.
+    let mut h = tonic_health::pb::health_client::HealthClient::new(channel(&health_addr).await);
+    let r = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "qdrant.agent.v1.Agent".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        r.into_inner().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    let plain = AgentClient::new(channel(&health_addr).await)
+        .status(StatusRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(plain.code(), tonic::Code::Unimplemented);
 }

@@ -32,6 +32,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
 }
 
 impl Error {
@@ -40,12 +42,15 @@ impl Error {
         match self {
             Error::Kube(_) => "KubeApi",
             Error::Finalizer(_) => "Finalizer",
+            Error::Pki(_) => "Certificate",
         }
     }
 }
 
 pub struct Context {
     pub client: Client,
+    /// The operator's CA, which signs the agents' certificates.
+    pub ca: Arc<crate::pki::Ca>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     /// Consecutive failures per object UID, for exponential backoff.
@@ -53,7 +58,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>) -> Self {
+    pub fn new(client: Client, ca: Arc<crate::pki::Ca>, metrics: Arc<Metrics>) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -61,6 +66,7 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            ca,
             metrics,
             failures: Mutex::default(),
         }
@@ -159,6 +165,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     }
     if c.spec.agent.enabled {
         ensure_agent_token(&secrets, &c).await?;
+        ensure_agent_tls(client, &secrets, &c, &ctx.ca).await?;
     }
     ssa(client, &ns, &render::service_account(&c)).await?;
     ssa(client, &ns, &render::config_map(&c)).await?;
@@ -196,6 +203,35 @@ async fn ensure_agent_token(secrets: &Api<Secret>, c: &QdrantCluster) -> Result<
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Issues the agents' server certificate when it is missing, was signed by
+/// another CA, or nears its expiry. Agents read it at start: a renewal takes
+/// effect as pods restart (e.g. on the next rollout).
+async fn ensure_agent_tls(
+    client: &Client,
+    secrets: &Api<Secret>,
+    c: &QdrantCluster,
+    ca: &crate::pki::Ca,
+) -> Result<(), Error> {
+    let n = render::Names::of(c);
+    let now = jiff::Timestamp::now();
+    if let Some(s) = secrets.get_opt(&n.agent_tls()).await? {
+        let ann = s.metadata.annotations.unwrap_or_default();
+        let stale = crate::pki::needs_reissue(
+            ann.get(crate::pki::ANN_CA).map(String::as_str),
+            ann.get(crate::pki::ANN_NOT_AFTER).map(String::as_str),
+            ca,
+            now,
+        );
+        if !stale {
+            return Ok(());
+        }
+    }
+    let ns = c.namespace().unwrap_or_default();
+    let leaf = ca.server_cert(crate::pki::agent_dns_names(&n.headless(), &ns), now)?;
+    ssa(client, &ns, &render::agent_tls_secret(c, &leaf, ca)).await?;
+    Ok(())
 }
 
 async fn write_status(

@@ -1,10 +1,12 @@
 //! qdrant-operator: the custom resources of group `qdrant.io` and, as they
 //! are built, the reconcilers that drive Qdrant and its agents.
 
+pub mod agent_client;
 pub mod cluster_controller;
 pub mod crd;
 pub mod decide;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod pki;
 pub mod render;

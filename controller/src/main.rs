@@ -1,11 +1,15 @@
 //! `qdrant-operator`: the controller binary.
 
 use clap::Parser;
+use k8s_openapi::ByteString;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
+use kube::api::PostParams;
 use kube::api::{Api, ListParams};
 use qdrant_operator::cluster_controller::{self, Context};
 use qdrant_operator::crd::QdrantCluster;
+use qdrant_operator::pki::{CA_SECRET, Ca};
 use qdrant_operator::{http, lease, metrics::Metrics};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,8 +99,47 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .await;
     }
-    let ctx = Arc::new(Context::new(client.clone(), metrics));
+    let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
+    let ctx = Arc::new(Context::new(client.clone(), ca, metrics));
     tracing::info!("reconciling QdrantClusters");
     cluster_controller::run(client, ctx).await;
     Ok(())
+}
+
+/// The operator's CA from its Secret in the operator's namespace, created on
+/// first start. Two replicas starting at once both end up with the same CA:
+/// the loser of the create reads the winner's.
+async fn load_or_create_ca(client: &Client, ns: &str) -> Result<Ca, Box<dyn std::error::Error>> {
+    let api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    for _ in 0..3 {
+        if let Some(s) = api.get_opt(CA_SECRET).await? {
+            let data = s.data.unwrap_or_default();
+            let field = |k: &str| {
+                data.get(k)
+                    .and_then(|b| String::from_utf8(b.0.clone()).ok())
+                    .ok_or_else(|| format!("Secret {ns}/{CA_SECRET} lacks {k}"))
+            };
+            return Ok(Ca::load(&field("ca.crt")?, &field("ca.key")?)?);
+        }
+        let ca = Ca::generate()?;
+        let mut secret = Secret {
+            data: Some(
+                [("ca.crt", ca.cert_pem.clone()), ("ca.key", ca.key_pem())]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        secret.metadata.name = Some(CA_SECRET.into());
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => {
+                tracing::info!(secret = CA_SECRET, "created the operator's CA");
+                return Ok(ca);
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err("could not create or read the operator's CA Secret".into())
 }

@@ -24,6 +24,7 @@ pub const DEFAULT_IMAGE: &str = "qdrant/qdrant";
 pub const STORAGE_PATH: &str = "/qdrant/storage";
 pub const SNAPSHOTS_PATH: &str = "/qdrant/snapshots";
 pub const AGENT_TOKEN_DIR: &str = "/var/run/qdrant-agent";
+pub const AGENT_TLS_DIR: &str = "/var/run/qdrant-agent-tls";
 /// Key of the agent token in its Secret.
 pub const AGENT_TOKEN_KEY: &str = "token";
 
@@ -55,6 +56,9 @@ impl Names {
     }
     pub fn agent_token(&self) -> String {
         format!("{}-agent-token", self.cluster)
+    }
+    pub fn agent_tls(&self) -> String {
+        format!("{}-agent-tls", self.cluster)
     }
     pub fn pdb(&self) -> String {
         self.cluster.clone()
@@ -168,6 +172,32 @@ pub fn agent_token_secret(c: &QdrantCluster, token: &str) -> Secret {
         string_data: Some(BTreeMap::from([(AGENT_TOKEN_KEY.into(), token.into())])),
         ..Default::default()
     }
+}
+
+/// The agents' TLS material: their server certificate for the pods' DNS
+/// names and the CA that client certificates must chain to. Annotations say
+/// which CA signed it and until when, for renewal.
+pub fn agent_tls_secret(c: &QdrantCluster, leaf: &crate::pki::Leaf, ca: &crate::pki::Ca) -> Secret {
+    let mut m = meta(c, Names::of(c).agent_tls());
+    m.annotations = Some(BTreeMap::from([
+        (crate::pki::ANN_CA.into(), ca.fingerprint()),
+        (crate::pki::ANN_NOT_AFTER.into(), leaf.not_after.to_string()),
+    ]));
+    Secret {
+        metadata: m,
+        type_: Some("kubernetes.io/tls".into()),
+        string_data: Some(BTreeMap::from([
+            ("tls.crt".into(), leaf.cert_pem.clone()),
+            ("tls.key".into(), leaf.key_pem.clone()),
+            ("ca.crt".into(), ca.cert_pem.clone()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// Plaintext gRPC health of the agent, for kubelet probes.
+pub fn agent_health_port(c: &QdrantCluster) -> i32 {
+    c.spec.agent.port + 1
 }
 
 /// Qdrant's config: the user's `spec.config` deep-merged under the keys the
@@ -394,6 +424,14 @@ fn agent_container(c: &QdrantCluster) -> Container {
                 SNAPSHOTS_PATH,
                 "--token-file",
                 &format!("{AGENT_TOKEN_DIR}/{AGENT_TOKEN_KEY}"),
+                "--tls-cert",
+                &format!("{AGENT_TLS_DIR}/tls.crt"),
+                "--tls-key",
+                &format!("{AGENT_TLS_DIR}/tls.key"),
+                "--tls-client-ca",
+                &format!("{AGENT_TLS_DIR}/ca.crt"),
+                "--health-listen",
+                &format!("0.0.0.0:{}", agent_health_port(c)),
             ]
             .map(String::from)
             .to_vec(),
@@ -411,11 +449,15 @@ fn agent_container(c: &QdrantCluster) -> Container {
                 read_only: Some(true),
                 ..mount("agent-token", AGENT_TOKEN_DIR)
             },
+            VolumeMount {
+                read_only: Some(true),
+                ..mount("agent-tls", AGENT_TLS_DIR)
+            },
         ]),
         // gRPC health needs no token, so kubelet can probe it.
         readiness_probe: Some(Probe {
             grpc: Some(GRPCAction {
-                port: a.port,
+                port: agent_health_port(c),
                 service: Some("qdrant.agent.v1.Agent".into()),
             }),
             period_seconds: Some(10),
@@ -463,6 +505,15 @@ pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
             name: "agent-token".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(n.agent_token()),
+                default_mode: Some(0o400),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        volumes.push(Volume {
+            name: "agent-tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(n.agent_tls()),
                 default_mode: Some(0o400),
                 ..Default::default()
             }),

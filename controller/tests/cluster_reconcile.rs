@@ -83,7 +83,11 @@ fn setup() -> (Arc<Context>, ApiServer) {
     let metrics = Arc::new(Metrics::new(
         &mut prometheus_client::registry::Registry::default(),
     ));
-    (Arc::new(Context::new(client, metrics)), ApiServer(handle))
+    let ca = Arc::new(qdrant_operator::pki::Ca::generate().unwrap());
+    (
+        Arc::new(Context::new(client, ca, metrics)),
+        ApiServer(handle),
+    )
 }
 
 fn cluster(finalized: bool, api_key: bool) -> QdrantCluster {
@@ -139,6 +143,25 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
             64,
             "a 256-bit random token"
         );
+        api.expect("GET", &format!("{NS}/secrets/vectors-agent-tls"), |_| {
+            not_found()
+        })
+        .await;
+        let (query, tls) = api
+            .expect("PATCH", &format!("{NS}/secrets/vectors-agent-tls"), echo)
+            .await;
+        assert!(query.contains("fieldManager=qdrant-operator"));
+        assert_eq!(tls["type"], "kubernetes.io/tls");
+        for k in ["tls.crt", "tls.key", "ca.crt"] {
+            assert!(
+                tls["stringData"][k]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("-----BEGIN"),
+                "{k}"
+            );
+        }
+        assert!(tls["metadata"]["annotations"]["qdrant.io/ca-sha256"].is_string());
         for path in [
             format!("{NS}/serviceaccounts/vectors-qdrant"),
             format!("{NS}/configmaps/vectors-config"),
@@ -275,8 +298,18 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         observed_generation: Some(1),
     });
     let (ctx, mut api) = setup();
+    let fingerprint = ctx.ca.fingerprint();
+    let not_after =
+        (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 300)).to_string();
     let server = tokio::spawn(async move {
         api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token"}}))).await;
+        // A current certificate from this CA is left alone.
+        let current = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-tls",
+            "annotations": {"qdrant.io/ca-sha256": fingerprint, "qdrant.io/not-after": not_after}}});
+        api.expect("GET", &format!("{NS}/secrets/vectors-agent-tls"), |_| {
+            (200, current)
+        })
+        .await;
         for path in [
             "serviceaccounts/vectors-qdrant",
             "configmaps/vectors-config",

@@ -81,17 +81,18 @@ fn the_agent_sidecar_shares_snapshots_runs_as_qdrant_and_needs_no_api_access() {
     assert!(
         args.contains("--token-file /var/run/qdrant-agent/token") && !args.contains("--insecure")
     );
-    assert_eq!(
-        agent
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .grpc
-            .as_ref()
-            .unwrap()
-            .port,
-        50051
-    );
+    // Mutual TLS with the operator's CA; kubelet probes plaintext health on its own port.
+    assert!(args.contains("--tls-cert /var/run/qdrant-agent-tls/tls.crt --tls-key /var/run/qdrant-agent-tls/tls.key --tls-client-ca /var/run/qdrant-agent-tls/ca.crt"), "{args}");
+    assert!(args.contains("--health-listen 0.0.0.0:50052"));
+    let probe = agent
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .grpc
+        .as_ref()
+        .unwrap();
+    assert_eq!(probe.port, 50052);
+    assert!(mounts(agent).contains(&("agent-tls".into(), "/var/run/qdrant-agent-tls".into())));
     // The API key reaches both containers from its Secret, never as a literal.
     for (c, var) in [
         (qdrant, "QDRANT__SERVICE__API_KEY"),
