@@ -121,23 +121,16 @@ async fn run(cmd: Command) -> Result<()> {
                 shard_concurrency: a.shard_concurrency,
                 write_manifest: true,
             };
-            let progress = cli_progress(TaskKind::Backup, &name);
-            let cancel = cancel_on_ctrl_c();
-            let display = show_progress(progress.clone());
-            let r = backup::run(&node, &target, &req, &progress, &cancel).await;
-            progress.finish(
-                &r.as_ref()
-                    .map(|_| ())
-                    .map_err(|e| Error::Internal(e.to_string())),
-            );
-            let _ = display.await;
-            let m = r?;
+            let (m, task) = run_task(TaskKind::Backup, &name, async |p, cancel| {
+                backup::run(&node, &target, &req, p, cancel).await
+            })
+            .await?;
             println!(
                 "backup {} complete: {} objects, {} bytes, manifest {}",
                 m.backup_name,
                 m.objects().count(),
                 m.total_bytes(),
-                progress.get().manifest_key
+                task.manifest_key
             );
             Ok(())
         }
@@ -166,18 +159,10 @@ async fn run(cmd: Command) -> Result<()> {
                 green_timeout: Duration::from_secs(a.green_timeout),
                 concurrency: a.concurrency,
             };
-            let progress = cli_progress(TaskKind::Restore, &a.name);
-            let cancel = cancel_on_ctrl_c();
-            let display = show_progress(progress.clone());
-            let r = restore::run(&node, &target, &req, &progress, &cancel).await;
-            progress.finish(
-                &r.as_ref()
-                    .map(|_| ())
-                    .map_err(|e| Error::Internal(e.to_string())),
-            );
-            let _ = display.await;
-            r?;
-            let t = progress.get();
+            let ((), t) = run_task(TaskKind::Restore, &a.name, async |p, cancel| {
+                restore::run(&node, &target, &req, p, cancel).await
+            })
+            .await?;
             println!(
                 "restore of {} complete: {} objects, {} bytes",
                 a.name, t.shards_done, t.bytes_done
@@ -266,6 +251,22 @@ fn default_backup_name() -> String {
     jiff::Timestamp::now()
         .strftime("backup-%Y%m%d-%H%M%S")
         .to_string()
+}
+
+/// Runs one task with a progress display and Ctrl-C cancellation; returns
+/// its result and its final state.
+async fn run_task<T>(
+    kind: TaskKind,
+    name: &str,
+    work: impl AsyncFnOnce(&Progress, &CancellationToken) -> Result<T>,
+) -> Result<(T, Task)> {
+    let progress = cli_progress(kind, name);
+    let cancel = cancel_on_ctrl_c();
+    let display = show_progress(progress.clone());
+    let r = work(&progress, &cancel).await;
+    progress.finish(r.as_ref().map(|_| ()));
+    let _ = display.await;
+    Ok((r?, progress.get()))
 }
 
 fn cli_progress(kind: TaskKind, name: &str) -> Progress {

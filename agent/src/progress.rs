@@ -51,7 +51,7 @@ impl Progress {
         is_terminal(self.tx.borrow().phase())
     }
 
-    pub fn finish(&self, result: &crate::Result<()>) {
+    pub fn finish(&self, result: Result<(), &crate::Error>) {
         self.tx.send_modify(|t| {
             t.finished_at = now();
             match result {

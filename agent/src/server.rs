@@ -125,6 +125,40 @@ impl AgentService {
         Ok((progress, Some(cancel)))
     }
 
+    /// Registers a task, or attaches to the one with its id, and runs `work`
+    /// in the background. `rest` is the request without its storage.
+    async fn start<Fut>(
+        &self,
+        id: &str,
+        kind: TaskKind,
+        backup_name: &str,
+        storage: Option<&StorageTarget>,
+        rest: &impl prost::Message,
+        work: impl FnOnce(Node, Target, Progress, CancellationToken) -> Fut + Send + 'static,
+    ) -> Result<Response<Task>, Status>
+    where
+        Fut: std::future::Future<Output = crate::Result<()>> + Send + 'static,
+    {
+        check_input(backup_name, storage)?;
+        let (progress, cancel) =
+            self.register(id, kind, backup_name, fingerprint(storage, rest))?;
+        let Some(cancel) = cancel else {
+            return Ok(Response::new(progress.get()));
+        };
+        let target = self.target(storage).await;
+        let node = self.node.clone();
+        let p = progress.clone();
+        tokio::spawn(async move {
+            let result = match target {
+                Ok(t) => work(node, t, p.clone(), cancel).await,
+                Err(e) => Err(e),
+            };
+            log_end(&p, &result);
+            p.finish(result.as_ref().map(|_| ()));
+        });
+        Ok(Response::new(progress.get()))
+    }
+
     async fn target(&self, t: Option<&StorageTarget>) -> Result<Target, Error> {
         let t = t.ok_or_else(|| Error::Invalid("storage is required".into()))?;
         let loc = Location::parse(&t.url)?;
@@ -230,55 +264,37 @@ impl Agent for AgentService {
         req: Request<StartBackupRequest>,
     ) -> Result<Response<Task>, Status> {
         let r = req.into_inner();
-        check_input(&r.backup_name, r.storage.as_ref())?;
-        let mut rest = r.clone();
-        rest.storage = None;
-        let fp = fingerprint(r.storage.as_ref(), &rest);
-        let (progress, cancel) = self.register(&r.task_id, TaskKind::Backup, &r.backup_name, fp)?;
-        let Some(cancel) = cancel else {
-            return Ok(Response::new(progress.get()));
-        };
         let mode = match r.mode() {
             BackupMode::File => Mode::File,
             BackupMode::Auto => Mode::Auto,
             _ => Mode::Stream,
         };
+        let or = |v: u64, default: u64, max: u64| if v == 0 { default } else { v.min(max) };
         let breq = BackupRequest {
             backup_name: r.backup_name.clone(),
             collections: selections(&r.collections),
             mode,
             upload: UploadOptions {
-                part_size: if r.part_size == 0 {
-                    8 << 20
-                } else {
-                    r.part_size
-                },
-                concurrency: if r.concurrency == 0 {
-                    4
-                } else {
-                    r.concurrency.min(64) as usize
-                },
+                part_size: or(r.part_size, 8 << 20, crate::keys::MAX_PART_SIZE),
+                concurrency: or(r.concurrency.into(), 4, 64) as usize,
                 ..Default::default()
             },
-            shard_concurrency: if r.shard_concurrency == 0 {
-                2
-            } else {
-                r.shard_concurrency.min(16) as usize
-            },
+            shard_concurrency: or(r.shard_concurrency.into(), 2, 16) as usize,
             write_manifest: !r.skip_manifest,
         };
-        let target = self.target(r.storage.as_ref()).await;
-        let node = self.node.clone();
-        let p = progress.clone();
-        tokio::spawn(async move {
-            let result = match target {
-                Ok(t) => backup::run(&node, &t, &breq, &p, &cancel).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            log_end(&p, &result);
-            p.finish(&result);
-        });
-        Ok(Response::new(progress.get()))
+        let mut rest = r.clone();
+        rest.storage = None;
+        self.start(
+            &r.task_id,
+            TaskKind::Backup,
+            &r.backup_name,
+            r.storage.as_ref(),
+            &rest,
+            move |node, t, p, cancel| async move {
+                backup::run(&node, &t, &breq, &p, &cancel).await.map(|_| ())
+            },
+        )
+        .await
     }
 
     async fn start_restore(
@@ -286,14 +302,10 @@ impl Agent for AgentService {
         req: Request<StartRestoreRequest>,
     ) -> Result<Response<Task>, Status> {
         let r = req.into_inner();
-        check_input(&r.backup_name, r.storage.as_ref())?;
-        let mut rest = r.clone();
-        rest.storage = None;
-        let fp = fingerprint(r.storage.as_ref(), &rest);
-        let (progress, cancel) =
-            self.register(&r.task_id, TaskKind::Restore, &r.backup_name, fp)?;
-        let Some(cancel) = cancel else {
-            return Ok(Response::new(progress.get()));
+        let timeout = if r.green_timeout_seconds == 0 {
+            600
+        } else {
+            r.green_timeout_seconds.into()
         };
         let rreq = RestoreRequest {
             backup_name: r.backup_name.clone(),
@@ -302,25 +314,15 @@ impl Agent for AgentService {
             verify_first: !r.skip_verify,
             create_collections: !r.skip_create_collections,
             restore_aliases: !r.skip_aliases,
-            green_timeout: Duration::from_secs(if r.green_timeout_seconds == 0 {
-                600
-            } else {
-                r.green_timeout_seconds.into()
-            }),
+            green_timeout: Duration::from_secs(timeout),
             concurrency: 2,
         };
-        let target = self.target(r.storage.as_ref()).await;
-        let node = self.node.clone();
-        let p = progress.clone();
-        tokio::spawn(async move {
-            let result = match target {
-                Ok(t) => restore::run(&node, &t, &rreq, &p, &cancel).await,
-                Err(e) => Err(e),
-            };
-            log_end(&p, &result);
-            p.finish(&result);
-        });
-        Ok(Response::new(progress.get()))
+        let mut rest = r.clone();
+        rest.storage = None;
+        self.start(&r.task_id, TaskKind::Restore, &r.backup_name, r.storage.as_ref(), &rest, move |node, t, p, cancel| async move {
+            restore::run(&node, &t, &rreq, &p, &cancel).await
+        })
+        .await
     }
 
     async fn get_task(&self, req: Request<TaskRef>) -> Result<Response<Task>, Status> {

@@ -1,7 +1,8 @@
 //! `QdrantBackup`: a point-in-time backup of a cluster's collections to S3.
 
 use super::{
-    BackupMode, BackupStorage, CollectionResult, DeletionPolicy, LocalObjectReference, TaskProgress,
+    BackupMode, BackupStorage, CollectionResult, DeletionPolicy, LocalObjectReference,
+    OperationPhase, TaskProgress,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
@@ -48,19 +49,11 @@ pub struct QdrantBackupSpec {
     pub mode: BackupMode,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum BackupPhase {
-    Pending,
-    InProgress,
-    Completed,
-    Failed,
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QdrantBackupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<BackupPhase>,
+    pub phase: Option<OperationPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -117,6 +117,15 @@ pub enum BackupMode {
     Auto,
 }
 
+/// Phase of a backup or a restore. Completed and Failed are terminal.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OperationPhase {
+    Pending,
+    InProgress,
+    Completed,
+    Failed,
+}
+
 /// Progress of a backup or restore, as reported by the agents.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,6 @@
 //! `QdrantRestore`: restore a backup, or a raw S3 path, into a cluster.
 
-use super::{CollectionResult, LocalObjectReference, S3Storage, TaskProgress};
+use super::{CollectionResult, LocalObjectReference, OperationPhase, S3Storage, TaskProgress};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -60,19 +60,11 @@ pub struct S3Source {
     pub path: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
-pub enum RestorePhase {
-    Pending,
-    InProgress,
-    Completed,
-    Failed,
-}
-
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QdrantRestoreStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<RestorePhase>,
+    pub phase: Option<OperationPhase>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
