@@ -181,19 +181,17 @@ pub async fn run(
         })
         .collect();
     let work = cancel.child_token();
+    let cx = JobCtx {
+        node,
+        store: &store,
+        root: &root,
+        peer_id,
+        opts: &req.upload,
+        progress,
+        work: &work,
+    };
     let results: Vec<Result<(String, ObjectEntry)>> = futures::stream::iter(jobs)
-        .map(|job| {
-            guarded_job(
-                node,
-                &store,
-                &root,
-                job,
-                peer_id,
-                &req.upload,
-                progress,
-                &work,
-            )
-        })
+        .map(|job| guarded_job(&cx, job))
         .buffer_unordered(req.shard_concurrency.max(1))
         .collect()
         .await;
@@ -255,36 +253,37 @@ pub async fn run(
     Ok(m)
 }
 
-/// Runs one job; its failure cancels its siblings.
-#[allow(clippy::too_many_arguments)]
-async fn guarded_job(
-    node: &Node,
-    store: &Arc<dyn ObjectStore>,
-    root: &str,
-    job: Job,
+/// What every job of one backup shares.
+struct JobCtx<'a> {
+    node: &'a Node,
+    store: &'a Arc<dyn ObjectStore>,
+    root: &'a str,
     peer_id: Option<u64>,
-    opts: &UploadOptions,
-    progress: &Progress,
-    work: &CancellationToken,
-) -> Result<(String, ObjectEntry)> {
-    let r = run_job(node, store, root, job, peer_id, opts, progress, work).await;
+    opts: &'a UploadOptions,
+    progress: &'a Progress,
+    /// Cancelled by the first failing job, so its siblings stop too.
+    work: &'a CancellationToken,
+}
+
+/// Runs one job; its failure cancels its siblings.
+async fn guarded_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
+    let r = run_job(cx, job).await;
     if r.is_err() {
-        work.cancel();
+        cx.work.cancel();
     }
     r
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_job(
-    node: &Node,
-    store: &Arc<dyn ObjectStore>,
-    root: &str,
-    job: Job,
-    peer_id: Option<u64>,
-    opts: &UploadOptions,
-    progress: &Progress,
-    cancel: &CancellationToken,
-) -> Result<(String, ObjectEntry)> {
+async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
+    let JobCtx {
+        node,
+        store,
+        root,
+        peer_id,
+        opts,
+        progress,
+        work: cancel,
+    } = *cx;
     let taken_at = now();
     let on_part = |n: u64| progress.add_bytes(n);
     let (collection, rel, shard_id, shard_key, mode, outcome) = match job {
