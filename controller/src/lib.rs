@@ -2,6 +2,8 @@
 //! are built, the reconcilers that drive Qdrant and its agents.
 
 pub mod agent_client;
+pub mod backup_decide;
+pub mod backup_plan;
 pub mod cluster_controller;
 pub mod crd;
 pub mod decide;
