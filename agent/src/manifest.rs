@@ -155,3 +155,207 @@ pub async fn list_complete(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<
     names.dedup();
     Ok(names)
 }
+
+/// Builds the manifest of a multi-node backup from its nodes' finished
+/// backup tasks: each collection once (config and aliases from any node),
+/// every node's objects, the peer ids, and the earliest start.
+pub fn assemble(
+    backup_name: &str,
+    started_at: &str,
+    completed_at: &str,
+    parts: &[qdrant_agent_proto::v1::Task],
+) -> Result<Manifest> {
+    use qdrant_agent_proto::v1::TaskPhase;
+    keys::validate_segment("backup", backup_name)?;
+    if parts.is_empty() {
+        return Err(Error::Invalid(
+            "a manifest needs at least one node's task".into(),
+        ));
+    }
+    let mut versions: Vec<&str> = parts.iter().map(|t| t.qdrant_version.as_str()).collect();
+    versions.sort();
+    versions.dedup();
+    if versions.len() != 1 || versions[0].is_empty() {
+        return Err(Error::Invalid(format!(
+            "the nodes report different Qdrant versions: {versions:?}"
+        )));
+    }
+    let mut collections: Vec<CollectionEntry> = Vec::new();
+    let mut nodes = Vec::new();
+    for t in parts {
+        if t.phase() != TaskPhase::Succeeded || t.backup_name != backup_name {
+            return Err(Error::Invalid(format!(
+                "task {} is not a succeeded part of backup {backup_name}",
+                t.task_id
+            )));
+        }
+        keys::validate_segment("node", &t.node_name)?;
+        let peer_id = (t.peer_id != 0).then_some(t.peer_id);
+        nodes.push(NodeEntry {
+            node: t.node_name.clone(),
+            peer_id,
+        });
+        for c in &t.collections {
+            if !collections.iter().any(|e| e.name == c.name) {
+                let config = serde_json::from_str(&c.config_json)
+                    .map_err(|e| Error::Invalid(format!("config of {}: {e}", c.name)))?;
+                collections.push(CollectionEntry {
+                    name: c.name.clone(),
+                    config,
+                    aliases: c.aliases.clone(),
+                    objects: vec![],
+                });
+            }
+        }
+        for r in &t.results {
+            keys::validate_rel_key(&r.key)?;
+            let entry = collections
+                .iter_mut()
+                .find(|e| e.name == r.collection)
+                .ok_or_else(|| {
+                    Error::Invalid(format!("{} belongs to no collection of the task", r.key))
+                })?;
+            let mode = match r.mode.as_str() {
+                "file" => ObjectMode::File,
+                _ => ObjectMode::Stream,
+            };
+            if mode == ObjectMode::Stream && entry.objects.iter().any(|o| o.shard_id == r.shard_id)
+            {
+                return Err(Error::Invalid(format!(
+                    "shard {:?} of {} was backed up twice",
+                    r.shard_id, r.collection
+                )));
+            }
+            entry.objects.push(ObjectEntry {
+                key: r.key.clone(),
+                size: r.size,
+                sha256: r.sha256.clone(),
+                mode,
+                shard_id: r.shard_id,
+                shard_key: None,
+                node: t.node_name.clone(),
+                peer_id,
+                taken_at: r.taken_at.clone(),
+            });
+        }
+    }
+    for e in &mut collections {
+        e.objects.sort_by(|a, b| a.key.cmp(&b.key));
+    }
+    collections.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let m = Manifest {
+        format: FORMAT,
+        backup_name: backup_name.to_string(),
+        qdrant_version: versions[0].to_string(),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        started_at: started_at.to_string(),
+        completed_at: completed_at.to_string(),
+        nodes,
+        collections,
+    };
+    m.validate()?;
+    Ok(m)
+}
+
+/// Checks every object of `m` is in the store with its size, then writes the
+/// manifest: the commit point of the backup.
+pub async fn commit(store: &dyn ObjectStore, prefix: &str, m: &Manifest) -> Result<String> {
+    let root = keys::backup_root(prefix, &m.backup_name);
+    for (_, o) in m.objects() {
+        let key = keys::join(&root, &o.key);
+        match store.head(&key).await? {
+            Some(size) if size == o.size => {}
+            Some(size) => {
+                return Err(Error::Invalid(format!(
+                    "{key} holds {size} bytes, the task reported {}",
+                    o.size
+                )));
+            }
+            None => return Err(Error::Invalid(format!("{key} is missing from the store"))),
+        }
+    }
+    write(store, prefix, m).await
+}
+
+/// Deletes a backup: the manifest first, then the objects and open uploads.
+pub async fn delete_backup(store: &dyn ObjectStore, prefix: &str, backup: &str) -> Result<u32> {
+    keys::validate_segment("backup", backup)?;
+    let root = format!("{}/", keys::backup_root(prefix, backup));
+    let manifest = keys::manifest_key(prefix, backup);
+    store.delete(&manifest).await?;
+    let mut n = 1;
+    for o in store.list(&root).await? {
+        store.delete(&o.key).await?;
+        n += 1;
+    }
+    match store.list_multipart(&root).await {
+        Ok(ups) => {
+            for u in ups {
+                store.abort_multipart(&u.key, &u.upload_id).await?;
+            }
+        }
+        Err(Error::Unsupported(_)) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use qdrant_agent_proto::v1::{CollectionInfo, ShardResult, Task, TaskPhase};
+
+    fn task(node: &str, version: &str, shard: u32) -> Task {
+        let mut t = Task {
+            task_id: format!("t-{node}"),
+            backup_name: "b".into(),
+            qdrant_version: version.into(),
+            node_name: node.into(),
+            peer_id: 7,
+            collections: vec![CollectionInfo {
+                name: "c".into(),
+                config_json: "{\"params\":{}}".into(),
+                aliases: vec![],
+            }],
+            results: vec![ShardResult {
+                collection: "c".into(),
+                shard_id: Some(shard),
+                key: format!("{node}/c/{shard}.snapshot"),
+                size: 1,
+                sha256: "a".repeat(64),
+                mode: "stream".into(),
+                done: true,
+                taken_at: String::new(),
+            }],
+            ..Default::default()
+        };
+        t.set_phase(TaskPhase::Succeeded);
+        t
+    }
+
+    #[test]
+    fn nodes_of_one_backup_must_agree_and_have_succeeded() {
+        let m = assemble(
+            "b",
+            "s",
+            "e",
+            &[task("n1", "1.18.3", 0), task("n2", "1.18.3", 1)],
+        )
+        .unwrap();
+        assert_eq!(m.objects().count(), 2);
+        let err = assemble(
+            "b",
+            "s",
+            "e",
+            &[task("n1", "1.18.3", 0), task("n2", "1.18.2", 1)],
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("different Qdrant versions"));
+        let mut failed = task("n2", "1.18.3", 1);
+        failed.set_phase(TaskPhase::Failed);
+        assert!(assemble("b", "s", "e", &[task("n1", "1.18.3", 0), failed]).is_err());
+        assert!(assemble("other", "s", "e", &[task("n1", "1.18.3", 0)]).is_err());
+        assert!(assemble("b", "s", "e", &[]).is_err());
+    }
+}

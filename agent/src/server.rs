@@ -197,6 +197,20 @@ fn fingerprint(storage: Option<&StorageTarget>, rest: &impl prost::Message) -> S
     hex::encode(h.finalize())
 }
 
+/// An agent error as a gRPC status: the code says what kind of problem it
+/// is, the message (never holding a credential) ends with the reason.
+fn to_status(e: Error) -> Status {
+    let msg = format!("{e} [{}]", e.reason());
+    match e.reason() {
+        "InvalidRequest" => Status::invalid_argument(msg),
+        "ManifestMissing" | "ObjectNotFound" | "S3BucketNotFound" => Status::not_found(msg),
+        "S3AccessDenied" => Status::permission_denied(msg),
+        "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Status::unavailable(msg),
+        "ChecksumMismatch" | "VersionMismatch" => Status::failed_precondition(msg),
+        _ => Status::internal(msg),
+    }
+}
+
 /// Input errors are answered at once rather than as a failed task.
 fn check_input(backup_name: &str, storage: Option<&StorageTarget>) -> Result<(), Status> {
     crate::keys::validate_segment("backup", backup_name)
@@ -359,6 +373,55 @@ impl Agent for AgentService {
         };
         cancel.cancel();
         Ok(Response::new(progress.get()))
+    }
+
+    async fn write_manifest(
+        &self,
+        req: Request<WriteManifestRequest>,
+    ) -> Result<Response<WriteManifestResponse>, Status> {
+        let r = req.into_inner();
+        check_input(&r.backup_name, r.storage.as_ref())?;
+        let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
+        let m = crate::manifest::assemble(&r.backup_name, &r.started_at, &now(), &r.parts)
+            .map_err(to_status)?;
+        let key = crate::manifest::commit(&*target.store, &target.prefix, &m)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(backup = %r.backup_name, key, objects = m.objects().count(), "manifest written");
+        Ok(Response::new(WriteManifestResponse {
+            manifest_key: key,
+            total_bytes: m.total_bytes(),
+            objects: m.objects().count() as u32,
+        }))
+    }
+
+    async fn read_manifest(
+        &self,
+        req: Request<ReadManifestRequest>,
+    ) -> Result<Response<ReadManifestResponse>, Status> {
+        let r = req.into_inner();
+        check_input(&r.backup_name, r.storage.as_ref())?;
+        let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
+        let m = crate::manifest::read(&*target.store, &target.prefix, &r.backup_name)
+            .await
+            .map_err(to_status)?;
+        let manifest_json =
+            serde_json::to_string(&m).map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(ReadManifestResponse { manifest_json }))
+    }
+
+    async fn delete_backup(
+        &self,
+        req: Request<DeleteBackupRequest>,
+    ) -> Result<Response<DeleteBackupResponse>, Status> {
+        let r = req.into_inner();
+        check_input(&r.backup_name, r.storage.as_ref())?;
+        let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
+        let n = crate::manifest::delete_backup(&*target.store, &target.prefix, &r.backup_name)
+            .await
+            .map_err(to_status)?;
+        tracing::info!(backup = %r.backup_name, objects = n, "backup deleted");
+        Ok(Response::new(DeleteBackupResponse { deleted_objects: n }))
     }
 
     async fn list_tasks(

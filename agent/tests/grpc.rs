@@ -596,3 +596,148 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
         .unwrap_err();
     assert_eq!(plain.code(), tonic::Code::Unimplemented);
 }
+
+/// Runs a backup task on one agent with its shards and waits for its end.
+async fn part(c: &mut AgentClient<Channel>, env: &Env, id: &str, shards: &[u32]) -> Task {
+    let req = StartBackupRequest {
+        task_id: id.into(),
+        storage: Some(storage(env, "multi")),
+        backup_name: "nightly".into(),
+        collections: vec![CollectionSelection {
+            collection: "docs".into(),
+            shard_ids: shards.to_vec(),
+        }],
+        skip_manifest: true,
+        ..Default::default()
+    };
+    c.start_backup(req).await.unwrap();
+    let t = watch(c, id).await.pop().unwrap();
+    assert_eq!(t.phase(), TaskPhase::Succeeded, "{t:?}");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted() {
+    let env = Env::new("multi");
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = [2 * MIB, MIB, 3 * MIB];
+    let node = |peer: u64| {
+        let mut d = test_support::qdrant_double::Double::new("1.18.3");
+        d.peer_id = Some(peer);
+        d.add_collection("docs", 8, &sizes);
+        d.add_alias("docs-now", "docs");
+        d
+    };
+    let (qa, qb) = (
+        node(101).start().await.unwrap(),
+        node(102).start().await.unwrap(),
+    );
+    let a = serve(&env, &qa, "pod-a", &["--insecure"], dir.path());
+    let b = serve(&env, &qb, "pod-b", &["--insecure"], dir.path());
+    let mut ca = AgentClient::new(channel(&a.addr).await);
+    let mut cb = AgentClient::new(channel(&b.addr).await);
+    let ta = part(&mut ca, &env, "t-a", &[0, 1]).await;
+    let tb = part(&mut cb, &env, "t-b", &[2]).await;
+    let url = env.url("multi");
+    let listed = env.run(&["list", "--from", &url]);
+    assert!(
+        listed.stdout.is_empty(),
+        "no manifest yet: the backup is incomplete"
+    );
+
+    // A shard reported twice is refused.
+    let twice = WriteManifestRequest {
+        storage: Some(storage(&env, "multi")),
+        backup_name: "nightly".into(),
+        parts: vec![ta.clone(), ta.clone()],
+        started_at: ta.started_at.clone(),
+    };
+    assert_eq!(
+        ca.write_manifest(twice).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+
+    let req = WriteManifestRequest {
+        storage: Some(storage(&env, "multi")),
+        backup_name: "nightly".into(),
+        parts: vec![ta.clone(), tb.clone()],
+        started_at: ta.started_at.clone(),
+    };
+    let w = ca.write_manifest(req.clone()).await.unwrap().into_inner();
+    assert_eq!(
+        (w.objects, w.total_bytes, w.manifest_key.as_str()),
+        (3, 6 * MIB, "multi/nightly/manifest.json")
+    );
+
+    let json = cb
+        .read_manifest(ReadManifestRequest {
+            storage: Some(storage(&env, "multi")),
+            backup_name: "nightly".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest_json;
+    let m: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let nodes: Vec<(&str, u64)> = m["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| (n["node"].as_str().unwrap(), n["peer_id"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(nodes, [("pod-a", 101), ("pod-b", 102)]);
+    let keys: Vec<&str> = m["collections"][0]["objects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["key"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "pod-a/docs/0.snapshot",
+            "pod-a/docs/1.snapshot",
+            "pod-b/docs/2.snapshot"
+        ]
+    );
+    assert_eq!(m["collections"][0]["aliases"][0], "docs-now");
+
+    // The committed backup restores into a single node, every shard.
+    let (dst, dst_url) = double("1.18.3", |_| {}).await;
+    assert_ok(&env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "nightly",
+    ]));
+    let docs = dst.collection("docs").unwrap();
+    for (s, size) in sizes.iter().enumerate() {
+        assert_eq!(
+            docs.shards[&(s as u32)].content.sha256(),
+            generated_sha256(seed_for("docs", s as u32), *size)
+        );
+    }
+
+    // Deleting removes the manifest first, then everything under the backup.
+    let d = cb
+        .delete_backup(DeleteBackupRequest {
+            storage: Some(storage(&env, "multi")),
+            backup_name: "nightly".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(d.deleted_objects, 4);
+    assert!(env.store().await.list("multi/").await.unwrap().is_empty());
+    // A manifest naming objects that are gone is refused.
+    let err = ca.write_manifest(req).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(
+        err.message().contains("missing from the store"),
+        "{}",
+        err.message()
+    );
+}
