@@ -34,10 +34,23 @@ pub struct ShardInfo {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct RemoteShardInfo {
+    pub shard_id: u32,
+    pub peer_id: u64,
+    #[serde(default)]
+    pub shard_key: Option<Value>,
+    #[serde(default)]
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct Placement {
     pub peer_id: u64,
     #[serde(default)]
     pub local_shards: Vec<ShardInfo>,
+    /// Replicas on other peers (distributed mode).
+    #[serde(default)]
+    pub remote_shards: Vec<RemoteShardInfo>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

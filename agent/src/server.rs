@@ -197,6 +197,31 @@ fn fingerprint(storage: Option<&StorageTarget>, rest: &impl prost::Message) -> S
     hex::encode(h.finalize())
 }
 
+/// Every shard's replicas, local and remote, sorted by shard id.
+fn shard_placements(p: &crate::qdrant::Placement) -> Vec<ShardPlacement> {
+    let mut shards: std::collections::BTreeMap<u32, ShardPlacement> = Default::default();
+    let key_json =
+        |k: &Option<serde_json::Value>| k.as_ref().map(|k| k.to_string()).unwrap_or_default();
+    let mut add = |id: u32, key: &Option<serde_json::Value>, peer_id: u64, state: &str| {
+        let s = shards.entry(id).or_insert_with(|| ShardPlacement {
+            shard_id: id,
+            replicas: vec![],
+            shard_key_json: key_json(key),
+        });
+        s.replicas.push(ReplicaPlacement {
+            peer_id,
+            state: state.to_string(),
+        });
+    };
+    for l in &p.local_shards {
+        add(l.shard_id, &l.shard_key, p.peer_id, &l.state);
+    }
+    for r in &p.remote_shards {
+        add(r.shard_id, &r.shard_key, r.peer_id, &r.state);
+    }
+    shards.into_values().collect()
+}
+
 /// An agent error as a gRPC status: the code says what kind of problem it
 /// is, the message (never holding a credential) ends with the reason.
 fn to_status(e: Error) -> Status {
@@ -422,6 +447,28 @@ impl Agent for AgentService {
             .map_err(to_status)?;
         tracing::info!(backup = %r.backup_name, objects = n, "backup deleted");
         Ok(Response::new(DeleteBackupResponse { deleted_objects: n }))
+    }
+
+    async fn get_placement(
+        &self,
+        req: Request<GetPlacementRequest>,
+    ) -> Result<Response<GetPlacementResponse>, Status> {
+        let q = &self.node.qdrant;
+        let mut names = req.into_inner().collections;
+        if names.is_empty() {
+            names = q.collections().await.map_err(to_status)?;
+        }
+        let mut out = GetPlacementResponse::default();
+        for c in names {
+            crate::keys::validate_segment("collection", &c).map_err(to_status)?;
+            let p = q.placement(&c).await.map_err(to_status)?;
+            out.peer_id = p.peer_id;
+            out.collections.push(CollectionPlacement {
+                name: c,
+                shards: shard_placements(&p),
+            });
+        }
+        Ok(Response::new(out))
     }
 
     async fn list_tasks(

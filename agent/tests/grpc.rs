@@ -741,3 +741,67 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         err.message()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn placement_reports_every_replica_of_every_shard_with_its_state() {
+    let env = Env::new("placement");
+    let dir = tempfile::tempdir().unwrap();
+    let mut d = test_support::qdrant_double::Double::new("1.18.3");
+    d.peer_id = Some(101);
+    d.add_collection("docs", 8, &[MIB, MIB, MIB]);
+    d.set_shard_state("docs", 1, "Dead");
+    d.set_remote_shards(
+        "docs",
+        &[(0, 102, "Active"), (1, 102, "Active"), (2, 103, "Partial")],
+    );
+    d.add_collection("imgs", 8, &[MIB]);
+    let q = d.start().await.unwrap();
+    let agent = serve(&env, &q, "pod-a", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+
+    let p = c
+        .get_placement(GetPlacementRequest {
+            collections: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(p.peer_id, 101);
+    let names: Vec<&str> = p.collections.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["docs", "imgs"]);
+    let replicas = |s: &ShardPlacement| -> Vec<(u64, String)> {
+        s.replicas
+            .iter()
+            .map(|r| (r.peer_id, r.state.clone()))
+            .collect()
+    };
+    let docs = &p.collections[0].shards;
+    assert_eq!(
+        replicas(&docs[0]),
+        [(101, "Active".to_string()), (102, "Active".to_string())]
+    );
+    assert_eq!(
+        replicas(&docs[1]),
+        [(101, "Dead".to_string()), (102, "Active".to_string())]
+    );
+    assert_eq!(
+        replicas(&docs[2]),
+        [(101, "Active".to_string()), (103, "Partial".to_string())]
+    );
+
+    let one = c
+        .get_placement(GetPlacementRequest {
+            collections: vec!["imgs".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(one.collections.len(), 1);
+    let missing = c
+        .get_placement(GetPlacementRequest {
+            collections: vec!["nope".into()],
+        })
+        .await
+        .unwrap_err();
+    assert!(missing.message().contains("nope"), "{}", missing.message());
+}

@@ -116,6 +116,27 @@ pub fn plan(
     Ok(out)
 }
 
+/// The placement an agent reported (`GetPlacement`) as planning input.
+pub fn from_agent(p: &qdrant_agent_proto::v1::GetPlacementResponse) -> Vec<ShardPlacement> {
+    p.collections
+        .iter()
+        .flat_map(|c| {
+            c.shards.iter().map(|s| ShardPlacement {
+                collection: c.name.clone(),
+                shard_id: s.shard_id,
+                replicas: s
+                    .replicas
+                    .iter()
+                    .map(|r| Replica {
+                        peer_id: r.peer_id,
+                        state: r.state.clone(),
+                    })
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
 /// The agent task id of one pod's part of a backup: derived from the
 /// backup's UID, so a retried reconcile or a restarted controller attaches
 /// to the running task instead of starting a second upload. `attempt`
@@ -255,6 +276,36 @@ mod tests {
                 assert_eq!(seen.len(), 12, "n={n} rf={rf}");
             }
         }
+    }
+
+    #[test]
+    fn an_agents_placement_plans_directly() {
+        use qdrant_agent_proto::v1 as pb;
+        let rep = |peer, state: &str| pb::ReplicaPlacement {
+            peer_id: peer,
+            state: state.into(),
+        };
+        let resp = pb::GetPlacementResponse {
+            peer_id: 100,
+            collections: vec![pb::CollectionPlacement {
+                name: "docs".into(),
+                shards: vec![
+                    pb::ShardPlacement {
+                        shard_id: 0,
+                        replicas: vec![rep(100, "Dead"), rep(101, "Active")],
+                        shard_key_json: String::new(),
+                    },
+                    pb::ShardPlacement {
+                        shard_id: 1,
+                        replicas: vec![rep(100, "Active"), rep(101, "Active")],
+                        shard_key_json: String::new(),
+                    },
+                ],
+            }],
+        };
+        let p = plan(&from_agent(&resp), &pods(2), &BTreeSet::new()).unwrap();
+        assert_eq!(p["q-1"], [("docs".to_string(), 0)]);
+        assert_eq!(p["q-0"], [("docs".to_string(), 1)]);
     }
 
     #[test]

@@ -79,6 +79,7 @@ struct Inner {
     snapshots: BTreeMap<String, Vec<String>>,
     snapshot_seq: u64,
     streams: u64,
+    remote: HashMap<String, Vec<Value>>,
 }
 
 #[derive(Clone)]
@@ -147,6 +148,15 @@ impl Double {
                 s.shard_key = Some(k.clone());
             }
         }
+    }
+
+    /// Replicas of `c`'s shards on other peers, as `(shard, peer, state)`.
+    pub fn set_remote_shards(&self, c: &str, remote: &[(u32, u64, &str)]) {
+        let v: Vec<Value> = remote
+            .iter()
+            .map(|(s, p, st)| json!({"shard_id": s, "peer_id": p, "state": st}))
+            .collect();
+        self.lock().remote.insert(c.to_string(), v);
     }
 
     pub fn set_shard_state(&self, c: &str, shard: u32, state: &str) {
@@ -545,7 +555,7 @@ async fn collection_cluster(
         .collect();
     ok(
         json!({"peer_id": d.peer_id.unwrap_or(1), "shard_count": col.shards.len(), "local_shards": local,
-              "remote_shards": [], "shard_transfers": []}),
+              "remote_shards": g.remote.get(&c).cloned().unwrap_or_default(), "shard_transfers": []}),
     )
 }
 
