@@ -12,3 +12,4 @@ pub mod lease;
 pub mod metrics;
 pub mod pki;
 pub mod render;
+pub mod schedule;
