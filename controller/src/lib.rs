@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod pki;
 pub mod render;
 pub mod schedule;
+pub mod schedule_controller;

@@ -101,8 +101,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
     let ctx = Arc::new(Context::new(client.clone(), ca, metrics));
-    tracing::info!("reconciling QdrantClusters");
-    cluster_controller::run(client, ctx).await;
+    tracing::info!("reconciling QdrantClusters and QdrantBackupSchedules");
+    let schedules = Arc::new(qdrant_operator::schedule_controller::Context::new(
+        client.clone(),
+    ));
+    tokio::join!(
+        cluster_controller::run(client.clone(), ctx),
+        qdrant_operator::schedule_controller::run(client, schedules),
+    );
     Ok(())
 }
 

@@ -1,0 +1,431 @@
+//! The QdrantBackupSchedule reconciler: at each fire it creates a
+//! QdrantBackup (labelled with the schedule, not owned by it, so deleting a
+//! schedule keeps its backups), applies the concurrency policy, prunes by
+//! retention, and requeues itself exactly for the next fire.
+
+use crate::cluster_controller::MANAGER;
+use crate::crd::{
+    ConcurrencyPolicy, OperationPhase, QdrantBackup, QdrantBackupSchedule,
+    QdrantBackupScheduleStatus, QdrantBackupSpec, SchedulePhase,
+};
+use crate::schedule::{self, Cron, KEEP_FAILED, Kept};
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Label on each backup a schedule creates: the schedule's name.
+pub const SCHEDULE_LABEL: &str = "qdrant.io/schedule";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// The time; fixed in tests.
+    pub now: fn() -> jiff::Timestamp,
+}
+
+impl Context {
+    pub fn new(client: Client) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            now: jiff::Timestamp::now,
+        }
+    }
+}
+
+fn phase(b: &QdrantBackup) -> Option<OperationPhase> {
+    b.status.as_ref().and_then(|s| s.phase)
+}
+
+fn running(b: &QdrantBackup) -> bool {
+    !matches!(
+        phase(b),
+        Some(OperationPhase::Completed | OperationPhase::Failed)
+    )
+}
+
+fn condition(
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: jiff::Timestamp,
+    previous: &[Condition],
+    generation: Option<i64>,
+) -> Condition {
+    let status = if ok { "True" } else { "False" }.to_string();
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: "Ready".into(),
+        status,
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: generation,
+    }
+}
+
+async fn event(
+    ctx: &Context,
+    s: &QdrantBackupSchedule,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Schedule".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &s.object_ref(&())).await {
+        tracing::warn!(error = %e, "could not record an event");
+    }
+}
+
+pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let now = (ctx.now)();
+    let ns = s.namespace().unwrap_or_else(|| "default".into());
+    let name = s.name_any();
+    let schedules: Api<QdrantBackupSchedule> = Api::namespaced(ctx.client.clone(), &ns);
+    let backups: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let previous = s.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = s.metadata.generation;
+
+    let parsed = Cron::parse(&s.spec.schedule)
+        .map_err(|e| ("InvalidSchedule", format!("spec.schedule: {e}")))
+        .and_then(|c| {
+            schedule::time_zone(&s.spec.time_zone)
+                .map(|tz| (c, tz))
+                .map_err(|e| ("InvalidTimeZone", e))
+        });
+    let (cron, tz) = match parsed {
+        Ok(x) => x,
+        Err((reason, message)) => {
+            status.conditions = vec![condition(
+                false,
+                reason,
+                message.clone(),
+                now,
+                &previous.conditions,
+                s.metadata.generation,
+            )];
+            status.next_backup_time = None;
+            write_status(&schedules, &name, &previous, &status).await?;
+            if previous.conditions.first().map(|c| c.reason.as_str()) != Some(reason) {
+                event(&ctx, &s, EventType::Warning, reason, message).await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    let mine: Vec<QdrantBackup> = backups
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .await?
+        .items;
+    let jitter = jiff::SignedDuration::from_secs(
+        schedule::jitter_seconds(
+            &s.uid().unwrap_or_default(),
+            s.spec.jitter_seconds.unwrap_or(0),
+        )
+        .into(),
+    );
+    let since = previous
+        .last_schedule_time
+        .as_ref()
+        .map(|t| t.0)
+        .or_else(|| s.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        .unwrap_or(now);
+    let due = schedule::due(&cron, &tz, since, now, s.spec.starting_deadline_seconds);
+
+    if !s.spec.suspend {
+        if let Some(skipped) = due.skipped {
+            status.last_schedule_time = Some(Time(skipped));
+            event(
+                &ctx,
+                &s,
+                EventType::Warning,
+                "MissedSchedule",
+                format!(
+                    "the fire at {skipped} was missed by more than startingDeadlineSeconds; skipped"
+                ),
+            )
+            .await;
+        }
+        if let Some(fire) = due.fire {
+            let start_at = fire + jitter;
+            if now < start_at {
+                // Jitter: come back when this schedule's slot starts.
+                write_status(&schedules, &name, &previous, &status).await?;
+                return Ok(Action::requeue(until(now, start_at)));
+            }
+            fire_once(&ctx, &s, &backups, &mine, fire, &mut status).await?;
+        }
+    }
+
+    prune(&ctx, &s, &backups, &mine, &tz, &mut status).await?;
+    status.phase = Some(if s.spec.suspend {
+        SchedulePhase::Suspended
+    } else {
+        SchedulePhase::Active
+    });
+    status.next_backup_time = if s.spec.suspend {
+        None
+    } else {
+        due.next.map(|t| Time(t + jitter))
+    };
+    let msg = if s.spec.suspend {
+        "suspended".to_string()
+    } else {
+        format!(
+            "next backup at {}",
+            status
+                .next_backup_time
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_else(|| "never".into())
+        )
+    };
+    status.conditions = vec![condition(
+        true,
+        if s.spec.suspend {
+            "Suspended"
+        } else {
+            "Scheduled"
+        },
+        msg,
+        now,
+        &previous.conditions,
+        s.metadata.generation,
+    )];
+    write_status(&schedules, &name, &previous, &status).await?;
+    Ok(match status.next_backup_time.as_ref() {
+        Some(t) => Action::requeue(until(now, t.0)),
+        None => Action::await_change(),
+    })
+}
+
+/// Time until `t`, at least a second, at most an hour (a safety net: the
+/// next fire is recomputed on every wake).
+fn until(now: jiff::Timestamp, t: jiff::Timestamp) -> Duration {
+    let secs = (t.as_second() - now.as_second()).clamp(1, 3600);
+    Duration::from_secs(secs as u64)
+}
+
+/// One fire: the concurrency policy, then the new backup.
+async fn fire_once(
+    ctx: &Context,
+    s: &QdrantBackupSchedule,
+    backups: &Api<QdrantBackup>,
+    mine: &[QdrantBackup],
+    fire: jiff::Timestamp,
+    status: &mut QdrantBackupScheduleStatus,
+) -> Result<(), Error> {
+    let active: Vec<&QdrantBackup> = mine.iter().filter(|b| running(b)).collect();
+    status.last_schedule_time = Some(Time(fire));
+    match s.spec.concurrency_policy {
+        ConcurrencyPolicy::Forbid if !active.is_empty() => {
+            let names: Vec<String> = active.iter().map(|b| b.name_any()).collect();
+            event(
+                ctx,
+                s,
+                EventType::Normal,
+                "Skipped",
+                format!(
+                    "backup {} still runs; concurrencyPolicy Forbid skips this fire",
+                    names.join(", ")
+                ),
+            )
+            .await;
+            return Ok(());
+        }
+        ConcurrencyPolicy::Replace => {
+            for b in &active {
+                // Its finalizer cancels the agents' tasks and applies deletionPolicy.
+                backups
+                    .delete(&b.name_any(), &DeleteParams::default())
+                    .await?;
+                event(
+                    ctx,
+                    s,
+                    EventType::Normal,
+                    "Replaced",
+                    format!("deleted running backup {} to start a new one", b.name_any()),
+                )
+                .await;
+            }
+        }
+        _ => {}
+    }
+    let name = schedule::backup_name(&s.name_any(), fire);
+    let b = backup_for(s, &name);
+    match backups.create(&PostParams::default(), &b).await {
+        Ok(_) => {
+            event(
+                ctx,
+                s,
+                EventType::Normal,
+                "BackupCreated",
+                format!("created QdrantBackup {name}"),
+            )
+            .await
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => {} // this fire's backup exists already
+        Err(e) => return Err(e.into()),
+    }
+    status.last_backup_name = Some(name);
+    Ok(())
+}
+
+/// The QdrantBackup a fire creates: the schedule's cluster, storage and
+/// collections, with the template's deletion policy (Delete by default, so
+/// retention frees the bucket). Labelled, not owned.
+pub fn backup_for(s: &QdrantBackupSchedule, name: &str) -> QdrantBackup {
+    let t = &s.spec.backup_template;
+    let mut labels: BTreeMap<String, String> = t.labels.clone();
+    labels.insert(SCHEDULE_LABEL.into(), s.name_any());
+    let mut b = QdrantBackup::new(
+        name,
+        QdrantBackupSpec {
+            cluster_ref: s.spec.cluster_ref.clone(),
+            storage: s.spec.storage.clone(),
+            collections: s.spec.collections.clone(),
+            deletion_policy: t.deletion_policy,
+            retention_days: None,
+            active_deadline_seconds: None,
+            mode: t.mode,
+        },
+    );
+    b.metadata.namespace = s.namespace();
+    b.metadata.labels = Some(labels);
+    b
+}
+
+/// Retention: Completed backups outside the policy's picks and Failed ones
+/// beyond the newest few are deleted; running ones never are.
+async fn prune(
+    ctx: &Context,
+    s: &QdrantBackupSchedule,
+    backups: &Api<QdrantBackup>,
+    mine: &[QdrantBackup],
+    tz: &jiff::tz::TimeZone,
+    status: &mut QdrantBackupScheduleStatus,
+) -> Result<(), Error> {
+    let completed: Vec<Kept> = mine
+        .iter()
+        .filter(|b| phase(b) == Some(OperationPhase::Completed))
+        .map(|b| Kept {
+            name: b.name_any(),
+            completed_at: b
+                .status
+                .as_ref()
+                .and_then(|st| st.completion_time.as_ref())
+                .map(|t| t.0)
+                .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+        })
+        .collect();
+    let keep = schedule::retain(&completed, &s.spec.retention_policy, tz);
+    status.last_successful_backup_time = completed.iter().map(|k| k.completed_at).max().map(Time);
+    let mut failed: Vec<&QdrantBackup> = mine
+        .iter()
+        .filter(|b| phase(b) == Some(OperationPhase::Failed))
+        .collect();
+    failed.sort_by_key(|b| std::cmp::Reverse(b.metadata.creation_timestamp.clone().map(|t| t.0)));
+    let doomed = completed
+        .iter()
+        .filter(|k| !keep.contains(&k.name))
+        .map(|k| k.name.clone())
+        .chain(failed.iter().skip(KEEP_FAILED).map(|b| b.name_any()));
+    for name in doomed {
+        match backups.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {
+                event(
+                    ctx,
+                    s,
+                    EventType::Normal,
+                    "Pruned",
+                    format!("deleted backup {name} (retention)"),
+                )
+                .await
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    status.kept_backups = keep.into_iter().collect();
+    Ok(())
+}
+
+async fn write_status(
+    api: &Api<QdrantBackupSchedule>,
+    name: &str,
+    previous: &QdrantBackupScheduleStatus,
+    status: &QdrantBackupScheduleStatus,
+) -> Result<(), Error> {
+    if status == previous {
+        return Ok(());
+    }
+    let patch = serde_json::json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackupSchedule", "status": status});
+    api.patch_status(
+        name,
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+pub fn error_policy(s: Arc<QdrantBackupSchedule>, err: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(schedule = %s.name_any(), error = %err, "schedule reconcile failed");
+    Action::requeue(Duration::from_secs(30))
+}
+
+/// Runs the schedule controller; a change to any labelled backup wakes its schedule.
+pub async fn run(client: Client, ctx: Arc<Context>) {
+    let by_label = |b: QdrantBackup| {
+        let ns = b.namespace()?;
+        b.labels()
+            .get(SCHEDULE_LABEL)
+            .map(|s| ObjectRef::<QdrantBackupSchedule>::new(s).within(&ns))
+    };
+    Controller::new(
+        Api::<QdrantBackupSchedule>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .watches(
+        Api::<QdrantBackup>::all(client),
+        watcher::Config::default().labels(SCHEDULE_LABEL),
+        by_label,
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "schedule controller event");
+        }
+    })
+    .await;
+}

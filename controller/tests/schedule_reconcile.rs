@@ -1,0 +1,281 @@
+//! The QdrantBackupSchedule reconciler against a mock API server, on a
+//! fixed clock: each scenario names the exact requests expected, in order.
+
+use http::{Request, Response};
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use qdrant_operator::crd::QdrantBackupSchedule;
+use qdrant_operator::schedule_controller::{Context, reconcile};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+struct ApiServer(Handle);
+
+impl ApiServer {
+    async fn expect(
+        &mut self,
+        method: &str,
+        path: &str,
+        respond: impl FnOnce(&Value) -> (u16, Value),
+    ) -> (String, Value) {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
+            .expect("service dropped");
+        assert_eq!(
+            format!("{} {}", req.method(), req.uri().path()),
+            format!("{method} {path}"),
+            "unexpected request"
+        );
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
+            .unwrap_or(Value::Null);
+        let (code, answer) = respond(&body);
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                .unwrap(),
+        );
+        (query, body)
+    }
+
+    async fn nothing_more(&mut self) {
+        if let Ok(Some((req, _))) =
+            tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await
+        {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+const BACKUPS: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantbackups";
+const SCHEDULE: &str =
+    "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantbackupschedules/nightly/status";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/search/events";
+
+fn now_1100() -> jiff::Timestamp {
+    "2026-11-23T11:00:05Z".parse().unwrap()
+}
+fn now_1130() -> jiff::Timestamp {
+    "2026-11-23T11:30:00Z".parse().unwrap()
+}
+
+fn setup(now: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServer) {
+    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "search");
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "qdrant-operator".into(),
+            instance: None,
+        },
+    );
+    (
+        Arc::new(Context {
+            client,
+            recorder,
+            now,
+        }),
+        ApiServer(handle),
+    )
+}
+
+fn schedule(extra: &str, last: Option<&str>) -> QdrantBackupSchedule {
+    let mut s: QdrantBackupSchedule = serde_yaml::from_str(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackupSchedule\n\
+         metadata: {{name: nightly, namespace: search, uid: s-1, generation: 1, creationTimestamp: '2026-11-23T10:30:00Z'}}\n\
+         spec:\n  schedule: '0 * * * *'\n  clusterRef: {{name: vectors}}\n  storage: {{s3: {{bucket: bkt}}}}\n{extra}"
+    ))
+    .unwrap();
+    if let Some(l) = last {
+        s.status = Some(qdrant_operator::crd::QdrantBackupScheduleStatus {
+            last_schedule_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                l.parse().unwrap(),
+            )),
+            ..Default::default()
+        });
+    }
+    s
+}
+
+fn backup(name: &str, phase: &str, completed: &str) -> Value {
+    json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackup",
+        "metadata": {"name": name, "namespace": "search", "labels": {"qdrant.io/schedule": "nightly"}, "creationTimestamp": completed},
+        "spec": {"clusterRef": {"name": "vectors"}, "storage": {"s3": {"bucket": "bkt"}}},
+        "status": {"phase": phase, "completionTime": completed}})
+}
+
+fn list(items: Vec<Value>) -> (u16, Value) {
+    (
+        200,
+        json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackupList", "metadata": {}, "items": items}),
+    )
+}
+
+fn echo(b: &Value) -> (u16, Value) {
+    (200, b.clone())
+}
+
+fn schedule_with_status(s: &QdrantBackupSchedule) -> impl FnOnce(&Value) -> (u16, Value) + use<> {
+    let full = serde_json::to_value(s).unwrap();
+    move |b: &Value| {
+        let mut f = full;
+        f["status"] = b["status"].clone();
+        (200, f)
+    }
+}
+
+#[tokio::test]
+async fn a_due_fire_creates_a_labelled_backup_named_by_its_time_and_requeues_for_the_next() {
+    let s = schedule("", None);
+    let (ctx, mut api) = setup(now_1100);
+    let answer = schedule_with_status(&s);
+    let server = tokio::spawn(async move {
+        let (q, _) = api.expect("GET", BACKUPS, |_| list(vec![])).await;
+        assert!(
+            q.contains("labelSelector=qdrant.io%2Fschedule%3Dnightly"),
+            "{q}"
+        );
+        let (_, b) = api.expect("POST", BACKUPS, echo).await;
+        assert_eq!(b["metadata"]["name"], "nightly-20261123-110000");
+        assert_eq!(b["metadata"]["labels"]["qdrant.io/schedule"], "nightly");
+        assert!(
+            b["metadata"]["ownerReferences"].is_null(),
+            "not owned: deleting the schedule keeps its backups"
+        );
+        assert_eq!(b["spec"]["deletionPolicy"], "Delete");
+        assert_eq!(b["spec"]["clusterRef"]["name"], "vectors");
+        api.expect("POST", EVENTS, echo).await;
+        let (_, st) = api.expect("PATCH", SCHEDULE, answer).await;
+        assert_eq!(st["status"]["lastScheduleTime"], "2026-11-23T11:00:00Z");
+        assert_eq!(st["status"]["lastBackupName"], "nightly-20261123-110000");
+        assert_eq!(st["status"]["nextBackupTime"], "2026-11-23T12:00:00Z");
+        assert_eq!(st["status"]["phase"], "Active");
+        api.nothing_more().await;
+    });
+    let action = reconcile(Arc::new(s), ctx).await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(3595)),
+        "requeued exactly for the next fire"
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn forbid_skips_a_fire_while_a_backup_of_the_schedule_runs() {
+    let s = schedule("", Some("2026-11-23T10:00:00Z"));
+    let (ctx, mut api) = setup(now_1100);
+    let answer = schedule_with_status(&s);
+    let server = tokio::spawn(async move {
+        api.expect("GET", BACKUPS, |_| {
+            list(vec![backup(
+                "nightly-20261123-100000",
+                "InProgress",
+                "2026-11-23T10:00:00Z",
+            )])
+        })
+        .await;
+        let (_, ev) = api.expect("POST", EVENTS, echo).await;
+        assert_eq!(ev["reason"], "Skipped");
+        assert!(
+            ev["note"]
+                .as_str()
+                .unwrap()
+                .contains("nightly-20261123-100000 still runs")
+        );
+        let (_, st) = api.expect("PATCH", SCHEDULE, answer).await;
+        assert_eq!(
+            st["status"]["lastScheduleTime"], "2026-11-23T11:00:00Z",
+            "the skipped fire is not retried"
+        );
+        assert!(st["status"]["lastBackupName"].is_null());
+        api.nothing_more().await;
+    });
+    reconcile(Arc::new(s), ctx).await.unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn retention_deletes_old_completed_backups_but_never_a_running_or_the_newest_one() {
+    let s = schedule(
+        "  retentionPolicy: {keepLast: 2}\n",
+        Some("2026-11-23T11:00:00Z"),
+    );
+    let (ctx, mut api) = setup(now_1130);
+    let answer = schedule_with_status(&s);
+    let server = tokio::spawn(async move {
+        api.expect("GET", BACKUPS, |_| {
+            list(vec![
+                backup("nightly-a", "Completed", "2026-11-23T08:00:00Z"),
+                backup("nightly-b", "Completed", "2026-11-23T09:00:00Z"),
+                backup("nightly-c", "Completed", "2026-11-23T10:00:00Z"),
+                backup("nightly-d", "InProgress", "2026-11-23T11:00:00Z"),
+                backup("nightly-e", "Failed", "2026-11-23T07:00:00Z"),
+            ])
+        })
+        .await;
+        // Nothing is due at 11:30; keepLast 2 keeps c and b; a goes. The running and the failed one stay.
+        api.expect("DELETE", &format!("{BACKUPS}/nightly-a"), |_| {
+            (
+                200,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+            )
+        })
+        .await;
+        let (_, ev) = api.expect("POST", EVENTS, echo).await;
+        assert_eq!(ev["reason"], "Pruned");
+        let (_, st) = api.expect("PATCH", SCHEDULE, answer).await;
+        assert_eq!(
+            st["status"]["keptBackups"],
+            json!(["nightly-b", "nightly-c"])
+        );
+        assert_eq!(
+            st["status"]["lastSuccessfulBackupTime"],
+            "2026-11-23T10:00:00Z"
+        );
+        api.nothing_more().await;
+    });
+    let action = reconcile(Arc::new(s), ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(1800)));
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn an_invalid_schedule_says_which_field_is_wrong_and_does_nothing_else() {
+    let mut s = schedule("", None);
+    s.spec.schedule = "0 25 * * *".into();
+    let (ctx, mut api) = setup(now_1100);
+    let answer = schedule_with_status(&s);
+    let server = tokio::spawn(async move {
+        let (_, st) = api.expect("PATCH", SCHEDULE, answer).await;
+        let c = &st["status"]["conditions"][0];
+        assert_eq!(
+            (
+                c["type"].as_str(),
+                c["status"].as_str(),
+                c["reason"].as_str()
+            ),
+            (Some("Ready"), Some("False"), Some("InvalidSchedule"))
+        );
+        assert!(
+            c["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.schedule: hour field has 25")
+        );
+        let (_, ev) = api.expect("POST", EVENTS, echo).await;
+        assert_eq!(ev["type"], "Warning");
+        api.nothing_more().await;
+    });
+    assert_eq!(
+        reconcile(Arc::new(s), ctx).await.unwrap(),
+        Action::await_change()
+    );
+    server.await.unwrap();
+}
