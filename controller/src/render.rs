@@ -183,13 +183,16 @@ pub fn agent_tls_secret(c: &QdrantCluster, leaf: &crate::pki::Leaf, ca: &crate::
         (crate::pki::ANN_CA.into(), ca.fingerprint()),
         (crate::pki::ANN_NOT_AFTER.into(), leaf.not_after.to_string()),
     ]));
+    // `data`, not the write-only `stringData`: this Secret is server-side
+    // applied, and `data` is what the API server stores and compares.
+    let bytes = |s: &str| k8s_openapi::ByteString(s.as_bytes().to_vec());
     Secret {
         metadata: m,
         type_: Some("kubernetes.io/tls".into()),
-        string_data: Some(BTreeMap::from([
-            ("tls.crt".into(), leaf.cert_pem.clone()),
-            ("tls.key".into(), leaf.key_pem.clone()),
-            ("ca.crt".into(), ca.cert_pem.clone()),
+        data: Some(BTreeMap::from([
+            ("tls.crt".into(), bytes(&leaf.cert_pem)),
+            ("tls.key".into(), bytes(&leaf.key_pem)),
+            ("ca.crt".into(), bytes(&ca.cert_pem)),
         ])),
         ..Default::default()
     }

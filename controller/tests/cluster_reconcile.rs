@@ -153,11 +153,12 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
         assert!(query.contains("fieldManager=qdrant-operator"));
         assert_eq!(tls["type"], "kubernetes.io/tls");
         for k in ["tls.crt", "tls.key", "ca.crt"] {
+            // base64 of "-----BEGIN": PEM material, in `data`.
             assert!(
-                tls["stringData"][k]
+                tls["data"][k]
                     .as_str()
                     .unwrap()
-                    .starts_with("-----BEGIN"),
+                    .starts_with("LS0tLS1CRUdJTi"),
                 "{k}"
             );
         }
