@@ -83,6 +83,9 @@ impl Qdrant {
         // Credentials in the URL would end up in error messages.
         let _ = base.set_username("");
         let _ = base.set_password(None);
+        // https Qdrant (e.g. a managed one) uses rustls with ring, as the
+        // rest of the agent does; installing it twice is harmless.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
@@ -500,6 +503,21 @@ mod tests {
         assert_eq!(minor_version("1.18.3"), Some((1, 18)));
         assert_eq!(minor_version("v1.18.0-rc1"), Some((1, 18)));
         assert_eq!(minor_version("garbage"), None);
+    }
+
+    #[tokio::test]
+    async fn https_qdrant_urls_are_spoken_to_over_tls() {
+        // Nothing listens: the error must be a refused connection, not an
+        // unsupported scheme.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let q = Qdrant::new(&format!("https://127.0.0.1:{port}"), Some("k".into())).unwrap();
+        let raw = q.http.get(q.endpoint(&[])).send().await.unwrap_err();
+        assert!(raw.is_connect() && !raw.is_builder(), "{raw:?}");
+        assert_eq!(q.version().await.unwrap_err().reason(), "QdrantUnreachable");
     }
 
     #[test]
