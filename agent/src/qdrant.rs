@@ -143,20 +143,22 @@ impl Qdrant {
     }
 
     fn transport_err(&self, what: &str, e: reqwest::Error) -> Error {
-        if e.is_connect() {
-            Error::QdrantUnreachable {
-                url: self.base.to_string(),
-                detail: std::error::Error::source(&e)
-                    .map(|s| s.to_string())
-                    .unwrap_or_else(|| e.to_string()),
-            }
-        } else if e.is_timeout() {
-            Error::Timeout(format!("Qdrant did not answer {what} in time"))
-        } else {
-            Error::QdrantUnreachable {
-                url: self.base.to_string(),
-                detail: format!("{what}: {}", e.without_url()),
-            }
+        if e.is_timeout() {
+            return Error::Timeout(format!("Qdrant did not answer {what} in time"));
+        }
+        // The whole cause chain: "client error (Connect)" alone says nothing;
+        // its causes say "connection refused" or "invalid peer certificate".
+        let e = e.without_url();
+        let mut detail = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            detail.push_str(": ");
+            detail.push_str(&c.to_string());
+            cause = c.source();
+        }
+        Error::QdrantUnreachable {
+            url: self.base.to_string(),
+            detail: format!("{what}: {detail}"),
         }
     }
 
@@ -507,17 +509,54 @@ mod tests {
 
     #[tokio::test]
     async fn https_qdrant_urls_are_spoken_to_over_tls() {
-        // Nothing listens: the error must be a refused connection, not an
-        // unsupported scheme.
+        // A TLS server with a self-signed certificate: the agent must get as
+        // far as the TLS handshake (an agent without TLS would stop at the
+        // URL scheme instead).
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let tls = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(cert.pem(), key.serialize_pem()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .tls_config(tls)
+                .unwrap()
+                .add_service(health)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let q = Qdrant::new(&format!("https://localhost:{port}"), None).unwrap();
+        let err = q.version().await.unwrap_err().to_string();
+        // A TLS-level refusal (this server speaks only HTTP/2, so it may end
+        // the handshake with an alert before the certificate is judged).
+        assert!(
+            err.contains("certificate") || err.contains("fatal alert"),
+            "{err}"
+        );
+        assert!(!err.contains("scheme"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn connection_errors_say_why() {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
-        let q = Qdrant::new(&format!("https://127.0.0.1:{port}"), Some("k".into())).unwrap();
-        let raw = q.http.get(q.endpoint(&[])).send().await.unwrap_err();
-        assert!(raw.is_connect() && !raw.is_builder(), "{raw:?}");
-        assert_eq!(q.version().await.unwrap_err().reason(), "QdrantUnreachable");
+        let q = Qdrant::new(&format!("http://127.0.0.1:{port}"), None).unwrap();
+        let err = q.version().await.unwrap_err();
+        assert_eq!(err.reason(), "QdrantUnreachable");
+        assert!(
+            err.to_string()
+                .to_lowercase()
+                .contains("connection refused"),
+            "{err}"
+        );
     }
 
     #[test]
