@@ -666,3 +666,76 @@ async fn against_a_signature_checking_server_a_wrong_secret_is_refused_and_a_rig
         generated_sha256(seed_for("docs", 0), 6 * MIB)
     );
 }
+
+/// Backs up one 12 MiB shard (three 5 MiB parts) through an S3 proxy.
+fn backup_through(env: &Env, endpoint: &str, src_url: &str, name: &str) -> std::process::Output {
+    std::process::Command::new(AGENT)
+        .args([
+            "backup",
+            "--qdrant-url",
+            src_url,
+            "--to",
+            &env.url("p"),
+            "--name",
+            name,
+            "--part-size",
+            "5242880",
+        ])
+        .args(["--s3-endpoint", endpoint])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowdowns_and_cut_connections_on_a_part_are_retried() {
+    use test_support::s3_server::FaultProxy;
+    let env = Env::new("retry");
+    let dir = tempfile::tempdir().unwrap();
+    let (_src, src_url) = double("1.18.3", |d| d.add_collection("docs", 8, &[12 * MIB])).await;
+    for mode in ["slowdown-once", "cut-once"] {
+        let proxy = FaultProxy::start(&env.s3.endpoint, mode, dir.path()).unwrap();
+        let name = format!("b-{mode}");
+        let out = backup_through(&env, &proxy.endpoint, &src_url, &name);
+        assert_ok(&out);
+        assert!(proxy.injected() >= 1, "{mode}: the fault was injected");
+        let store = env.store().await;
+        let node_key = store
+            .list(&format!("p/{name}/"))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|o| o.key.ends_with("docs/0.snapshot"))
+            .unwrap()
+            .key;
+        assert_eq!(
+            sha_of(&*store, &node_key).await,
+            generated_sha256(seed_for("docs", 0), 12 * MIB),
+            "{mode}: bytes intact"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_part_that_keeps_failing_fails_the_backup_and_aborts_the_upload() {
+    use test_support::s3_server::FaultProxy;
+    let env = Env::new("always500");
+    let dir = tempfile::tempdir().unwrap();
+    let (_src, src_url) = double("1.18.3", |d| d.add_collection("docs", 8, &[12 * MIB])).await;
+    let proxy = FaultProxy::start(&env.s3.endpoint, "always-500", dir.path()).unwrap();
+    let out = backup_through(&env, &proxy.endpoint, &src_url, "b1");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("[S3Unavailable]"), "{}", stderr(&out));
+    assert!(proxy.injected() >= 2, "the SDK retried before giving up");
+    let store = env.store().await;
+    assert!(
+        store.list_multipart("").await.unwrap().is_empty(),
+        "upload aborted"
+    );
+    assert!(
+        store.list("p/").await.unwrap().is_empty(),
+        "nothing of the failed backup remains"
+    );
+}

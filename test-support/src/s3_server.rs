@@ -157,3 +157,65 @@ impl Drop for S3sFs {
         let _ = self.child.wait();
     }
 }
+
+/// mitmproxy as a reverse proxy in front of an S3 server, injecting faults
+/// on part uploads (see `test-support/s3_faults.py`). `mitmdump` is taken
+/// from `MITMDUMP`, then `.tools/mitm/bin/mitmdump` (what .ci/run installs),
+/// then the PATH.
+pub struct FaultProxy {
+    pub endpoint: String,
+    pub log: std::path::PathBuf,
+    child: Child,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: &str, mode: &str, dir: &std::path::Path) -> std::io::Result<Self> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let bin = std::env::var("MITMDUMP")
+            .ok()
+            .or_else(|| {
+                let local = root.join(".tools/mitm/bin/mitmdump");
+                local.exists().then(|| local.display().to_string())
+            })
+            .unwrap_or_else(|| "mitmdump".into());
+        let port = free_port()?;
+        let log = dir.join(format!("faults-{port}.log"));
+        std::fs::write(&log, "")?;
+        let child = Command::new(&bin)
+            .args(["--mode", &format!("reverse:{upstream}"), "--listen-host", "127.0.0.1", "-p", &port.to_string()])
+            .args(["--set", "keep_host_header=true", "--set", "connection_strategy=lazy", "-q", "-s"])
+            .arg(root.join("test-support/s3_faults.py"))
+            .env("FAULT_MODE", mode)
+            .env("FAULT_LOG", &log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| std::io::Error::other(format!("cannot start {bin} (python3 -m venv .tools/mitm && .tools/mitm/bin/pip install mitmproxy==11.0.2): {e}")))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err(std::io::Error::other("mitmdump did not come up in 30s"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            log,
+            child,
+        })
+    }
+
+    /// Faults injected so far.
+    pub fn injected(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,39 @@
+"""A mitmproxy addon that injects S3 faults on UploadPart requests for part 2.
+
+FAULT_MODE: slowdown-once (503 SlowDown, once per upload), cut-once (drop the
+connection, once per upload), always-500 (500 InternalError every time).
+Each injected fault appends a line to the file named by FAULT_LOG.
+"""
+
+import os
+
+from mitmproxy import http
+
+MODE = os.environ.get("FAULT_MODE", "slowdown-once")
+LOG = os.environ["FAULT_LOG"]
+seen = set()
+
+
+def _error(code, message):
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    )
+
+
+def request(flow: http.HTTPFlow) -> None:
+    q = flow.request.query
+    if flow.request.method != "PUT" or q.get("partNumber") != "2" or "uploadId" not in q:
+        return
+    key = q["uploadId"]
+    if MODE != "always-500" and key in seen:
+        return
+    seen.add(key)
+    with open(LOG, "a") as f:
+        f.write(f"{MODE} {flow.request.path}\n")
+    if MODE == "cut-once":
+        flow.kill()
+    elif MODE == "slowdown-once":
+        flow.response = http.Response.make(503, _error("SlowDown", "Please reduce your request rate."), {"Content-Type": "application/xml"})
+    else:
+        flow.response = http.Response.make(500, _error("InternalError", "We encountered an internal error."), {"Content-Type": "application/xml"})
