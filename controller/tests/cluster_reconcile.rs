@@ -2,56 +2,17 @@
 //! tower-test pattern): each scenario names the exact requests expected, in
 //! order, answers them, and checks what was sent.
 
-use http::{Request, Response};
-use kube::client::Body;
+mod common;
+
+use common::{ApiServer, with_status};
+use kube::Resource;
 use kube::runtime::controller::Action;
-use kube::{Client, Resource};
 use qdrant_operator::cluster_controller::{Context, FINALIZER, backoff, reconcile};
 use qdrant_operator::crd::QdrantCluster;
 use qdrant_operator::metrics::Metrics;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-
-struct ApiServer(Handle);
-
-impl ApiServer {
-    /// Takes the next request, checks method and path, answers with
-    /// `respond(body)`, and returns the request's query and body.
-    async fn expect(
-        &mut self,
-        method: &str,
-        path: &str,
-        respond: impl FnOnce(&Value) -> (u16, Value),
-    ) -> (String, Value) {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
-            .expect("service dropped");
-        let got = format!("{} {}", req.method(), req.uri().path());
-        assert_eq!(got, format!("{method} {path}"), "unexpected request order");
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let bytes = req.into_body().collect_bytes().await.unwrap();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let (code, answer) = respond(&body);
-        send.send_response(
-            Response::builder()
-                .status(code)
-                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap(),
-        );
-        (query, body)
-    }
-
-    async fn nothing_more(&mut self) {
-        let next = tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await;
-        if let Ok(Some((req, _))) = next {
-            panic!("unexpected request {} {}", req.method(), req.uri());
-        }
-    }
-}
 
 fn not_found() -> (u16, Value) {
     (
@@ -60,34 +21,20 @@ fn not_found() -> (u16, Value) {
     )
 }
 
-/// Answers an apply with what was sent, as the API server would.
-fn echo(body: &Value) -> (u16, Value) {
+/// Answers an apply with what was sent, plus a uid, as the API server would.
+fn echo_uid(body: &Value) -> (u16, Value) {
     let mut b = body.clone();
     b["metadata"]["uid"] = json!("u-1");
     (200, b)
 }
 
-/// Answers a status patch with the whole object, as the API server does.
-fn with_status(c: &QdrantCluster) -> impl FnOnce(&Value) -> (u16, Value) + use<> {
-    let full = serde_json::to_value(c).unwrap();
-    move |body: &Value| {
-        let mut f = full;
-        f["status"] = body["status"].clone();
-        (200, f)
-    }
-}
-
 fn setup() -> (Arc<Context>, ApiServer) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "search");
+    let (client, api) = ApiServer::pair("search");
     let metrics = Arc::new(Metrics::new(
         &mut prometheus_client::registry::Registry::default(),
     ));
     let ca = Arc::new(qdrant_operator::pki::Ca::generate().unwrap());
-    (
-        Arc::new(Context::new(client, ca, metrics)),
-        ApiServer(handle),
-    )
+    (Arc::new(Context::new(client, ca, metrics)), api)
 }
 
 fn cluster(finalized: bool, api_key: bool) -> QdrantCluster {
@@ -136,7 +83,7 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
             not_found()
         })
         .await;
-        let (_, token) = api.expect("POST", &format!("{NS}/secrets"), echo).await;
+        let (_, token) = api.expect("POST", &format!("{NS}/secrets"), echo_uid).await;
         assert_eq!(token["metadata"]["name"], "vectors-agent-token");
         assert_eq!(
             token["stringData"]["token"].as_str().unwrap().len(),
@@ -148,7 +95,11 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
         })
         .await;
         let (query, tls) = api
-            .expect("PATCH", &format!("{NS}/secrets/vectors-agent-tls"), echo)
+            .expect(
+                "PATCH",
+                &format!("{NS}/secrets/vectors-agent-tls"),
+                echo_uid,
+            )
             .await;
         assert!(query.contains("fieldManager=qdrant-operator"));
         assert_eq!(tls["type"], "kubernetes.io/tls");
@@ -170,7 +121,7 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
             format!("{NS}/services/vectors"),
             "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors".into(),
         ] {
-            let (query, body) = api.expect("PATCH", &path, echo).await;
+            let (query, body) = api.expect("PATCH", &path, echo_uid).await;
             assert!(
                 query.contains("fieldManager=qdrant-operator") && query.contains("force=true"),
                 "server-side apply: {query}"
@@ -181,7 +132,7 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
             .expect(
                 "PATCH",
                 "/apis/apps/v1/namespaces/search/statefulsets/vectors",
-                echo,
+                echo_uid,
             )
             .await;
         assert_eq!(sts["spec"]["replicas"], 3);
@@ -213,7 +164,7 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
             .expect(
                 "POST",
                 "/apis/events.k8s.io/v1/namespaces/search/events",
-                echo,
+                echo_uid,
             )
             .await;
         assert_eq!(event["reason"], "Pending");
@@ -252,7 +203,7 @@ async fn a_missing_api_key_secret_fails_the_cluster_and_applies_nothing() {
             .expect(
                 "POST",
                 "/apis/events.k8s.io/v1/namespaces/search/events",
-                echo,
+                echo_uid,
             )
             .await;
         assert_eq!(
@@ -317,12 +268,12 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
             "services/vectors-headless",
             "services/vectors",
         ] {
-            api.expect("PATCH", &format!("{NS}/{path}"), echo).await;
+            api.expect("PATCH", &format!("{NS}/{path}"), echo_uid).await;
         }
         api.expect(
             "PATCH",
             "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors",
-            echo,
+            echo_uid,
         )
         .await;
         api.expect(

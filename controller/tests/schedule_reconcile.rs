@@ -1,9 +1,9 @@
 //! The QdrantBackupSchedule reconciler against a mock API server, on a
 //! fixed clock: each scenario names the exact requests expected, in order.
 
-use http::{Request, Response};
-use kube::Client;
-use kube::client::Body;
+mod common;
+
+use common::{ApiServer, echo, with_status};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use qdrant_operator::crd::QdrantBackupSchedule;
@@ -11,47 +11,6 @@ use qdrant_operator::schedule_controller::{Context, reconcile};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
-struct ApiServer(Handle);
-
-impl ApiServer {
-    async fn expect(
-        &mut self,
-        method: &str,
-        path: &str,
-        respond: impl FnOnce(&Value) -> (u16, Value),
-    ) -> (String, Value) {
-        let (req, send) = tokio::time::timeout(Duration::from_secs(5), self.0.next_request())
-            .await
-            .unwrap_or_else(|_| panic!("expected {method} {path}, got no request"))
-            .expect("service dropped");
-        assert_eq!(
-            format!("{} {}", req.method(), req.uri().path()),
-            format!("{method} {path}"),
-            "unexpected request"
-        );
-        let query = req.uri().query().unwrap_or_default().to_string();
-        let body: Value = serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap())
-            .unwrap_or(Value::Null);
-        let (code, answer) = respond(&body);
-        send.send_response(
-            Response::builder()
-                .status(code)
-                .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                .unwrap(),
-        );
-        (query, body)
-    }
-
-    async fn nothing_more(&mut self) {
-        if let Ok(Some((req, _))) =
-            tokio::time::timeout(Duration::from_millis(200), self.0.next_request()).await
-        {
-            panic!("unexpected request {} {}", req.method(), req.uri());
-        }
-    }
-}
 
 const BACKUPS: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantbackups";
 const SCHEDULE: &str =
@@ -66,8 +25,7 @@ fn now_1130() -> jiff::Timestamp {
 }
 
 fn setup(now: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServer) {
-    let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let client = Client::new(svc, "search");
+    let (client, api) = ApiServer::pair("search");
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -81,7 +39,7 @@ fn setup(now: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServer) {
             recorder,
             now,
         }),
-        ApiServer(handle),
+        api,
     )
 }
 
@@ -117,24 +75,11 @@ fn list(items: Vec<Value>) -> (u16, Value) {
     )
 }
 
-fn echo(b: &Value) -> (u16, Value) {
-    (200, b.clone())
-}
-
-fn schedule_with_status(s: &QdrantBackupSchedule) -> impl FnOnce(&Value) -> (u16, Value) + use<> {
-    let full = serde_json::to_value(s).unwrap();
-    move |b: &Value| {
-        let mut f = full;
-        f["status"] = b["status"].clone();
-        (200, f)
-    }
-}
-
 #[tokio::test]
 async fn a_due_fire_creates_a_labelled_backup_named_by_its_time_and_requeues_for_the_next() {
     let s = schedule("", None);
     let (ctx, mut api) = setup(now_1100);
-    let answer = schedule_with_status(&s);
+    let answer = with_status(&s);
     let server = tokio::spawn(async move {
         let (q, _) = api.expect("GET", BACKUPS, |_| list(vec![])).await;
         assert!(
@@ -171,7 +116,7 @@ async fn a_due_fire_creates_a_labelled_backup_named_by_its_time_and_requeues_for
 async fn forbid_skips_a_fire_while_a_backup_of_the_schedule_runs() {
     let s = schedule("", Some("2026-11-23T10:00:00Z"));
     let (ctx, mut api) = setup(now_1100);
-    let answer = schedule_with_status(&s);
+    let answer = with_status(&s);
     let server = tokio::spawn(async move {
         api.expect("GET", BACKUPS, |_| {
             list(vec![backup(
@@ -208,7 +153,7 @@ async fn retention_deletes_old_completed_backups_but_never_a_running_or_the_newe
         Some("2026-11-23T11:00:00Z"),
     );
     let (ctx, mut api) = setup(now_1130);
-    let answer = schedule_with_status(&s);
+    let answer = with_status(&s);
     let server = tokio::spawn(async move {
         api.expect("GET", BACKUPS, |_| {
             list(vec![
@@ -251,7 +196,7 @@ async fn an_invalid_schedule_says_which_field_is_wrong_and_does_nothing_else() {
     let mut s = schedule("", None);
     s.spec.schedule = "0 25 * * *".into();
     let (ctx, mut api) = setup(now_1100);
-    let answer = schedule_with_status(&s);
+    let answer = with_status(&s);
     let server = tokio::spawn(async move {
         let (_, st) = api.expect("PATCH", SCHEDULE, answer).await;
         let c = &st["status"]["conditions"][0];
