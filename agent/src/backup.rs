@@ -293,7 +293,16 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
             shard_key,
         } => {
             let rel = keys::shard_rel_key(&node.name, &collection, shard);
-            let src = node.qdrant.stream_shard(&collection, shard).await?;
+            let src = match node.qdrant.stream_shard(&collection, shard).await {
+                // The shard exists (placement listed it): a 404 means this
+                // Qdrant predates the live shard snapshot endpoint.
+                Err(Error::Qdrant { status: 404, .. }) => {
+                    return Err(Error::Invalid(format!(
+                        "this Qdrant has no live shard snapshot endpoint (GET /collections/{collection}/shards/{shard}/snapshot); back up with --mode file"
+                    )));
+                }
+                r => r?,
+            };
             let out = upload_stream(
                 store.clone(),
                 &keys::join(root, &rel),

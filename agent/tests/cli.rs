@@ -739,3 +739,53 @@ async fn a_part_that_keeps_failing_fails_the_backup_and_aborts_the_upload() {
         "nothing of the failed backup remains"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_qdrant_without_live_shard_snapshots_gets_a_hint_and_file_mode_works() {
+    let env = Env::new("old");
+    let dir = tempfile::tempdir().unwrap();
+    let snaps = dir.path().join("snaps");
+    let (_src, src_url) = double_with_snapshots("1.18.3", &snaps, |d| {
+        d.add_collection("docs", 8, &[MIB]);
+        d.without_streaming();
+    })
+    .await;
+    let out = env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &env.url("p"),
+        "--name",
+        "b1",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no live shard snapshot endpoint")
+            && stderr(&out).contains("--mode file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        env.store()
+            .await
+            .list_multipart("")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let snaps_arg = snaps.display().to_string();
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &env.url("p"),
+        "--name",
+        "b2",
+        "--mode",
+        "file",
+        "--snapshots-dir",
+        &snaps_arg,
+    ]));
+}

@@ -80,6 +80,7 @@ struct Inner {
     snapshot_seq: u64,
     streams: u64,
     remote: HashMap<String, Vec<Value>>,
+    no_streaming: bool,
 }
 
 #[derive(Clone)]
@@ -180,6 +181,12 @@ impl Double {
 
     pub fn set_fault(&self, c: &str, shard: u32, f: Fault) {
         self.lock().faults.insert((c.into(), shard), f);
+    }
+
+    /// Behave like a Qdrant without the live shard snapshot endpoint: the
+    /// route does not exist (404, empty body).
+    pub fn without_streaming(&self) {
+        self.lock().no_streaming = true;
     }
 
     pub fn clear_fault(&self, c: &str, shard: u32) {
@@ -610,6 +617,9 @@ async fn stream_shard(
     Path((c, s)): Path<(String, u32)>,
 ) -> Response {
     guard!(d, h);
+    if d.lock().no_streaming {
+        return StatusCode::NOT_FOUND.into_response();
+    }
     let (content, fault) = {
         let mut g = d.lock();
         g.streams += 1;
