@@ -181,24 +181,29 @@ fn main() {
     );
     println!("upload server {up}, download server {down}\n");
 
-    let a = measure(&mut agent(
-        &up,
-        &[
-            "backup",
-            "--qdrant-url",
-            &src_url,
-            "--to",
-            &agent_url,
-            "--name",
-            "b1",
-            "--node-name",
-            "n0",
-            "--part-size",
-            &part,
-            "--concurrency",
-            &conc,
-        ],
-    ));
+    // The same stream-mode backup, on the upload server and (for the
+    // restore measurements) on the download server.
+    let stream_backup = |endpoint: &str| {
+        measure(&mut agent(
+            endpoint,
+            &[
+                "backup",
+                "--qdrant-url",
+                &src_url,
+                "--to",
+                &agent_url,
+                "--name",
+                "b1",
+                "--node-name",
+                "n0",
+                "--part-size",
+                &part,
+                "--concurrency",
+                &conc,
+            ],
+        ))
+    };
+    let a = stream_backup(&up);
     let agent_up = line("agent backup, stream mode (Qdrant -> S3)", size, &a);
     let s = measure(&mut s5cmd(
         &up,
@@ -231,24 +236,7 @@ fn main() {
     line("agent backup, file mode (snapshot file -> S3)", size, &f);
 
     if down != up {
-        let a = measure(&mut agent(
-            &down,
-            &[
-                "backup",
-                "--qdrant-url",
-                &src_url,
-                "--to",
-                &agent_url,
-                "--name",
-                "b1",
-                "--node-name",
-                "n0",
-                "--part-size",
-                &part,
-                "--concurrency",
-                &conc,
-            ],
-        ));
+        let a = stream_backup(&down);
         line("  (same backup on the download server)", size, &a);
         let _ = measure(&mut s5cmd(
             &down,

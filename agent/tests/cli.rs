@@ -305,16 +305,7 @@ async fn a_broken_shard_stream_fails_the_backup_and_leaves_nothing() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("broke off"), "{}", stderr(&out));
-    let store = env.store().await;
-    assert!(
-        store.list_multipart("").await.unwrap().is_empty(),
-        "multipart upload aborted"
-    );
-    let left = store.list("p/").await.unwrap();
-    assert!(
-        left.is_empty(),
-        "no object of the failed backup remains: {left:?}"
-    );
+    env.assert_nothing_left("p/").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -338,14 +329,7 @@ async fn a_stalled_shard_stream_fails_clearly_instead_of_hanging() {
     ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("[StreamStalled]"), "{}", stderr(&out));
-    assert!(
-        env.store()
-            .await
-            .list_multipart("")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    env.assert_nothing_left("p/").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -729,15 +713,7 @@ async fn a_part_that_keeps_failing_fails_the_backup_and_aborts_the_upload() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("[S3Unavailable]"), "{}", stderr(&out));
     assert!(proxy.injected() >= 2, "the SDK retried before giving up");
-    let store = env.store().await;
-    assert!(
-        store.list_multipart("").await.unwrap().is_empty(),
-        "upload aborted"
-    );
-    assert!(
-        store.list("p/").await.unwrap().is_empty(),
-        "nothing of the failed backup remains"
-    );
+    env.assert_nothing_left("p/").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -766,14 +742,7 @@ async fn a_qdrant_without_live_shard_snapshots_gets_a_hint_and_file_mode_works()
         "{}",
         stderr(&out)
     );
-    assert!(
-        env.store()
-            .await
-            .list_multipart("")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    env.assert_nothing_left("p/").await;
     let snaps_arg = snaps.display().to_string();
     assert_ok(&env.run(&[
         "backup",

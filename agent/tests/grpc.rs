@@ -347,15 +347,7 @@ async fn cancel_stops_the_task_and_aborts_its_upload() {
     let last = watch(&mut c, "t").await.pop().unwrap();
     assert_eq!(last.phase(), TaskPhase::Cancelled);
     assert_eq!(last.error_reason, "Cancelled");
-    let store = env.store().await;
-    assert!(
-        store.list_multipart("").await.unwrap().is_empty(),
-        "upload aborted"
-    );
-    assert!(
-        store.list("grpc/").await.unwrap().is_empty(),
-        "nothing of the cancelled backup remains"
-    );
+    env.assert_nothing_left("grpc/").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -55,6 +55,16 @@ impl Env {
         c
     }
 
+    /// A failed or cancelled task left no open multipart upload in the
+    /// bucket and no object under `prefix`.
+    pub async fn assert_nothing_left(&self, prefix: &str) {
+        let store = self.store().await;
+        let open = store.list_multipart("").await.unwrap();
+        assert!(open.is_empty(), "open multipart uploads: {open:?}");
+        let left = store.list(prefix).await.unwrap();
+        assert!(left.is_empty(), "objects left under {prefix}: {left:?}");
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.agent(args).output().expect("run agent")
     }
