@@ -158,6 +158,7 @@ async fn run(cmd: Command) -> Result<()> {
                 restore_aliases: true,
                 green_timeout: Duration::from_secs(a.green_timeout),
                 concurrency: a.concurrency,
+                stage: Default::default(),
             };
             let ((), t) = run_task(TaskKind::Restore, &a.name, async |p, cancel| {
                 restore::run(&node, &target, &req, p, cancel).await

@@ -34,6 +34,32 @@ pub struct RestoreRequest {
     pub restore_aliases: bool,
     pub green_timeout: Duration,
     pub concurrency: usize,
+    pub stage: Stage,
+}
+
+/// Which part of a restore to run. A single node runs `All`; the controller
+/// runs the others in turn on a multi-node cluster: one `Create`, one
+/// `Upload` per pod holding replicas, one `Finish`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stage {
+    #[default]
+    All,
+    Create,
+    Upload,
+    Finish,
+    Rollback,
+}
+
+impl Stage {
+    fn creates(self) -> bool {
+        matches!(self, Stage::All | Stage::Create)
+    }
+    fn uploads(self) -> bool {
+        matches!(self, Stage::All | Stage::Upload)
+    }
+    fn finishes(self) -> bool {
+        matches!(self, Stage::All | Stage::Finish)
+    }
 }
 
 pub async fn run(
@@ -55,7 +81,14 @@ pub async fn run(
         });
     }
     let plan = select(&m, req)?;
-    if req.create_collections {
+    if req.stage == Stage::Rollback {
+        for (_, name, _) in &plan {
+            node.qdrant.delete_collection(name).await?;
+        }
+        return Ok(());
+    }
+    let create = req.create_collections && req.stage.creates();
+    if create {
         // Restoring over a live collection would replace its data: refuse,
         // before anything is touched, and say how to restore beside it.
         for (_, name, _) in &plan {
@@ -72,13 +105,14 @@ pub async fn run(
         .flat_map(|(_, _, objs)| objs.iter().map(|o| o.size))
         .sum();
     let count: usize = plan.iter().map(|(_, _, objs)| objs.len()).sum();
+    let uploads = req.stage.uploads();
     progress.update(|t| {
-        t.bytes_total = total;
-        t.shards_total = count as u32;
+        t.bytes_total = if uploads { total } else { 0 };
+        t.shards_total = if uploads { count as u32 } else { 0 };
         t.qdrant_version = version.clone();
         t.node_name = node.name.clone();
     });
-    if req.verify_first {
+    if req.verify_first && req.stage.creates() {
         verify(&store, &root, &plan, req.concurrency, cancel).await?;
     }
 
@@ -237,7 +271,7 @@ async fn restore_collection(
         .filter_map(|o| o.shard_id)
         .map(|s| (s, s))
         .collect();
-    if req.create_collections {
+    if req.create_collections && req.stage.creates() {
         q.create_collection(name, &create_body_from_config(&entry.config)?)
             .await?;
         created.push(name.to_string());
@@ -250,6 +284,34 @@ async fn restore_collection(
             shard_map = create_shard_keys(node, name, entry).await?;
         }
     }
+    if req.stage.uploads() {
+        upload_objects(
+            node, store, root, req, name, objects, &shard_map, progress, cancel,
+        )
+        .await?;
+    }
+    if req.stage.finishes() {
+        if req.restore_aliases {
+            restore_aliases(node, &entry.aliases, name).await?;
+        }
+        wait_green(node, name, req.green_timeout, cancel).await?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload_objects(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    root: &str,
+    req: &RestoreRequest,
+    name: &str,
+    objects: &[&ObjectEntry],
+    shard_map: &HashMap<u32, u32>,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let q = &node.qdrant;
     let before: Vec<String> = q
         .list_collection_snapshots(name)
         .await
@@ -263,7 +325,7 @@ async fn restore_collection(
         store,
         root,
         name,
-        shard_map: &shard_map,
+        shard_map,
         progress,
         cancel,
     };
@@ -282,12 +344,7 @@ async fn restore_collection(
             let _ = q.delete_collection_snapshot(name, &s.name).await;
         }
     }
-    result?;
-
-    if req.restore_aliases {
-        restore_aliases(node, &entry.aliases, name).await?;
-    }
-    wait_green(node, name, req.green_timeout, cancel).await
+    result.map(|_| ())
 }
 
 struct ObjCtx<'a> {
@@ -555,6 +612,14 @@ async fn download_range(
     f.flush().await.map_err(|e| Error::io(path, e))
 }
 
+/// Whether every replica of every shard is Active: after a shard upload,
+/// Qdrant copies it to the other replicas, which pass through Partial.
+async fn all_replicas_active(node: &Node, name: &str) -> Result<bool> {
+    let p = node.qdrant.placement(name).await?;
+    Ok(p.local_shards.iter().all(|s| s.state == "Active")
+        && p.remote_shards.iter().all(|s| s.state == "Active"))
+}
+
 async fn wait_green(
     node: &Node,
     name: &str,
@@ -570,7 +635,8 @@ async fn wait_green(
             .await?
             .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_string));
         match status.as_deref() {
-            Some("green") => return Ok(()),
+            Some("green") if all_replicas_active(node, name).await? => return Ok(()),
+            Some("green") => {}
             Some("red") => {
                 return Err(Error::Qdrant {
                     what: format!("collection {name} after restore"),

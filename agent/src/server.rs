@@ -355,6 +355,13 @@ impl Agent for AgentService {
             restore_aliases: !r.skip_aliases,
             green_timeout: Duration::from_secs(timeout),
             concurrency: 2,
+            stage: match r.stage() {
+                RestoreStage::Unspecified => restore::Stage::All,
+                RestoreStage::Create => restore::Stage::Create,
+                RestoreStage::Upload => restore::Stage::Upload,
+                RestoreStage::Finish => restore::Stage::Finish,
+                RestoreStage::Rollback => restore::Stage::Rollback,
+            },
         };
         let mut rest = r.clone();
         rest.storage = None;
