@@ -275,6 +275,20 @@ pub async fn commit(store: &dyn ObjectStore, prefix: &str, m: &Manifest) -> Resu
             None => return Err(Error::Invalid(format!("{key} is missing from the store"))),
         }
     }
+    // What a lost task (its agent restarted or vanished) left under the
+    // backup is not part of it: abort its uploads, delete its objects.
+    let dir = format!("{root}/");
+    abort_uploads(store, &dir).await?;
+    let listed: std::collections::HashSet<String> = m
+        .objects()
+        .map(|(_, o)| keys::join(&root, &o.key))
+        .collect();
+    for o in store.list(&dir).await? {
+        if !listed.contains(&o.key) {
+            tracing::info!(key = %o.key, "removing an object no task of the backup reported");
+            store.delete(&o.key).await?;
+        }
+    }
     write(store, prefix, m).await
 }
 
@@ -289,16 +303,23 @@ pub async fn delete_backup(store: &dyn ObjectStore, prefix: &str, backup: &str) 
         store.delete(&o.key).await?;
         n += 1;
     }
-    match store.list_multipart(&root).await {
+    abort_uploads(store, &root).await?;
+    Ok(n)
+}
+
+/// Aborts every open multipart upload under `dir` (stores without the
+/// listing call have none to abort).
+async fn abort_uploads(store: &dyn ObjectStore, dir: &str) -> Result<()> {
+    match store.list_multipart(dir).await {
         Ok(ups) => {
             for u in ups {
                 store.abort_multipart(&u.key, &u.upload_id).await?;
             }
+            Ok(())
         }
-        Err(Error::Unsupported(_)) => {}
-        Err(e) => return Err(e),
+        Err(Error::Unsupported(_)) => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(n)
 }
 
 #[cfg(test)]
