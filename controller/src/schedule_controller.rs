@@ -10,10 +10,10 @@ use crate::crd::{
 };
 use crate::schedule::{self, Cron, KEEP_FAILED, Kept};
 use futures::StreamExt;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -62,30 +62,6 @@ fn running(b: &QdrantBackup) -> bool {
     )
 }
 
-fn condition(
-    ok: bool,
-    reason: &str,
-    message: String,
-    now: jiff::Timestamp,
-    previous: &[Condition],
-    generation: Option<i64>,
-) -> Condition {
-    let status = if ok { "True" } else { "False" }.to_string();
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    Condition {
-        type_: "Ready".into(),
-        status,
-        reason: reason.into(),
-        message,
-        last_transition_time: since,
-        observed_generation: generation,
-    }
-}
-
 async fn event(
     ctx: &Context,
     s: &QdrantBackupSchedule,
@@ -93,16 +69,15 @@ async fn event(
     reason: &str,
     note: String,
 ) {
-    let ev = Event {
+    crate::report::event(
+        &ctx.recorder,
+        &s.object_ref(&()),
         type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: "Schedule".into(),
-        secondary: None,
-    };
-    if let Err(e) = ctx.recorder.publish(&ev, &s.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record an event");
-    }
+        reason,
+        "Schedule",
+        note,
+    )
+    .await
 }
 
 pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -125,7 +100,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
     let (cron, tz) = match parsed {
         Ok(x) => x,
         Err((reason, message)) => {
-            status.conditions = vec![condition(
+            status.conditions = vec![crate::report::ready(
                 false,
                 reason,
                 message.clone(),
@@ -209,7 +184,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
                 .unwrap_or_else(|| "never".into())
         )
     };
-    status.conditions = vec![condition(
+    status.conditions = vec![crate::report::ready(
         true,
         if s.spec.suspend {
             "Suspended"
