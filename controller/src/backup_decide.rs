@@ -74,6 +74,15 @@ pub fn next_step(
     }
     let ns = b.namespace().unwrap_or_default();
     let Some(cluster) = cluster else {
+        if phase(b) == Some(OperationPhase::InProgress) {
+            return Step::Fail {
+                reason: "ClusterNotFound",
+                message: format!(
+                    "QdrantCluster {} was deleted during the backup",
+                    b.spec.cluster_ref.name
+                ),
+            };
+        }
         return Step::Wait {
             reason: "ClusterNotFound",
             message: format!(
@@ -233,6 +242,17 @@ mod tests {
                 "ClusterNotFound",
                 "QdrantCluster q not found in namespace ns"
             )
+        );
+        let running = backup("b", 0, Some(OperationPhase::InProgress), "");
+        assert!(
+            matches!(
+                next_step(&running, None, &[], t(0)),
+                Step::Fail {
+                    reason: "ClusterNotFound",
+                    ..
+                }
+            ),
+            "a cluster deleted under a running backup fails it"
         );
         let Step::Wait { reason, message } =
             next_step(&b, Some(&cluster(ClusterPhase::Upgrading, true)), &[], t(0))

@@ -2,6 +2,8 @@
 //! are built, the reconcilers that drive Qdrant and its agents.
 
 pub mod agent_client;
+pub mod agents;
+pub mod backup_controller;
 pub mod backup_decide;
 pub mod backup_plan;
 pub mod cluster_controller;
@@ -12,5 +14,6 @@ pub mod lease;
 pub mod metrics;
 pub mod pki;
 pub mod render;
+pub mod report;
 pub mod schedule;
 pub mod schedule_controller;

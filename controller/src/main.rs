@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams};
 use qdrant_operator::cluster_controller::{self, Context};
 use qdrant_operator::crd::QdrantCluster;
 use qdrant_operator::pki::{CA_SECRET, Ca};
-use qdrant_operator::{http, lease, metrics::Metrics};
+use qdrant_operator::{backup_controller, http, lease, metrics::Metrics};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -100,13 +100,18 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await;
     }
     let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
+    let tls = backup_controller::agent_tls(&ca)?;
     let ctx = Arc::new(Context::new(client.clone(), ca, metrics));
-    tracing::info!("reconciling QdrantClusters and QdrantBackupSchedules");
+    tracing::info!(
+        "reconciling QdrantClusters, QdrantBackups, QdrantRestores and QdrantBackupSchedules"
+    );
     let schedules = Arc::new(qdrant_operator::schedule_controller::Context::new(
         client.clone(),
     ));
+    let backups = Arc::new(backup_controller::Context::new(client.clone(), tls));
     tokio::join!(
         cluster_controller::run(client.clone(), ctx),
+        backup_controller::run_controller(client.clone(), backups),
         qdrant_operator::schedule_controller::run(client, schedules),
     );
     Ok(())

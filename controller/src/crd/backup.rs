@@ -1,7 +1,7 @@
 //! `QdrantBackup`: a point-in-time backup of a cluster's collections to S3.
 
 use super::{
-    BackupMode, BackupStorage, CollectionResult, DeletionPolicy, LocalObjectReference,
+    AgentTask, BackupMode, BackupStorage, CollectionResult, DeletionPolicy, LocalObjectReference,
     OperationPhase, TaskProgress,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -69,6 +69,9 @@ pub struct QdrantBackupStatus {
     pub qdrant_version: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collections: Vec<CollectionResult>,
+    /// The agents' tasks, one per pod and attempt.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<AgentTask>,
     /// Why the backup failed, in one line.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -151,6 +151,48 @@ pub struct ShardObject {
     pub peer_id: Option<u64>,
 }
 
+/// One agent task of a backup or restore, as the controller follows it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentTask {
+    /// Pod whose agent runs the task.
+    pub pod: String,
+    /// The task's id on that agent, derived from the resource's UID, the
+    /// pod and the attempt: a repeated start attaches instead of starting twice.
+    pub task_id: String,
+    /// The agent process the task was started on. Another id means the
+    /// agent restarted and the task is gone.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance_id: String,
+    /// 1 for the first try; a lost task's shards go to a new task with the
+    /// next attempt.
+    pub attempt: u32,
+    /// The shards the task covers (for a restore: the backup's names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shards: Vec<TaskShard>,
+    pub state: AgentTaskState,
+    #[serde(default)]
+    pub bytes_done: u64,
+    #[serde(default)]
+    pub shards_done: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskShard {
+    pub collection: String,
+    pub shard_id: u32,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum AgentTaskState {
+    Running,
+    Succeeded,
+    Failed,
+    /// The agent restarted or its pod went away; the shards were handed on.
+    Lost,
+}
+
 /// Per-collection result of a backup or restore.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -1,6 +1,8 @@
 //! `QdrantRestore`: restore a backup, or a raw S3 path, into a cluster.
 
-use super::{CollectionResult, LocalObjectReference, OperationPhase, S3Storage, TaskProgress};
+use super::{
+    AgentTask, CollectionResult, LocalObjectReference, OperationPhase, S3Storage, TaskProgress,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
@@ -73,10 +75,29 @@ pub struct QdrantRestoreStatus {
     pub progress: Option<TaskProgress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collections: Vec<CollectionResult>,
+    /// Where the restore stands: Verify (check the backup and create the
+    /// collections), Upload (one task per pod), Finish (aliases, wait for
+    /// green), Done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<RestoreStage>,
+    /// The agents' tasks of the current stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<AgentTask>,
+    /// Source: `s3://bucket/path` of the backup being restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3_path: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum RestoreStage {
+    Verify,
+    Upload,
+    Finish,
+    Done,
 }

@@ -1,0 +1,335 @@
+//! A cluster's agents as the backup and restore reconcilers see them: the
+//! ready pods, a connection to each (mutual TLS and the cluster's token),
+//! what each reports (`Status`, `GetPlacement`), and the storage target
+//! built from a resource's S3 settings and credentials Secret.
+
+use crate::agent_client::{self, AgentTls, Client};
+use crate::backup_plan::AgentPod;
+use crate::crd::{QdrantCluster, S3Storage};
+use crate::render;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+use qdrant_agent_proto::v1::{
+    GetPlacementRequest, GetPlacementResponse, S3Credentials, StatusRequest, StorageTarget,
+};
+
+/// Why an operation cannot go on now.
+#[derive(Debug)]
+pub enum Halt {
+    /// Waiting can help (a Secret or an agent may appear): stay, retry later.
+    Wait {
+        reason: &'static str,
+        message: String,
+    },
+    /// It cannot succeed: end as Failed.
+    Fail {
+        reason: String,
+        message: String,
+    },
+    Kube(kube::Error),
+}
+
+impl From<kube::Error> for Halt {
+    fn from(e: kube::Error) -> Self {
+        Halt::Kube(e)
+    }
+}
+
+impl Halt {
+    pub fn fail(reason: impl Into<String>, message: impl Into<String>) -> Self {
+        Halt::Fail {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Once an operation has started, waiting is no longer an option.
+    pub fn into_fail(self) -> Self {
+        match self {
+            Halt::Wait { reason, message } => Halt::fail(reason, message),
+            other => other,
+        }
+    }
+}
+
+/// An agent's gRPC error as (reason, message). The agent ends its messages
+/// with `[Reason]`; other errors are named by their gRPC code.
+pub fn status_reason(s: &tonic::Status) -> (String, String) {
+    let msg = s.message().trim();
+    if let Some(open) = msg.rfind(" [")
+        && msg.ends_with(']')
+    {
+        return (
+            msg[open + 2..msg.len() - 1].to_string(),
+            msg[..open].to_string(),
+        );
+    }
+    (format!("Agent{:?}", s.code()), msg.to_string())
+}
+
+/// The storage target the agents get: `s3://bucket/<prefix>` with the
+/// endpoint, region, encryption and the credentials from the Secret (same
+/// namespace). The credentials go to the agents only, never to status,
+/// events or logs.
+pub async fn storage_target(
+    client: &kube::Client,
+    ns: &str,
+    s3: &S3Storage,
+    prefix: &str,
+) -> Result<StorageTarget, Halt> {
+    let credentials = match &s3.credentials_secret_ref {
+        None => None,
+        Some(r) => {
+            let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+            let Some(secret) = secrets.get_opt(&r.name).await? else {
+                return Err(Halt::Wait {
+                    reason: "SecretNotFound",
+                    message: format!(
+                        "Secret {ns}/{} (storage.s3.credentialsSecretRef) not found",
+                        r.name
+                    ),
+                });
+            };
+            let data = secret.data.unwrap_or_default();
+            let field = |k: &str| {
+                data.get(k)
+                    .map(|b| String::from_utf8_lossy(&b.0).trim().to_string())
+                    .filter(|v| !v.is_empty())
+            };
+            let (Some(id), Some(key)) =
+                (field("AWS_ACCESS_KEY_ID"), field("AWS_SECRET_ACCESS_KEY"))
+            else {
+                return Err(Halt::fail(
+                    "SecretInvalid",
+                    format!(
+                        "Secret {ns}/{} needs the keys AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                        r.name
+                    ),
+                ));
+            };
+            Some(S3Credentials {
+                access_key_id: id,
+                secret_access_key: key,
+                session_token: field("AWS_SESSION_TOKEN").unwrap_or_default(),
+            })
+        }
+    };
+    Ok(StorageTarget {
+        url: format!("s3://{}/{}", s3.bucket, prefix.trim_matches('/')),
+        s3_endpoint: s3.endpoint.clone().unwrap_or_default(),
+        s3_region: s3.region.clone().unwrap_or_default(),
+        credentials,
+        sse: s3
+            .sse
+            .map(|s| match s {
+                crate::crd::ServerSideEncryption::Aes256 => "AES256",
+                crate::crd::ServerSideEncryption::AwsKms => "aws:kms",
+            })
+            .unwrap_or_default()
+            .to_string(),
+        sse_kms_key_id: s3.sse_kms_key_id.clone().unwrap_or_default(),
+        virtual_hosted_style: false,
+    })
+}
+
+/// A ready pod of the cluster and its IP.
+#[derive(Debug, Clone)]
+pub struct PodAddr {
+    pub name: String,
+    pub ip: String,
+}
+
+/// What one agent reported.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub pod: String,
+    pub instance_id: String,
+    pub qdrant_version: String,
+    pub placement: GetPlacementResponse,
+}
+
+/// The agents of one cluster.
+pub struct Agents {
+    tls: AgentTls,
+    token: Option<String>,
+    port: i32,
+    /// `<headless>.<namespace>.svc`: the agents' certificates name
+    /// `<pod>.` under it.
+    domain: String,
+    pub pods: Vec<PodAddr>,
+}
+
+impl Agents {
+    /// The cluster's ready pods and the token to reach their agents.
+    pub async fn of(
+        client: &kube::Client,
+        cluster: &QdrantCluster,
+        tls: &AgentTls,
+    ) -> Result<Self, Halt> {
+        let ns = cluster.namespace().unwrap_or_default();
+        let names = render::Names::of(cluster);
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+        let Some(secret) = secrets.get_opt(&names.agent_token()).await? else {
+            return Err(Halt::Wait {
+                reason: "AgentTokenMissing",
+                message: format!(
+                    "Secret {ns}/{} (the agents' token) does not exist yet",
+                    names.agent_token()
+                ),
+            });
+        };
+        let token = secret
+            .data
+            .unwrap_or_default()
+            .get(render::AGENT_TOKEN_KEY)
+            .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
+        let selector = render::selector_labels(cluster)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+        let mut ready: Vec<PodAddr> = pods
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| {
+                let status = p.status.as_ref()?;
+                let is_ready = status
+                    .conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
+                is_ready.then(|| PodAddr {
+                    name: p.name_any(),
+                    ip,
+                })
+            })
+            .collect();
+        ready.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self {
+            tls: tls.clone(),
+            token,
+            port: cluster.spec.agent.port,
+            domain: format!("{}.{ns}.svc", names.headless()),
+            pods: ready,
+        })
+    }
+
+    pub fn has(&self, pod: &str) -> bool {
+        self.pods.iter().any(|p| p.name == pod)
+    }
+
+    /// A client for the agent of `pod`; the error says why it is out of reach.
+    pub async fn connect(&self, pod: &str) -> Result<Client, String> {
+        let Some(p) = self.pods.iter().find(|p| p.name == pod) else {
+            return Err(format!("pod {pod} is gone or not ready"));
+        };
+        let addr = if p.ip.contains(':') {
+            format!("[{}]:{}", p.ip, self.port)
+        } else {
+            format!("{}:{}", p.ip, self.port)
+        };
+        agent_client::connect(
+            &addr,
+            &format!("{pod}.{}", self.domain),
+            &self.tls,
+            self.token.as_deref(),
+        )
+        .await
+        .map_err(|e| format!("agent of pod {pod} unreachable: {e}"))
+    }
+
+    /// A client for any agent that answers, for requests any of them can
+    /// serve (manifests, deletion).
+    pub async fn any(&self) -> Result<Client, Halt> {
+        let mut why = Vec::new();
+        for p in &self.pods {
+            match self.connect(&p.name).await {
+                Ok(c) => return Ok(c),
+                Err(e) => why.push(e),
+            }
+        }
+        Err(Halt::Wait {
+            reason: "AgentUnreachable",
+            message: if why.is_empty() {
+                "the cluster has no ready pod".into()
+            } else {
+                why.join("; ")
+            },
+        })
+    }
+
+    /// Asks every agent for its instance, Qdrant version and shard
+    /// placement. Agents out of reach are listed, not fatal; an error from
+    /// Qdrant about the request (e.g. an unknown collection) is.
+    pub async fn survey(&self, collections: &[String]) -> Result<(Vec<Seen>, Vec<String>), Halt> {
+        let asks = self.pods.iter().map(|p| self.ask(&p.name, collections));
+        let mut seen = Vec::new();
+        let mut unreachable = Vec::new();
+        for r in futures::future::join_all(asks).await {
+            match r {
+                Ok(s) => seen.push(s),
+                Err(Ask::Unreachable(why)) => unreachable.push(why),
+                Err(Ask::Refused(reason, message)) => return Err(Halt::fail(reason, message)),
+            }
+        }
+        Ok((seen, unreachable))
+    }
+
+    async fn ask(&self, pod: &str, collections: &[String]) -> Result<Seen, Ask> {
+        let mut c = self.connect(pod).await.map_err(Ask::Unreachable)?;
+        let unreachable =
+            |s: tonic::Status| Ask::Unreachable(format!("agent of pod {pod}: {}", s.message()));
+        let st = c
+            .status(StatusRequest {})
+            .await
+            .map_err(unreachable)?
+            .into_inner();
+        if !st.qdrant_reachable {
+            return Err(Ask::Unreachable(format!(
+                "Qdrant of pod {pod} does not answer its agent: {}",
+                st.qdrant_error
+            )));
+        }
+        let placement = c
+            .get_placement(GetPlacementRequest {
+                collections: collections.to_vec(),
+            })
+            .await
+            .map_err(|s| match s.code() {
+                tonic::Code::NotFound | tonic::Code::InvalidArgument => {
+                    let (reason, message) = status_reason(&s);
+                    Ask::Refused(reason, message)
+                }
+                _ => unreachable(s),
+            })?
+            .into_inner();
+        Ok(Seen {
+            pod: pod.to_string(),
+            instance_id: st.instance_id,
+            qdrant_version: st.qdrant_version,
+            placement,
+        })
+    }
+}
+
+enum Ask {
+    Unreachable(String),
+    Refused(String, String),
+}
+
+/// The pods as planning input: each with its Qdrant peer id, as its own
+/// Qdrant reports it.
+pub fn agent_pods(seen: &[Seen]) -> Vec<AgentPod> {
+    seen.iter()
+        .map(|s| AgentPod {
+            name: s.pod.clone(),
+            peer_id: s.placement.peer_id,
+        })
+        .collect()
+}

@@ -1,0 +1,969 @@
+//! The QdrantBackup reconciler. Each reconcile decides the next step
+//! (`backup_decide`), and while the backup runs it follows the agents'
+//! tasks for a short window (`WatchTask`), then writes progress: status is
+//! written at most once per window, never per part.
+//!
+//! Start: every ready pod's agent reports its Qdrant peer and the shard
+//! placement; `backup_plan` picks one Active replica per shard; the plan
+//! goes to status first, then each pod's agent gets its `StartBackup` with
+//! a task id derived from the backup's UID, so a restarted controller
+//! attaches to the running tasks instead of starting again.
+//!
+//! A task whose agent restarted (another instance id) or went away is lost:
+//! its shards are planned again on the replicas left, up to
+//! [`MAX_ATTEMPTS`]. When every task succeeded, an agent writes
+//! `manifest.json` last (`WriteManifest`); a failure cancels the tasks and
+//! deletes what was uploaded. Snapshot bytes never pass through here.
+
+use crate::agent_client::AgentTls;
+use crate::agents::{Agents, Halt, Seen, agent_pods, status_reason, storage_target};
+use crate::backup_decide::{Step, cluster_prefix, next_step};
+use crate::backup_plan::{self, from_agent, plan};
+use crate::cluster_controller::{MANAGER, backoff};
+use crate::crd::{
+    AgentTask, AgentTaskState, BackupMode, CollectionResult, DeletionPolicy, OperationPhase,
+    QdrantBackup, QdrantBackupStatus, QdrantCluster, ShardObject, TaskProgress, TaskShard,
+};
+use crate::report;
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use qdrant_agent_proto::v1::{
+    self as pb, CollectionSelection, DeleteBackupRequest, StartBackupRequest, StatusRequest,
+    StorageTarget, TaskPhase, TaskRef, WriteManifestRequest,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub const FINALIZER: &str = "qdrant.io/backup";
+/// Tries per shard: the first plus re-plans after a lost task.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// Cleanup cannot finish yet (e.g. no agent answers to delete objects).
+    #[error("{0}")]
+    Retry(String),
+}
+
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    /// The controller's client certificate for the agents' mutual TLS.
+    pub tls: AgentTls,
+    /// The time; fixed in tests.
+    pub now: fn() -> jiff::Timestamp,
+    /// How long one reconcile follows running tasks before it writes
+    /// progress and yields.
+    pub follow_window: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, tls: AgentTls) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            tls,
+            now: jiff::Timestamp::now,
+            follow_window: Duration::from_secs(10),
+            failures: Mutex::default(),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The controller's client certificate, issued by the operator's CA.
+pub fn agent_tls(ca: &crate::pki::Ca) -> Result<AgentTls, crate::pki::PkiError> {
+    let leaf = ca.client_cert(jiff::Timestamp::now())?;
+    Ok(AgentTls {
+        ca_pem: ca.cert_pem.clone(),
+        client_cert_pem: leaf.cert_pem,
+        client_key_pem: leaf.key_pem,
+    })
+}
+
+pub async fn reconcile(b: Arc<QdrantBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = b.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let uid = b.uid().unwrap_or_default();
+    let result = finalizer(&api, FINALIZER, b, |ev| async {
+        match ev {
+            Finalizer::Apply(b) => apply(&b, &ctx).await,
+            Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        ctx.failures().remove(&uid);
+    }
+    result
+}
+
+pub fn error_policy(b: Arc<QdrantBackup>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures();
+        let n = f.entry(b.uid().unwrap_or_default()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    tracing::warn!(backup = %b.name_any(), error = %err, failures = n, "reconcile failed");
+    Action::requeue(backoff(n))
+}
+
+fn status_of(b: &QdrantBackup) -> QdrantBackupStatus {
+    b.status.clone().unwrap_or_default()
+}
+
+fn prefix(b: &QdrantBackup) -> String {
+    cluster_prefix(
+        b.spec.storage.s3.prefix.as_deref(),
+        &b.namespace().unwrap_or_default(),
+        &b.spec.cluster_ref.name,
+    )
+}
+
+/// `s3://bucket/<prefix>/<backup>`: where the backup's objects live.
+fn s3_path(b: &QdrantBackup) -> String {
+    format!(
+        "s3://{}/{}/{}",
+        b.spec.storage.s3.bucket,
+        prefix(b),
+        b.name_any()
+    )
+}
+
+async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
+    let ns = b.namespace().unwrap_or_default();
+    let clusters: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let backups: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
+    let cluster = clusters.get_opt(&b.spec.cluster_ref.name).await?;
+    let status = status_of(b);
+    let others = match status.phase {
+        None | Some(OperationPhase::Pending) => backups.list(&ListParams::default()).await?.items,
+        _ => vec![],
+    };
+    let now = (ctx.now)();
+    match next_step(b, cluster.as_ref(), &others, now) {
+        Step::Done => Ok(match (b.spec.retention_days, &status.completion_time) {
+            (Some(days), Some(done)) => {
+                let at = done.0 + jiff::SignedDuration::from_hours(24 * i64::from(days));
+                let wait = at.duration_since(now).as_secs().clamp(1, 86400);
+                Action::requeue(Duration::from_secs(wait as u64))
+            }
+            _ => Action::await_change(),
+        }),
+        Step::Expire => {
+            report::event(
+                &ctx.recorder,
+                &b.object_ref(&()),
+                EventType::Normal,
+                "Expired",
+                "Expire",
+                format!(
+                    "retentionDays ({}) passed; deleting the backup (deletionPolicy {:?})",
+                    b.spec.retention_days.unwrap_or_default(),
+                    b.spec.deletion_policy
+                ),
+            )
+            .await;
+            backups
+                .delete(&b.name_any(), &DeleteParams::default())
+                .await?;
+            Ok(Action::await_change())
+        }
+        Step::Wait { reason, message } => {
+            wait(b, ctx, reason, message).await?;
+            Ok(Action::requeue(Duration::from_secs(15)))
+        }
+        Step::Fail { reason, message } => fail(b, ctx, cluster.as_ref(), reason, message).await,
+        Step::Run => {
+            let cluster = cluster.expect("next_step runs only with a cluster");
+            match run(b, ctx, &cluster).await {
+                Ok(a) => Ok(a),
+                Err(Halt::Wait { reason, message }) => {
+                    wait(b, ctx, reason, message).await?;
+                    let n = ctx.failures().get(&b.uid().unwrap_or_default()).copied();
+                    Ok(Action::requeue(backoff(n.unwrap_or(0) + 1)))
+                }
+                Err(Halt::Fail { reason, message }) => {
+                    fail(b, ctx, Some(&cluster), &reason, message).await
+                }
+                Err(Halt::Kube(e)) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Pending (or still InProgress) with the reason it cannot go on now.
+async fn wait(b: &QdrantBackup, ctx: &Context, reason: &str, message: String) -> Result<(), Error> {
+    let previous = status_of(b);
+    let mut status = previous.clone();
+    if status.phase.is_none() {
+        status.phase = Some(OperationPhase::Pending);
+    }
+    status.observed_generation = b.metadata.generation;
+    status.conditions = vec![report::ready(
+        false,
+        reason,
+        message.clone(),
+        (ctx.now)(),
+        &previous.conditions,
+        b.metadata.generation,
+    )];
+    let changed_reason = previous.conditions.first().map(|c| c.reason.as_str()) != Some(reason);
+    write_status(b, ctx, &status).await?;
+    if changed_reason {
+        report::event(
+            &ctx.recorder,
+            &b.object_ref(&()),
+            EventType::Normal,
+            reason,
+            "Wait",
+            message,
+        )
+        .await;
+    }
+    Ok(())
+}
+
+async fn write_status(
+    b: &QdrantBackup,
+    ctx: &Context,
+    status: &QdrantBackupStatus,
+) -> Result<(), kube::Error> {
+    if Some(status) == b.status.as_ref() {
+        return Ok(());
+    }
+    let api: Api<QdrantBackup> =
+        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": "qdrant.io/v1alpha1",
+        "kind": "QdrantBackup",
+        "status": status,
+    });
+    api.patch_status(
+        &b.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+async fn run(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
+    let status = status_of(b);
+    let started = !status.tasks.is_empty();
+    let ns = b.namespace().unwrap_or_default();
+    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b)).await;
+    let storage = if started {
+        storage.map_err(Halt::into_fail)?
+    } else {
+        storage?
+    };
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls).await;
+    let agents = if started {
+        agents.map_err(Halt::into_fail)?
+    } else {
+        agents?
+    };
+    if !started {
+        return start(b, ctx, &agents, &storage).await;
+    }
+    follow(b, ctx, &agents, &storage).await
+}
+
+/// Asks the agents where every shard is, plans one replica per shard, and
+/// starts the pods' tasks. `shards` limits the plan (a re-plan after a lost
+/// task); empty means every shard of the requested collections.
+async fn survey_and_plan(
+    b: &QdrantBackup,
+    agents: &Agents,
+    shards: &[TaskShard],
+    attempt: u32,
+) -> Result<(Vec<AgentTask>, Vec<Seen>), Halt> {
+    let (seen, unreachable) = agents.survey(&b.spec.collections).await?;
+    if seen.is_empty() {
+        return Err(Halt::Wait {
+            reason: "AgentUnreachable",
+            message: if unreachable.is_empty() {
+                format!("cluster {} has no ready pod", b.spec.cluster_ref.name)
+            } else {
+                unreachable.join("; ")
+            },
+        });
+    }
+    let mut placements = from_agent(&seen[0].placement);
+    if !shards.is_empty() {
+        placements.retain(|p| {
+            shards
+                .iter()
+                .any(|s| s.collection == p.collection && s.shard_id == p.shard_id)
+        });
+    }
+    if placements.is_empty() {
+        return Err(Halt::fail(
+            "NothingToBackUp",
+            format!(
+                "cluster {} has no collections to back up",
+                b.spec.cluster_ref.name
+            ),
+        ));
+    }
+    let planned = plan(&placements, &agent_pods(&seen), &Default::default()).map_err(|e| {
+        let why = if unreachable.is_empty() {
+            String::new()
+        } else {
+            format!(" (out of reach: {})", unreachable.join("; "))
+        };
+        Halt::fail(e.reason(), format!("{e}{why}"))
+    })?;
+    let uid = b.uid().unwrap_or_default();
+    let tasks = planned
+        .into_iter()
+        .map(|(pod, shards)| AgentTask {
+            task_id: backup_plan::task_id(&uid, &pod, attempt),
+            instance_id: seen
+                .iter()
+                .find(|s| s.pod == pod)
+                .map(|s| s.instance_id.clone())
+                .unwrap_or_default(),
+            attempt,
+            shards: shards
+                .into_iter()
+                .map(|(collection, shard_id)| TaskShard {
+                    collection,
+                    shard_id,
+                })
+                .collect(),
+            state: AgentTaskState::Running,
+            bytes_done: 0,
+            shards_done: 0,
+            pod,
+        })
+        .collect();
+    Ok((tasks, seen))
+}
+
+async fn start(
+    b: &QdrantBackup,
+    ctx: &Context,
+    agents: &Agents,
+    storage: &StorageTarget,
+) -> Result<Action, Halt> {
+    let (tasks, seen) = survey_and_plan(b, agents, &[], 1).await?;
+    let previous = status_of(b);
+    let total: usize = tasks.iter().map(|t| t.shards.len()).sum();
+    let collections: std::collections::BTreeSet<&str> = tasks
+        .iter()
+        .flat_map(|t| t.shards.iter().map(|s| s.collection.as_str()))
+        .collect();
+    let message = format!(
+        "backing up {total} shards of {} collections from {} pods",
+        collections.len(),
+        tasks.len()
+    );
+    let now = (ctx.now)();
+    let status = QdrantBackupStatus {
+        phase: Some(OperationPhase::InProgress),
+        start_time: Some(Time(now)),
+        progress: Some(TaskProgress {
+            bytes_done: 0,
+            shards_done: 0,
+            shards_total: total as u32,
+        }),
+        s3_path: Some(s3_path(b)),
+        qdrant_version: Some(seen[0].qdrant_version.clone()),
+        tasks,
+        conditions: vec![report::ready(
+            false,
+            "InProgress",
+            message.clone(),
+            now,
+            &previous.conditions,
+            b.metadata.generation,
+        )],
+        observed_generation: b.metadata.generation,
+        ..Default::default()
+    };
+    // The plan is in status before any task starts: whatever happens next,
+    // a reconcile finds the task ids and attaches to them.
+    write_status(b, ctx, &status).await?;
+    report::event(
+        &ctx.recorder,
+        &b.object_ref(&()),
+        EventType::Normal,
+        "Started",
+        "Backup",
+        message,
+    )
+    .await;
+    for t in &status.tasks {
+        if let Err(e) = dispatch(b, agents, storage, t).await {
+            tracing::warn!(backup = %b.name_any(), pod = %t.pod, error = %e, "could not start a task; the next reconcile retries");
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+fn start_request(b: &QdrantBackup, storage: &StorageTarget, t: &AgentTask) -> StartBackupRequest {
+    let mut by_collection: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
+    for s in &t.shards {
+        by_collection
+            .entry(&s.collection)
+            .or_default()
+            .push(s.shard_id);
+    }
+    StartBackupRequest {
+        task_id: t.task_id.clone(),
+        storage: Some(storage.clone()),
+        backup_name: b.name_any(),
+        collections: by_collection
+            .into_iter()
+            .map(|(c, shard_ids)| CollectionSelection {
+                collection: c.to_string(),
+                shard_ids,
+            })
+            .collect(),
+        mode: match b.spec.mode {
+            BackupMode::Stream => pb::BackupMode::Stream,
+            BackupMode::File => pb::BackupMode::File,
+            BackupMode::Auto => pb::BackupMode::Auto,
+        } as i32,
+        skip_manifest: true,
+        ..Default::default()
+    }
+}
+
+async fn dispatch(
+    b: &QdrantBackup,
+    agents: &Agents,
+    storage: &StorageTarget,
+    t: &AgentTask,
+) -> Result<pb::Task, String> {
+    let mut c = agents.connect(&t.pod).await?;
+    c.start_backup(start_request(b, storage, t))
+        .await
+        .map(|r| r.into_inner())
+        .map_err(|s| s.message().to_string())
+}
+
+/// What following one task found.
+enum Observed {
+    Task(Box<pb::Task>),
+    Lost(String),
+}
+
+/// Follows one task for up to `window`: the task as last seen, or why it
+/// is lost. A task the agent does not know is started if the agent is the
+/// one it was planned on (the controller stopped before starting it).
+async fn observe(
+    b: &QdrantBackup,
+    agents: &Agents,
+    storage: &StorageTarget,
+    t: &AgentTask,
+    window: Duration,
+) -> Observed {
+    let mut c = match agents.connect(&t.pod).await {
+        Ok(c) => c,
+        Err(why) => return Observed::Lost(why),
+    };
+    let task_ref = TaskRef {
+        task_id: t.task_id.clone(),
+    };
+    let mut stream = match c.watch_task(task_ref).await {
+        Ok(s) => s.into_inner(),
+        Err(s) if s.code() == tonic::Code::NotFound => {
+            let instance = match c.status(StatusRequest {}).await {
+                Ok(st) => st.into_inner().instance_id,
+                Err(s) => {
+                    return Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message()));
+                }
+            };
+            if instance != t.instance_id {
+                return Observed::Lost(format!(
+                    "the agent of pod {} restarted (instance {} is now {instance})",
+                    t.pod, t.instance_id
+                ));
+            }
+            return match c.start_backup(start_request(b, storage, t)).await {
+                Ok(task) => Observed::Task(Box::new(task.into_inner())),
+                Err(s) => Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message())),
+            };
+        }
+        Err(s) => return Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message())),
+    };
+    let deadline = tokio::time::Instant::now() + window;
+    let mut last: Option<pb::Task> = None;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(task))) => {
+                let end = is_terminal(&task);
+                last = Some(task);
+                if end {
+                    break;
+                }
+            }
+            Ok(Some(Err(s))) => {
+                return Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message()));
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    match last {
+        Some(task) if task.instance_id != t.instance_id && !t.instance_id.is_empty() => {
+            Observed::Lost(format!("the agent of pod {} restarted", t.pod))
+        }
+        Some(task) => Observed::Task(Box::new(task)),
+        None => Observed::Lost(format!("the agent of pod {} sent nothing", t.pod)),
+    }
+}
+
+fn is_terminal(t: &pb::Task) -> bool {
+    matches!(
+        t.phase(),
+        TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
+    )
+}
+
+async fn follow(
+    b: &QdrantBackup,
+    ctx: &Context,
+    agents: &Agents,
+    storage: &StorageTarget,
+) -> Result<Action, Halt> {
+    let previous = status_of(b);
+    let mut status = previous.clone();
+    let live: Vec<usize> = (0..status.tasks.len())
+        .filter(|&i| status.tasks[i].state != AgentTaskState::Lost)
+        .collect();
+    let seen = futures::future::join_all(
+        live.iter()
+            .map(|&i| observe(b, agents, storage, &status.tasks[i], ctx.follow_window)),
+    )
+    .await;
+    let mut finished: Vec<pb::Task> = Vec::new();
+    let mut lost: Vec<String> = Vec::new();
+    for (&i, s) in live.iter().zip(seen) {
+        let t = &mut status.tasks[i];
+        match s {
+            Observed::Lost(why) => {
+                t.state = AgentTaskState::Lost;
+                lost.push(why);
+            }
+            Observed::Task(task) => {
+                t.bytes_done = task.bytes_done;
+                t.shards_done = task.shards_done;
+                match task.phase() {
+                    TaskPhase::Succeeded => {
+                        t.state = AgentTaskState::Succeeded;
+                        finished.push(*task);
+                    }
+                    TaskPhase::Failed | TaskPhase::Cancelled => {
+                        t.state = AgentTaskState::Failed;
+                        let reason = if task.error_reason.is_empty() {
+                            "TaskFailed".to_string()
+                        } else {
+                            task.error_reason.clone()
+                        };
+                        return Err(Halt::fail(
+                            reason,
+                            format!("the agent of pod {}: {}", t.pod, task.error),
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let live_tasks = status
+        .tasks
+        .iter()
+        .filter(|t| t.state != AgentTaskState::Lost);
+    let done: u32 = live_tasks.clone().map(|t| t.shards_done).sum();
+    status.progress = Some(TaskProgress {
+        bytes_done: live_tasks.clone().map(|t| t.bytes_done).sum(),
+        shards_done: done,
+        shards_total: previous.progress.as_ref().map_or(0, |p| p.shards_total),
+    });
+    if !lost.is_empty() {
+        return replan(b, ctx, agents, storage, status, lost).await;
+    }
+    if finished.len() == live.len() {
+        return complete(b, ctx, agents, storage, status, finished).await;
+    }
+    write_status(b, ctx, &status).await?;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Hands the shards of lost tasks to new tasks, on the replicas whose
+/// agents answer, as the next attempt.
+async fn replan(
+    b: &QdrantBackup,
+    ctx: &Context,
+    agents: &Agents,
+    storage: &StorageTarget,
+    mut status: QdrantBackupStatus,
+    why: Vec<String>,
+) -> Result<Action, Halt> {
+    let attempt = status.tasks.iter().map(|t| t.attempt).max().unwrap_or(1) + 1;
+    let why = why.join("; ");
+    if attempt > MAX_ATTEMPTS {
+        return Err(Halt::fail(
+            "AgentLost",
+            format!("tasks were lost {MAX_ATTEMPTS} times; last: {why}"),
+        ));
+    }
+    // Lost tasks' shards not yet covered by a live task.
+    let covered: Vec<&TaskShard> = status
+        .tasks
+        .iter()
+        .filter(|t| t.state != AgentTaskState::Lost)
+        .flat_map(|t| &t.shards)
+        .collect();
+    let shards: Vec<TaskShard> = status
+        .tasks
+        .iter()
+        .filter(|t| t.state == AgentTaskState::Lost)
+        .flat_map(|t| t.shards.clone())
+        .filter(|s| !covered.contains(&s))
+        .collect();
+    // A lost task may still be running where the agent is reachable again
+    // (a network hiccup): cancel it, so only the new task writes.
+    for t in status
+        .tasks
+        .iter()
+        .filter(|t| t.state == AgentTaskState::Lost)
+    {
+        if let Ok(mut c) = agents.connect(&t.pod).await {
+            let _ = c
+                .cancel_task(TaskRef {
+                    task_id: t.task_id.clone(),
+                })
+                .await;
+        }
+    }
+    let (new, _) = survey_and_plan(b, agents, &shards, attempt)
+        .await
+        .map_err(|h| match h.into_fail() {
+            Halt::Fail { reason, message } => {
+                Halt::fail(reason, format!("{message}; after: {why}"))
+            }
+            other => other,
+        })?;
+    let message = format!(
+        "{why}; {} shards handed to attempt {attempt} on {}",
+        shards.len(),
+        new.iter()
+            .map(|t| t.pod.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    status.tasks.extend(new.clone());
+    write_status(b, ctx, &status).await?;
+    report::event(
+        &ctx.recorder,
+        &b.object_ref(&()),
+        EventType::Warning,
+        "TaskLost",
+        "Backup",
+        message,
+    )
+    .await;
+    for t in &new {
+        if let Err(e) = dispatch(b, agents, storage, t).await {
+            tracing::warn!(backup = %b.name_any(), pod = %t.pod, error = %e, "could not start a task; the next reconcile retries");
+        }
+    }
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Every task succeeded: an agent checks each object and writes the
+/// manifest, last; then the backup is Completed.
+async fn complete(
+    b: &QdrantBackup,
+    ctx: &Context,
+    agents: &Agents,
+    storage: &StorageTarget,
+    mut status: QdrantBackupStatus,
+    parts: Vec<pb::Task>,
+) -> Result<Action, Halt> {
+    let started_at = status
+        .start_time
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_default();
+    let mut c = agents.any().await.map_err(Halt::into_fail)?;
+    let written = c
+        .write_manifest(WriteManifestRequest {
+            storage: Some(storage.clone()),
+            backup_name: b.name_any(),
+            parts: parts.clone(),
+            started_at,
+        })
+        .await
+        .map_err(|s| {
+            let (reason, message) = status_reason(&s);
+            Halt::fail(reason, format!("writing the manifest: {message}"))
+        })?
+        .into_inner();
+    let pod_of: HashMap<&str, &str> = status
+        .tasks
+        .iter()
+        .map(|t| (t.task_id.as_str(), t.pod.as_str()))
+        .collect();
+    let mut collections: BTreeMap<String, Vec<ShardObject>> = BTreeMap::new();
+    for p in &parts {
+        for r in &p.results {
+            collections
+                .entry(r.collection.clone())
+                .or_default()
+                .push(ShardObject {
+                    shard_id: r.shard_id,
+                    key: r.key.clone(),
+                    size: r.size,
+                    sha256: r.sha256.clone(),
+                    pod: pod_of.get(p.task_id.as_str()).unwrap_or(&"").to_string(),
+                    peer_id: Some(p.peer_id).filter(|&p| p != 0),
+                });
+        }
+    }
+    let now = (ctx.now)();
+    let message = format!(
+        "{} objects, {} bytes, in {}",
+        written.objects,
+        written.total_bytes,
+        s3_path(b)
+    );
+    status.phase = Some(OperationPhase::Completed);
+    status.completion_time = Some(Time(now));
+    status.size_bytes = Some(written.total_bytes);
+    status.collections = collections
+        .into_iter()
+        .map(|(name, mut shards)| {
+            shards.sort_by_key(|s| s.shard_id);
+            CollectionResult { name, shards }
+        })
+        .collect();
+    if let Some(p) = &mut status.progress {
+        p.shards_done = p.shards_total;
+    }
+    status.conditions = vec![report::ready(
+        true,
+        "Completed",
+        message.clone(),
+        now,
+        &status.conditions,
+        b.metadata.generation,
+    )];
+    write_status(b, ctx, &status).await?;
+    report::event(
+        &ctx.recorder,
+        &b.object_ref(&()),
+        EventType::Normal,
+        "Completed",
+        "Backup",
+        message,
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Ends the backup as Failed: cancels its running tasks and deletes what
+/// they uploaded, so nothing half-written remains or passes for complete.
+async fn fail(
+    b: &QdrantBackup,
+    ctx: &Context,
+    cluster: Option<&QdrantCluster>,
+    reason: &str,
+    message: String,
+) -> Result<Action, Error> {
+    let previous = status_of(b);
+    let mut message = message;
+    if !previous.tasks.is_empty()
+        && let Err(e) = discard(b, ctx, cluster, &previous).await
+    {
+        message = format!("{message}; its partial objects could not be deleted: {e}");
+    }
+    let now = (ctx.now)();
+    let mut status = previous.clone();
+    status.phase = Some(OperationPhase::Failed);
+    status.completion_time = Some(Time(now));
+    status.error = Some(message.clone());
+    for t in &mut status.tasks {
+        if t.state == AgentTaskState::Running {
+            t.state = AgentTaskState::Failed;
+        }
+    }
+    status.observed_generation = b.metadata.generation;
+    status.conditions = vec![report::ready(
+        false,
+        reason,
+        message.clone(),
+        now,
+        &previous.conditions,
+        b.metadata.generation,
+    )];
+    write_status(b, ctx, &status).await?;
+    report::event(
+        &ctx.recorder,
+        &b.object_ref(&()),
+        EventType::Warning,
+        "Failed",
+        "Backup",
+        format!("{reason}: {message}"),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Cancels the running tasks, waits (briefly) for them to stop, then
+/// deletes the backup's objects and open uploads through any agent.
+async fn discard(
+    b: &QdrantBackup,
+    ctx: &Context,
+    cluster: Option<&QdrantCluster>,
+    status: &QdrantBackupStatus,
+) -> Result<u32, String> {
+    let cluster = cluster.ok_or("its cluster is gone")?;
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls)
+        .await
+        .map_err(halt_text)?;
+    cancel_running(&agents, status).await;
+    let ns = b.namespace().unwrap_or_default();
+    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b))
+        .await
+        .map_err(halt_text)?;
+    let mut c = agents.any().await.map_err(halt_text)?;
+    c.delete_backup(DeleteBackupRequest {
+        storage: Some(storage),
+        backup_name: b.name_any(),
+    })
+    .await
+    .map(|r| r.into_inner().deleted_objects)
+    .map_err(|s| status_reason(&s).1)
+}
+
+fn halt_text(h: Halt) -> String {
+    match h {
+        Halt::Wait { message, .. } | Halt::Fail { message, .. } => message,
+        Halt::Kube(e) => e.to_string(),
+    }
+}
+
+/// Cancels every running task and waits up to 30 s for each to stop, so
+/// no upload lands after the deletion that follows.
+async fn cancel_running(agents: &Agents, status: &QdrantBackupStatus) {
+    let running = status
+        .tasks
+        .iter()
+        .filter(|t| t.state == AgentTaskState::Running);
+    let cancels = running.map(|t| async move {
+        let Ok(mut c) = agents.connect(&t.pod).await else {
+            return;
+        };
+        let r = TaskRef {
+            task_id: t.task_id.clone(),
+        };
+        if c.cancel_task(r.clone()).await.is_err() {
+            return;
+        }
+        if let Ok(s) = c.watch_task(r).await {
+            let mut s = s.into_inner();
+            let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                while let Some(Ok(t)) = s.next().await {
+                    if is_terminal(&t) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    });
+    futures::future::join_all(cancels).await;
+}
+
+/// Deleting the resource: running tasks are cancelled first; the objects go
+/// with it when the policy is Delete, or when the backup never completed
+/// (partial objects are of no use). A Completed backup with Retain keeps
+/// its objects.
+async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
+    let status = status_of(b);
+    let completed = status.phase == Some(OperationPhase::Completed);
+    let running = status.phase == Some(OperationPhase::InProgress);
+    let delete = if completed {
+        b.spec.deletion_policy == DeletionPolicy::Delete
+    } else {
+        running && !status.tasks.is_empty()
+    };
+    if !delete {
+        return Ok(Action::await_change());
+    }
+    let ns = b.namespace().unwrap_or_default();
+    let clusters: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let cluster = clusters.get_opt(&b.spec.cluster_ref.name).await?;
+    if cluster.is_none() {
+        // No agent is left to delete through: say where the data is.
+        report::event(
+            &ctx.recorder,
+            &b.object_ref(&()),
+            EventType::Warning,
+            "ObjectsLeft",
+            "Delete",
+            format!(
+                "cluster {} is gone, so no agent can delete {}; delete it with the agent CLI or the S3 console",
+                b.spec.cluster_ref.name,
+                s3_path(b)
+            ),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let n = discard(b, ctx, cluster.as_ref(), &status)
+        .await
+        .map_err(Error::Retry)?;
+    report::event(
+        &ctx.recorder,
+        &b.object_ref(&()),
+        EventType::Normal,
+        "Deleted",
+        "Delete",
+        format!("deleted {n} objects under {}", s3_path(b)),
+    )
+    .await;
+    Ok(Action::await_change())
+}
+
+/// Runs the QdrantBackup controller until shutdown.
+pub async fn run_controller(client: Client, ctx: Arc<Context>) {
+    Controller::new(
+        Api::<QdrantBackup>::all(client.clone()),
+        watcher::Config::default().any_semantic(),
+    )
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|r| async move {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "controller event");
+        }
+    })
+    .await;
+}
