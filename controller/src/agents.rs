@@ -5,14 +5,18 @@
 
 use crate::agent_client::{self, AgentTls, Client};
 use crate::backup_plan::AgentPod;
+use crate::crd::{AgentTask, AgentTaskState};
 use crate::crd::{QdrantCluster, S3Storage};
 use crate::render;
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use qdrant_agent_proto::v1::{
-    GetPlacementRequest, GetPlacementResponse, S3Credentials, StatusRequest, StorageTarget,
+    self as pb, GetPlacementRequest, GetPlacementResponse, S3Credentials, StatusRequest,
+    StorageTarget, TaskPhase, TaskRef,
 };
+use std::time::Duration;
 
 /// Why an operation cannot go on now.
 #[derive(Debug)]
@@ -332,4 +336,118 @@ pub fn agent_pods(seen: &[Seen]) -> Vec<AgentPod> {
             peer_id: s.placement.peer_id,
         })
         .collect()
+}
+
+/// What following one task found.
+pub enum Observed {
+    Task(Box<pb::Task>),
+    Lost(String),
+}
+
+pub fn is_terminal(t: &pb::Task) -> bool {
+    matches!(
+        t.phase(),
+        TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
+    )
+}
+
+impl Halt {
+    pub fn text(self) -> String {
+        match self {
+            Halt::Wait { message, .. } | Halt::Fail { message, .. } => message,
+            Halt::Kube(e) => e.to_string(),
+        }
+    }
+}
+
+impl Agents {
+    /// Follows one task for up to `window`: the task as last seen, or why
+    /// it is lost. A task its agent does not know is started with `start`
+    /// if the agent is still the instance it was planned on (the controller
+    /// stopped between writing the plan and starting the task); another
+    /// instance means the agent restarted and the task is gone.
+    pub async fn observe(
+        &self,
+        t: &AgentTask,
+        window: Duration,
+        start: impl AsyncFnOnce(&mut Client) -> Result<pb::Task, tonic::Status>,
+    ) -> Observed {
+        let lost =
+            |s: tonic::Status| Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message()));
+        let mut c = match self.connect(&t.pod).await {
+            Ok(c) => c,
+            Err(why) => return Observed::Lost(why),
+        };
+        let task_ref = TaskRef {
+            task_id: t.task_id.clone(),
+        };
+        let mut stream = match c.watch_task(task_ref).await {
+            Ok(s) => s.into_inner(),
+            Err(s) if s.code() == tonic::Code::NotFound => {
+                let instance = match c.status(StatusRequest {}).await {
+                    Ok(st) => st.into_inner().instance_id,
+                    Err(s) => return lost(s),
+                };
+                if instance != t.instance_id {
+                    return Observed::Lost(format!(
+                        "the agent of pod {} restarted (instance {} is now {instance})",
+                        t.pod, t.instance_id
+                    ));
+                }
+                return match start(&mut c).await {
+                    Ok(task) => Observed::Task(Box::new(task)),
+                    Err(s) => lost(s),
+                };
+            }
+            Err(s) => return lost(s),
+        };
+        let deadline = tokio::time::Instant::now() + window;
+        let mut last: Option<pb::Task> = None;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
+                Ok(Some(Ok(task))) => {
+                    let end = is_terminal(&task);
+                    last = Some(task);
+                    if end {
+                        break;
+                    }
+                }
+                Ok(Some(Err(s))) => return lost(s),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        match last {
+            Some(task) => Observed::Task(Box::new(task)),
+            None => Observed::Lost(format!("the agent of pod {} sent nothing", t.pod)),
+        }
+    }
+
+    /// Cancels every running task and waits up to 30 s for each to stop,
+    /// so nothing lands after a deletion or rollback that follows.
+    pub async fn cancel_running(&self, tasks: &[AgentTask]) {
+        let running = tasks.iter().filter(|t| t.state == AgentTaskState::Running);
+        let cancels = running.map(|t| async move {
+            let Ok(mut c) = self.connect(&t.pod).await else {
+                return;
+            };
+            let r = TaskRef {
+                task_id: t.task_id.clone(),
+            };
+            if c.cancel_task(r.clone()).await.is_err() {
+                return;
+            }
+            if let Ok(s) = c.watch_task(r).await {
+                let mut s = s.into_inner();
+                let _ = tokio::time::timeout(Duration::from_secs(30), async {
+                    while let Some(Ok(t)) = s.next().await {
+                        if is_terminal(&t) {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            }
+        });
+        futures::future::join_all(cancels).await;
+    }
 }

@@ -15,8 +15,8 @@
 //! `manifest.json` last (`WriteManifest`); a failure cancels the tasks and
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
-use crate::agent_client::AgentTls;
-use crate::agents::{Agents, Halt, Seen, agent_pods, status_reason, storage_target};
+use crate::agent_client::{AgentTls, Client};
+use crate::agents::{Agents, Halt, Observed, Seen, agent_pods, status_reason, storage_target};
 use crate::backup_decide::{Step, cluster_prefix, next_step};
 use crate::backup_plan::{self, from_agent, plan};
 use crate::cluster_controller::{MANAGER, backoff};
@@ -32,10 +32,10 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use qdrant_agent_proto::v1::{
-    self as pb, CollectionSelection, DeleteBackupRequest, StartBackupRequest, StatusRequest,
-    StorageTarget, TaskPhase, TaskRef, WriteManifestRequest,
+    self as pb, CollectionSelection, DeleteBackupRequest, StartBackupRequest, StorageTarget,
+    TaskPhase, TaskRef, WriteManifestRequest,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -57,7 +57,7 @@ pub enum Error {
 }
 
 pub struct Context {
-    pub client: Client,
+    pub client: kube::Client,
     pub recorder: Recorder,
     /// The controller's client certificate for the agents' mutual TLS.
     pub tls: AgentTls,
@@ -70,7 +70,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, tls: AgentTls) -> Self {
+    pub fn new(client: kube::Client, tls: AgentTls) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -466,84 +466,6 @@ async fn dispatch(
         .map_err(|s| s.message().to_string())
 }
 
-/// What following one task found.
-enum Observed {
-    Task(Box<pb::Task>),
-    Lost(String),
-}
-
-/// Follows one task for up to `window`: the task as last seen, or why it
-/// is lost. A task the agent does not know is started if the agent is the
-/// one it was planned on (the controller stopped before starting it).
-async fn observe(
-    b: &QdrantBackup,
-    agents: &Agents,
-    storage: &StorageTarget,
-    t: &AgentTask,
-    window: Duration,
-) -> Observed {
-    let mut c = match agents.connect(&t.pod).await {
-        Ok(c) => c,
-        Err(why) => return Observed::Lost(why),
-    };
-    let task_ref = TaskRef {
-        task_id: t.task_id.clone(),
-    };
-    let mut stream = match c.watch_task(task_ref).await {
-        Ok(s) => s.into_inner(),
-        Err(s) if s.code() == tonic::Code::NotFound => {
-            let instance = match c.status(StatusRequest {}).await {
-                Ok(st) => st.into_inner().instance_id,
-                Err(s) => {
-                    return Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message()));
-                }
-            };
-            if instance != t.instance_id {
-                return Observed::Lost(format!(
-                    "the agent of pod {} restarted (instance {} is now {instance})",
-                    t.pod, t.instance_id
-                ));
-            }
-            return match c.start_backup(start_request(b, storage, t)).await {
-                Ok(task) => Observed::Task(Box::new(task.into_inner())),
-                Err(s) => Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message())),
-            };
-        }
-        Err(s) => return Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message())),
-    };
-    let deadline = tokio::time::Instant::now() + window;
-    let mut last: Option<pb::Task> = None;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.next()).await {
-            Ok(Some(Ok(task))) => {
-                let end = is_terminal(&task);
-                last = Some(task);
-                if end {
-                    break;
-                }
-            }
-            Ok(Some(Err(s))) => {
-                return Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message()));
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    match last {
-        Some(task) if task.instance_id != t.instance_id && !t.instance_id.is_empty() => {
-            Observed::Lost(format!("the agent of pod {} restarted", t.pod))
-        }
-        Some(task) => Observed::Task(Box::new(task)),
-        None => Observed::Lost(format!("the agent of pod {} sent nothing", t.pod)),
-    }
-}
-
-fn is_terminal(t: &pb::Task) -> bool {
-    matches!(
-        t.phase(),
-        TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
-    )
-}
-
 async fn follow(
     b: &QdrantBackup,
     ctx: &Context,
@@ -555,10 +477,13 @@ async fn follow(
     let live: Vec<usize> = (0..status.tasks.len())
         .filter(|&i| status.tasks[i].state != AgentTaskState::Lost)
         .collect();
-    let seen = futures::future::join_all(
-        live.iter()
-            .map(|&i| observe(b, agents, storage, &status.tasks[i], ctx.follow_window)),
-    )
+    let seen = futures::future::join_all(live.iter().map(|&i| {
+        let t = &status.tasks[i];
+        agents.observe(t, ctx.follow_window, async move |c: &mut Client| {
+            let r = c.start_backup(start_request(b, storage, t)).await?;
+            Ok(r.into_inner())
+        })
+    }))
     .await;
     let mut finished: Vec<pb::Task> = Vec::new();
     let mut lost: Vec<String> = Vec::new();
@@ -846,13 +771,13 @@ async fn discard(
     let cluster = cluster.ok_or("its cluster is gone")?;
     let agents = Agents::of(&ctx.client, cluster, &ctx.tls)
         .await
-        .map_err(halt_text)?;
-    cancel_running(&agents, status).await;
+        .map_err(Halt::text)?;
+    agents.cancel_running(&status.tasks).await;
     let ns = b.namespace().unwrap_or_default();
     let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b))
         .await
-        .map_err(halt_text)?;
-    let mut c = agents.any().await.map_err(halt_text)?;
+        .map_err(Halt::text)?;
+    let mut c = agents.any().await.map_err(Halt::text)?;
     c.delete_backup(DeleteBackupRequest {
         storage: Some(storage),
         backup_name: b.name_any(),
@@ -860,45 +785,6 @@ async fn discard(
     .await
     .map(|r| r.into_inner().deleted_objects)
     .map_err(|s| status_reason(&s).1)
-}
-
-fn halt_text(h: Halt) -> String {
-    match h {
-        Halt::Wait { message, .. } | Halt::Fail { message, .. } => message,
-        Halt::Kube(e) => e.to_string(),
-    }
-}
-
-/// Cancels every running task and waits up to 30 s for each to stop, so
-/// no upload lands after the deletion that follows.
-async fn cancel_running(agents: &Agents, status: &QdrantBackupStatus) {
-    let running = status
-        .tasks
-        .iter()
-        .filter(|t| t.state == AgentTaskState::Running);
-    let cancels = running.map(|t| async move {
-        let Ok(mut c) = agents.connect(&t.pod).await else {
-            return;
-        };
-        let r = TaskRef {
-            task_id: t.task_id.clone(),
-        };
-        if c.cancel_task(r.clone()).await.is_err() {
-            return;
-        }
-        if let Ok(s) = c.watch_task(r).await {
-            let mut s = s.into_inner();
-            let _ = tokio::time::timeout(Duration::from_secs(30), async {
-                while let Some(Ok(t)) = s.next().await {
-                    if is_terminal(&t) {
-                        break;
-                    }
-                }
-            })
-            .await;
-        }
-    });
-    futures::future::join_all(cancels).await;
 }
 
 /// Deleting the resource: running tasks are cancelled first; the objects go
@@ -953,7 +839,7 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Runs the QdrantBackup controller until shutdown.
-pub async fn run_controller(client: Client, ctx: Arc<Context>) {
+pub async fn run_controller(client: kube::Client, ctx: Arc<Context>) {
     Controller::new(
         Api::<QdrantBackup>::all(client.clone()),
         watcher::Config::default().any_semantic(),
