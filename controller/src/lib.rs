@@ -15,5 +15,6 @@ pub mod metrics;
 pub mod pki;
 pub mod render;
 pub mod report;
+pub mod restore_controller;
 pub mod schedule;
 pub mod schedule_controller;

@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams};
 use qdrant_operator::cluster_controller::{self, Context};
 use qdrant_operator::crd::QdrantCluster;
 use qdrant_operator::pki::{CA_SECRET, Ca};
-use qdrant_operator::{backup_controller, http, lease, metrics::Metrics};
+use qdrant_operator::{backup_controller, http, lease, metrics::Metrics, restore_controller};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -108,10 +108,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let schedules = Arc::new(qdrant_operator::schedule_controller::Context::new(
         client.clone(),
     ));
-    let backups = Arc::new(backup_controller::Context::new(client.clone(), tls));
+    let backups = Arc::new(backup_controller::Context::new(client.clone(), tls.clone()));
+    let restores = Arc::new(restore_controller::Context::new(client.clone(), tls));
     tokio::join!(
         cluster_controller::run(client.clone(), ctx),
         backup_controller::run_controller(client.clone(), backups),
+        restore_controller::run_controller(client.clone(), restores),
         qdrant_operator::schedule_controller::run(client, schedules),
     );
     Ok(())

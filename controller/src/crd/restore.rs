@@ -77,7 +77,8 @@ pub struct QdrantRestoreStatus {
     pub collections: Vec<CollectionResult>,
     /// Where the restore stands: Verify (check the backup and create the
     /// collections), Upload (one task per pod), Finish (aliases, wait for
-    /// green), Done.
+    /// green), Done; All when a single-node target does everything in one
+    /// task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<RestoreStage>,
     /// The agents' tasks of the current stage.
@@ -96,6 +97,7 @@ pub struct QdrantRestoreStatus {
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum RestoreStage {
+    All,
     Verify,
     Upload,
     Finish,

@@ -1,4 +1,4 @@
-//! QdrantBackup end to end: the reconciler in-process against the in-memory
+//! QdrantBackup and QdrantRestore end to end: the reconcilers in-process against the in-memory
 //! Kubernetes API double, real `qdrant-agent` processes (one per simulated
 //! pod, mutual TLS + token), Qdrant doubles forming one 3-node cluster with
 //! replicated shards, and the real S3 server (moto).
@@ -10,11 +10,12 @@ mod pods;
 
 use kube::api::{Api, DeleteParams};
 use kube_double::KubeDouble;
-use pods::{Cluster, NS, QB, s3_secret};
+use pods::{Cluster, NS, QB, QR, s3_secret};
 use qdrant_agent::manifest;
 use qdrant_agent::store::{ObjectStore, S3Config, S3Store, get_all};
 use qdrant_operator::backup_controller::{Context, reconcile};
-use qdrant_operator::crd::{AgentTaskState, OperationPhase, QdrantBackup};
+use qdrant_operator::crd::{AgentTaskState, OperationPhase, QdrantBackup, QdrantRestore};
+use qdrant_operator::restore_controller;
 use serde_json::json;
 use sha2::Digest;
 use std::collections::BTreeSet;
@@ -95,6 +96,50 @@ impl Env {
                 b.status
             );
             if let Err(e) = reconcile(Arc::new(b), ctx.clone()).await {
+                eprintln!("reconcile error (retried): {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    fn restore_ctx(&self, c: &Cluster) -> Arc<restore_controller::Context> {
+        let mut ctx = restore_controller::Context::new(self.client.clone(), c.tls.clone());
+        ctx.follow_window = Duration::from_millis(300);
+        Arc::new(ctx)
+    }
+
+    fn restore(&self, name: &str, spec: serde_json::Value) {
+        self.kube.create(
+            QR,
+            &json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantRestore",
+                "metadata": {"name": name, "namespace": NS}, "spec": spec}),
+        );
+    }
+
+    /// Reconciles restore `name` until it ends.
+    async fn drive_restore(
+        &self,
+        ctx: &Arc<restore_controller::Context>,
+        name: &str,
+        secs: u64,
+    ) -> QdrantRestore {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let r: QdrantRestore =
+                serde_json::from_value(self.kube.get(QR, name).expect("restore")).unwrap();
+            let phase = r.status.as_ref().and_then(|s| s.phase);
+            if matches!(
+                phase,
+                Some(OperationPhase::Completed | OperationPhase::Failed)
+            ) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "restore {name} did not end: {:#?}",
+                r.status
+            );
+            if let Err(e) = restore_controller::reconcile(Arc::new(r), ctx.clone()).await {
                 eprintln!("reconcile error (retried): {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -329,6 +374,157 @@ async fn a_restarted_agent_loses_its_task_and_the_shards_go_to_a_replica_on_the_
         events
             .iter()
             .any(|(r, n)| r == "TaskLost" && n.contains("vectors-2")),
+        "{events:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_three_nodes_restores_into_two_nodes_with_one_upload_per_shard() {
+    let env = Env::new("restore");
+    let source = Cluster::start("vectors", 3, 11, VERSION).await;
+    source.register(&env.kube, VERSION);
+    let layout: [(&str, &[u64], u64); 2] = [
+        ("docs", &[3 * MIB, 2 * MIB, 2 * MIB, MIB], 3),
+        ("images", &[2 * MIB, MIB, MIB], 2),
+    ];
+    for (name, sizes, rf) in layout {
+        source.doubles[0].add_replicated_collection(name, 8, sizes, rf);
+    }
+    source.doubles[0].add_alias("kb", "docs");
+    env.backup("first", "vectors", json!({}));
+    let b = env
+        .drive(&env.ctx(&source), "first", 60, ended)
+        .await
+        .unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Completed));
+
+    let target = Cluster::start("target", 2, 14, VERSION).await;
+    target.register(&env.kube, VERSION);
+    env.restore(
+        "back",
+        json!({"backupRef": {"name": "first"}, "targetClusterRef": {"name": "target"},
+               "collectionMapping": {"docs": "docs-copy"}}),
+    );
+    let r = env
+        .drive_restore(&env.restore_ctx(&target), "back", 60)
+        .await;
+    let status = r.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Some(OperationPhase::Completed),
+        "{status:#?}\n{}",
+        target.agents[0].log_text()
+    );
+    // One upload per shard, wherever its replicas are; every replica on
+    // both nodes holds the backed-up bytes.
+    let uploads: Vec<_> = target.doubles.iter().flat_map(|d| d.uploads()).collect();
+    assert_eq!(uploads.len(), 7, "{uploads:?}");
+    assert!(
+        uploads
+            .iter()
+            .all(|u| u.query.get("priority").map(String::as_str) == Some("snapshot"))
+    );
+    for (name, sizes, rf) in layout {
+        let restored = if name == "docs" { "docs-copy" } else { name };
+        let mut replicas = 0;
+        for d in &target.doubles {
+            let col = d.collection(restored).expect("collection on every node");
+            assert_eq!(col.config["params"]["replication_factor"], json!(rf));
+            assert_eq!(col.config["params"]["shard_number"], json!(sizes.len()));
+            for (id, shard) in &col.shards {
+                let want = generated_sha256(seed_for(name, *id), sizes[*id as usize]);
+                assert_eq!(shard.content.sha256(), want, "{restored}/{id}");
+                replicas += 1;
+            }
+        }
+        assert_eq!(replicas, sizes.len() * (rf as usize).min(2), "{restored}");
+    }
+    assert_eq!(
+        target.doubles[0].aliases().get("kb").map(String::as_str),
+        Some("docs-copy")
+    );
+    let names: Vec<&str> = status.collections.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["docs-copy", "images"]);
+
+    // A raw S3 path into a single node: one task does it all.
+    let single = Cluster::start("solo", 1, 17, VERSION).await;
+    single.register(&env.kube, VERSION);
+    env.restore(
+        "from-path",
+        json!({"source": {"s3": {"bucket": env.bucket, "endpoint": env.s3.endpoint,
+                 "region": "us-east-1", "credentialsSecretRef": {"name": "s3-creds"},
+                 "path": format!("{NS}/vectors/first")}},
+               "targetClusterRef": {"name": "solo"}, "collections": ["images"]}),
+    );
+    let r = env
+        .drive_restore(&env.restore_ctx(&single), "from-path", 60)
+        .await;
+    let status = r.status.unwrap();
+    assert_eq!(status.phase, Some(OperationPhase::Completed), "{status:#?}");
+    assert_eq!(single.doubles[0].collection_names(), ["images"]);
+    assert_eq!(single.doubles[0].uploads().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_into_another_minor_version_or_without_a_manifest_fails_and_touches_nothing() {
+    let env = Env::new("refuse");
+    let source = Cluster::start("vectors", 2, 20, VERSION).await;
+    source.register(&env.kube, VERSION);
+    source.doubles[0].add_replicated_collection("docs", 8, &[MIB, MIB], 1);
+    env.backup("first", "vectors", json!({}));
+    let b = env
+        .drive(&env.ctx(&source), "first", 60, ended)
+        .await
+        .unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Completed));
+
+    let older = Cluster::start("older", 2, 22, "1.17.2").await;
+    older.register(&env.kube, "1.17.2");
+    env.restore(
+        "across",
+        json!({"backupRef": {"name": "first"}, "targetClusterRef": {"name": "older"}}),
+    );
+    let r = env
+        .drive_restore(&env.restore_ctx(&older), "across", 60)
+        .await;
+    let status = r.status.unwrap();
+    assert_eq!(status.phase, Some(OperationPhase::Failed));
+    assert_eq!(
+        status.conditions[0].reason, "VersionMismatch",
+        "{status:#?}"
+    );
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("1.18.3") && error.contains("1.17.2"),
+        "{error}"
+    );
+    for d in &older.doubles {
+        assert!(d.collection_names().is_empty());
+        assert!(d.uploads().is_empty());
+    }
+
+    env.restore(
+        "nothing-there",
+        json!({"source": {"s3": {"bucket": env.bucket, "endpoint": env.s3.endpoint,
+                 "region": "us-east-1", "credentialsSecretRef": {"name": "s3-creds"},
+                 "path": format!("{NS}/vectors/no-such-backup")}},
+               "targetClusterRef": {"name": "vectors"}}),
+    );
+    let r = env
+        .drive_restore(&env.restore_ctx(&source), "nothing-there", 30)
+        .await;
+    let status = r.status.unwrap();
+    assert_eq!(status.phase, Some(OperationPhase::Failed));
+    assert_eq!(
+        status.conditions[0].reason, "ManifestMissing",
+        "{status:#?}"
+    );
+    assert!(source.doubles.iter().all(|d| d.uploads().is_empty()));
+    let events = env.kube.events(NS);
+    assert!(
+        events
+            .iter()
+            .any(|(r, n)| r == "Failed" && n.starts_with("ManifestMissing")),
         "{events:?}"
     );
 }
