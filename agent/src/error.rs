@@ -60,6 +60,7 @@ impl Error {
         match self {
             Error::Invalid(_) => "InvalidRequest",
             Error::QdrantUnreachable { .. } => "QdrantUnreachable",
+            Error::Qdrant { status: 404, .. } => "QdrantNotFound",
             Error::Qdrant { .. } => "QdrantError",
             Error::Store { reason, .. } => reason,
             Error::Unsupported(_) => "StoreUnsupported",

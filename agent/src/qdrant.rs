@@ -220,7 +220,7 @@ impl Qdrant {
     pub async fn collection(&self, c: &str) -> Result<Option<Value>> {
         match self
             .call(
-                "GET /collections/{c}",
+                &format!("GET /collections/{c}"),
                 self.req(reqwest::Method::GET, &["collections", c]),
             )
             .await
@@ -233,7 +233,7 @@ impl Qdrant {
 
     pub async fn placement(&self, c: &str) -> Result<Placement> {
         self.call(
-            "GET /collections/{c}/cluster",
+            &format!("GET /collections/{c}/cluster"),
             self.req(reqwest::Method::GET, &["collections", c, "cluster"]),
         )
         .await
@@ -278,7 +278,7 @@ impl Qdrant {
     pub async fn create_collection(&self, c: &str, body: &Value) -> Result<()> {
         let _: Value = self
             .call(
-                "PUT /collections/{c}",
+                &format!("PUT /collections/{c}"),
                 self.req(reqwest::Method::PUT, &["collections", c])
                     .query(&[("timeout", "300")])
                     .timeout(Duration::from_secs(330))
@@ -291,7 +291,7 @@ impl Qdrant {
     pub async fn delete_collection(&self, c: &str) -> Result<()> {
         let _: Value = self
             .call(
-                "DELETE /collections/{c}",
+                &format!("DELETE /collections/{c}"),
                 self.req(reqwest::Method::DELETE, &["collections", c]),
             )
             .await?;
@@ -301,7 +301,7 @@ impl Qdrant {
     pub async fn create_shard_key(&self, c: &str, key: &Value) -> Result<()> {
         let _: Value = self
             .call(
-                "PUT /collections/{c}/shards",
+                &format!("PUT /collections/{c}/shards"),
                 self.req(reqwest::Method::PUT, &["collections", c, "shards"])
                     .json(&json!({ "shard_key": key })),
             )
@@ -352,7 +352,7 @@ impl Qdrant {
     /// Writes a collection snapshot (this node's shards) to the snapshots dir.
     pub async fn create_collection_snapshot(&self, c: &str) -> Result<SnapshotDescription> {
         self.call(
-            "POST /collections/{c}/snapshots",
+            &format!("POST /collections/{c}/snapshots"),
             self.req(reqwest::Method::POST, &["collections", c, "snapshots"])
                 .query(&[("wait", "true")])
                 .timeout(LONG),
@@ -362,7 +362,7 @@ impl Qdrant {
 
     pub async fn list_collection_snapshots(&self, c: &str) -> Result<Vec<SnapshotDescription>> {
         self.call(
-            "GET /collections/{c}/snapshots",
+            &format!("GET /collections/{c}/snapshots"),
             self.req(reqwest::Method::GET, &["collections", c, "snapshots"]),
         )
         .await
@@ -371,7 +371,7 @@ impl Qdrant {
     pub async fn delete_collection_snapshot(&self, c: &str, name: &str) -> Result<()> {
         let _: Value = self
             .call(
-                "DELETE /collections/{c}/snapshots/{name}",
+                &format!("DELETE /collections/{c}/snapshots/{name}"),
                 self.req(
                     reqwest::Method::DELETE,
                     &["collections", c, "snapshots", name],
@@ -386,7 +386,7 @@ impl Qdrant {
     pub async fn recover_collection(&self, c: &str, location: &str, sha256: &str) -> Result<()> {
         let _: Value = self
             .call(
-                "PUT /collections/{c}/snapshots/recover",
+                &format!("PUT /collections/{c}/snapshots/recover"),
                 self.req(
                     reqwest::Method::PUT,
                     &["collections", c, "snapshots", "recover"],

@@ -228,7 +228,9 @@ fn to_status(e: Error) -> Status {
     let msg = format!("{e} [{}]", e.reason());
     match e.reason() {
         "InvalidRequest" => Status::invalid_argument(msg),
-        "ManifestMissing" | "ObjectNotFound" | "S3BucketNotFound" => Status::not_found(msg),
+        "ManifestMissing" | "ObjectNotFound" | "S3BucketNotFound" | "QdrantNotFound" => {
+            Status::not_found(msg)
+        }
         "S3AccessDenied" => Status::permission_denied(msg),
         "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Status::unavailable(msg),
         "ChecksumMismatch" | "VersionMismatch" => Status::failed_precondition(msg),
