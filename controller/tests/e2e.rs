@@ -528,3 +528,137 @@ async fn a_restore_into_another_minor_version_or_without_a_manifest_fails_and_to
         "{events:?}"
     );
 }
+
+fn far_future() -> jiff::Timestamp {
+    jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 40)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_waits_or_fails_with_a_reason_and_an_event_and_uploads_nothing() {
+    let env = Env::new("bad");
+    let cluster = Cluster::start("vectors", 2, 24, VERSION).await;
+    cluster.register(&env.kube, VERSION);
+    cluster.doubles[0].add_replicated_collection("docs", 8, &[MIB, MIB], 2);
+    let ctx = env.ctx(&cluster);
+
+    // An unknown collection: Failed, naming it.
+    env.backup("typo", "vectors", json!({"collections": ["docs", "dcos"]}));
+    let b = env.drive(&ctx, "typo", 30, ended).await.unwrap();
+    let status = b.status.unwrap();
+    assert_eq!(status.phase, Some(OperationPhase::Failed));
+    assert_eq!(status.conditions[0].reason, "QdrantNotFound");
+    assert!(status.error.unwrap().contains("dcos"));
+
+    // A missing credentials Secret: Pending with the reason, until it exists.
+    let mut spec = json!({"clusterRef": {"name": "vectors"},
+        "storage": {"s3": {"bucket": env.bucket, "endpoint": env.s3.endpoint,
+                           "credentialsSecretRef": {"name": "not-yet"}}}});
+    env.kube.create(
+        QB,
+        &json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackup",
+            "metadata": {"name": "waiting", "namespace": NS}, "spec": spec.take()}),
+    );
+    let b = env
+        .drive(&ctx, "waiting", 10, |b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "SecretNotFound"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Pending));
+    assert!(b.status.unwrap().conditions[0].message.contains("not-yet"));
+    // One backup per cluster: a newer one waits behind the pending one.
+    env.backup("x-later", "vectors", json!({}));
+    let b = env
+        .drive(&ctx, "x-later", 10, |b| {
+            b.status
+                .as_ref()
+                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "WaitingForBackup"))
+        })
+        .await
+        .unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Pending));
+    pods::s3_secret(&env.kube, "not-yet");
+    let b = env.drive(&ctx, "waiting", 30, ended).await.unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Completed));
+    assert_eq!(cluster.streams_opened(), 2);
+    let reasons: Vec<String> = env.kube.events(NS).into_iter().map(|(r, _)| r).collect();
+    for r in ["SecretNotFound", "WaitingForBackup", "Failed", "Completed"] {
+        assert!(
+            reasons.iter().any(|x| x == r),
+            "no {r} event in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_backup_cancels_its_tasks_and_an_expired_one_takes_its_objects() {
+    let env = Env::new("delete");
+    let cluster = Cluster::start("vectors", 2, 26, VERSION).await;
+    cluster.register(&env.kube, VERSION);
+    let d = &cluster.doubles[0];
+    d.add_replicated_collection("docs", 8, &[MIB, 20 * MIB], 1);
+    cluster.doubles[1].set_fault("docs", 1, Fault::StallAfter(9 * MIB));
+    let ctx = env.ctx(&cluster);
+    let store = env.store().await;
+    let api: Api<QdrantBackup> = Api::namespaced(env.client.clone(), NS);
+
+    env.backup("running", "vectors", json!({}));
+    env.drive(&ctx, "running", 30, |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| s.tasks.iter().any(|t| t.bytes_done >= 8 * MIB))
+    })
+    .await
+    .unwrap();
+    api.delete("running", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert!(env.drive(&ctx, "running", 30, |_| false).await.is_none());
+    // The stalled task was cancelled: its upload aborted, nothing left.
+    assert!(store.list_multipart("").await.unwrap().is_empty());
+    assert!(
+        store
+            .list(&format!("{NS}/vectors/running"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(env.kube.events(NS).iter().any(|(r, _)| r == "Deleted"));
+
+    // Delete policy with retention: once expired, the resource and its
+    // objects both go.
+    cluster.doubles[1].clear_fault("docs", 1);
+    env.backup(
+        "short-lived",
+        "vectors",
+        json!({"deletionPolicy": "Delete", "retentionDays": 30}),
+    );
+    let b = env.drive(&ctx, "short-lived", 30, ended).await.unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Completed));
+    let prefix = format!("{NS}/vectors");
+    assert!(
+        manifest::read(&*store, &prefix, "short-lived")
+            .await
+            .is_ok()
+    );
+    let later = {
+        let mut c = Context::new(env.client.clone(), cluster.tls.clone());
+        c.now = far_future;
+        Arc::new(c)
+    };
+    assert!(
+        env.drive(&later, "short-lived", 30, |_| false)
+            .await
+            .is_none()
+    );
+    assert!(
+        store
+            .list(&format!("{prefix}/short-lived"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(env.kube.events(NS).iter().any(|(r, _)| r == "Expired"));
+}
