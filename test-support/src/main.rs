@@ -24,6 +24,13 @@ struct Args {
     /// ALIAS=COLLECTION, repeatable.
     #[arg(long = "alias")]
     aliases: Vec<String>,
+    /// Serve a distributed Qdrant of this many nodes, node i on the port of
+    /// --listen plus i (peer ids 101, 102, ...).
+    #[arg(long, default_value_t = 1)]
+    members: usize,
+    /// Replicas of each shard when --members is above 1.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: u64,
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -44,10 +51,19 @@ async fn main() -> Result<(), String> {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
-    let mut d = Double::new(&a.version);
-    d.peer_id = a.peer_id;
-    d.api_key = a.api_key;
-    d.snapshots_dir = a.snapshots_dir;
+    let mut members = if a.members > 1 {
+        Double::cluster(&a.version, a.members)
+    } else {
+        vec![Double::new(&a.version)]
+    };
+    for m in &mut members {
+        m.api_key = a.api_key.clone();
+        m.snapshots_dir = a.snapshots_dir.clone();
+    }
+    if a.members <= 1 {
+        members[0].peer_id = a.peer_id;
+    }
+    let d = &members[0];
     for c in &a.collections {
         let parts: Vec<&str> = c.splitn(3, ':').collect();
         let [name, dim, sizes] = parts[..] else {
@@ -55,20 +71,32 @@ async fn main() -> Result<(), String> {
         };
         let dim = dim.parse::<u64>().map_err(|e| format!("dim: {e}"))?;
         let sizes = sizes.split(',').map(size).collect::<Result<Vec<_>, _>>()?;
-        d.add_collection(name, dim, &sizes);
+        if a.members > 1 {
+            d.add_replicated_collection(name, dim, &sizes, a.replication_factor);
+        } else {
+            d.add_collection(name, dim, &sizes);
+        }
     }
     for al in &a.aliases {
         let (alias, col) = al.split_once('=').ok_or("--alias wants ALIAS=COLLECTION")?;
         d.add_alias(alias, col);
     }
-    let listener = tokio::net::TcpListener::bind(a.listen)
-        .await
-        .map_err(|e| e.to_string())?;
-    eprintln!(
-        "qdrant-double {} listening on http://{}",
-        a.version, a.listen
-    );
-    axum::serve(listener, d.router())
-        .await
-        .map_err(|e| e.to_string())
+    let mut served = Vec::new();
+    for (i, m) in members.into_iter().enumerate() {
+        let mut addr = a.listen;
+        addr.set_port(a.listen.port() + i as u16);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("{addr}: {e}"))?;
+        eprintln!("qdrant-double {} listening on http://{addr}", a.version);
+        served.push(tokio::spawn(async move {
+            axum::serve(listener, m.router()).await
+        }));
+    }
+    for s in served {
+        s.await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

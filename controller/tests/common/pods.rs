@@ -74,8 +74,24 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// `n` pods of cluster `name`, pod `i` at 127.0.0.(first_ip + i).
+    /// `n` pods of cluster `name`, pod `i` at 127.0.0.(first_ip + i), each
+    /// with an in-process Qdrant double.
     pub async fn start(name: &str, n: usize, first_ip: u8, version: &str) -> Self {
+        let doubles = Double::cluster(version, n);
+        let mut urls = Vec::new();
+        for d in &doubles {
+            urls.push(d.clone().start().await.unwrap());
+        }
+        Self::with_qdrant(name, urls, first_ip, doubles)
+    }
+
+    /// Pods whose agents talk to the Qdrant at `qdrant_urls[i]`.
+    pub fn with_qdrant(
+        name: &str,
+        qdrant_urls: Vec<String>,
+        first_ip: u8,
+        doubles: Vec<Double>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::generate().unwrap();
         let now = jiff::Timestamp::now();
@@ -92,7 +108,6 @@ impl Cluster {
             std::fs::write(dir.path().join(f), v).unwrap();
         }
         let port = test_support::s3_server::free_port().unwrap();
-        let doubles = Double::cluster(version, n);
         let mut c = Cluster {
             name: name.into(),
             doubles,
@@ -105,8 +120,7 @@ impl Cluster {
             },
             dir,
         };
-        for i in 0..n {
-            let qdrant = c.doubles[i].clone().start().await.unwrap();
+        for (i, qdrant) in qdrant_urls.into_iter().enumerate() {
             let addr = format!("127.0.0.{}:{port}", first_ip as usize + i);
             c.agents.push(Agent {
                 child: None,
