@@ -149,6 +149,7 @@ pub async fn run(
             config,
             aliases: names,
             objects: vec![],
+            placement: vec![],
         });
     }
 

@@ -51,6 +51,24 @@ pub struct CollectionEntry {
     pub config: Value,
     pub aliases: Vec<String>,
     pub objects: Vec<ObjectEntry>,
+    /// Where each shard's replicas were when the backup was taken (a backup
+    /// driven by the controller records it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement: Vec<ShardReplicas>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardReplicas {
+    pub shard_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_key: Option<Value>,
+    pub replicas: Vec<ReplicaEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaEntry {
+    pub peer_id: u64,
+    pub state: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -204,6 +222,7 @@ pub fn assemble(
                     config,
                     aliases: c.aliases.clone(),
                     objects: vec![],
+                    placement: vec![],
                 });
             }
         }
@@ -256,6 +275,66 @@ pub fn assemble(
     };
     m.validate()?;
     Ok(m)
+}
+
+/// Records the cluster's topology and shard placement in `m`: every node
+/// with its peer id, each collection's replicas per shard, and the shard key
+/// of each object of a custom-sharded collection.
+pub fn add_placement(
+    m: &mut Manifest,
+    placement: &[qdrant_agent_proto::v1::CollectionPlacement],
+    nodes: &[qdrant_agent_proto::v1::ClusterNode],
+) -> Result<()> {
+    for n in nodes {
+        keys::validate_segment("node", &n.name)?;
+        if !m.nodes.iter().any(|e| e.node == n.name) {
+            m.nodes.push(NodeEntry {
+                node: n.name.clone(),
+                peer_id: (n.peer_id != 0).then_some(n.peer_id),
+            });
+        }
+    }
+    m.nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    for p in placement {
+        let Some(entry) = m.collections.iter_mut().find(|e| e.name == p.name) else {
+            continue;
+        };
+        entry.placement = p
+            .shards
+            .iter()
+            .map(|s| {
+                let shard_key = if s.shard_key_json.is_empty() {
+                    None
+                } else {
+                    Some(serde_json::from_str(&s.shard_key_json).map_err(|e| {
+                        Error::Invalid(format!("shard key of {} shard {}: {e}", p.name, s.shard_id))
+                    })?)
+                };
+                Ok(ShardReplicas {
+                    shard_id: s.shard_id,
+                    shard_key,
+                    replicas: s
+                        .replicas
+                        .iter()
+                        .map(|r| ReplicaEntry {
+                            peer_id: r.peer_id,
+                            state: r.state.clone(),
+                        })
+                        .collect(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        for o in &mut entry.objects {
+            if o.shard_key.is_none() {
+                o.shard_key = entry
+                    .placement
+                    .iter()
+                    .find(|s| Some(s.shard_id) == o.shard_id)
+                    .and_then(|s| s.shard_key.clone());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks every object of `m` is in the store with its size, then writes the
@@ -378,5 +457,64 @@ mod tests {
         assert!(assemble("b", "s", "e", &[task("n1", "1.18.3", 0), failed]).is_err());
         assert!(assemble("other", "s", "e", &[task("n1", "1.18.3", 0)]).is_err());
         assert!(assemble("b", "s", "e", &[]).is_err());
+    }
+
+    #[test]
+    fn placement_records_every_node_and_replica_and_gives_objects_their_shard_keys() {
+        use qdrant_agent_proto::v1::{
+            ClusterNode, CollectionPlacement, ReplicaPlacement, ShardPlacement,
+        };
+        let mut m = assemble(
+            "b",
+            "s",
+            "e",
+            &[task("n1", "1.18.3", 0), task("n2", "1.18.3", 1)],
+        )
+        .unwrap();
+        let replica = |peer_id| ReplicaPlacement {
+            peer_id,
+            state: "Active".into(),
+        };
+        let placement = [CollectionPlacement {
+            name: "c".into(),
+            shards: vec![
+                ShardPlacement {
+                    shard_id: 0,
+                    replicas: vec![replica(7), replica(8)],
+                    shard_key_json: "\"eu\"".into(),
+                },
+                ShardPlacement {
+                    shard_id: 1,
+                    replicas: vec![replica(8), replica(9)],
+                    shard_key_json: "2".into(),
+                },
+            ],
+        }];
+        let nodes: Vec<ClusterNode> = ["n1", "n2", "n3"]
+            .iter()
+            .zip(7..)
+            .map(|(n, p)| ClusterNode {
+                name: n.to_string(),
+                peer_id: p,
+            })
+            .collect();
+        add_placement(&mut m, &placement, &nodes).unwrap();
+        let names: Vec<&str> = m.nodes.iter().map(|n| n.node.as_str()).collect();
+        assert_eq!(
+            names,
+            ["n1", "n2", "n3"],
+            "the idle node is in the topology"
+        );
+        let c = &m.collections[0];
+        assert_eq!(c.placement.len(), 2);
+        assert_eq!(c.placement[1].replicas[1].peer_id, 9);
+        let keys: Vec<_> = c.objects.iter().map(|o| o.shard_key.clone()).collect();
+        assert_eq!(
+            keys,
+            [Some(serde_json::json!("eu")), Some(serde_json::json!(2))]
+        );
+        // The manifest reads back with its placement.
+        let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
     }
 }

@@ -416,8 +416,9 @@ impl Agent for AgentService {
         let r = req.into_inner();
         check_input(&r.backup_name, r.storage.as_ref())?;
         let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
-        let m = crate::manifest::assemble(&r.backup_name, &r.started_at, &now(), &r.parts)
+        let mut m = crate::manifest::assemble(&r.backup_name, &r.started_at, &now(), &r.parts)
             .map_err(to_status)?;
+        crate::manifest::add_placement(&mut m, &r.placement, &r.nodes).map_err(to_status)?;
         let key = crate::manifest::commit(&*target.store, &target.prefix, &m)
             .await
             .map_err(to_status)?;

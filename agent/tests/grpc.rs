@@ -643,6 +643,7 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         backup_name: "nightly".into(),
         parts: vec![ta.clone(), ta.clone()],
         started_at: ta.started_at.clone(),
+        ..Default::default()
     };
     assert_eq!(
         ca.write_manifest(twice).await.unwrap_err().code(),
@@ -654,6 +655,7 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         backup_name: "nightly".into(),
         parts: vec![ta.clone(), tb.clone()],
         started_at: ta.started_at.clone(),
+        ..Default::default()
     };
     let w = ca.write_manifest(req.clone()).await.unwrap().into_inner();
     assert_eq!(

@@ -636,6 +636,13 @@ async fn complete(
         .as_ref()
         .map(|t| t.0.to_string())
         .unwrap_or_default();
+    // The topology and placement as they are now go into the manifest.
+    let names: std::collections::BTreeSet<String> = parts
+        .iter()
+        .flat_map(|p| p.collections.iter().map(|c| c.name.clone()))
+        .collect();
+    let names: Vec<String> = names.into_iter().collect();
+    let (seen, _) = agents.survey(&names).await.map_err(Halt::into_fail)?;
     let mut c = agents.any().await.map_err(Halt::into_fail)?;
     let written = c
         .write_manifest(WriteManifestRequest {
@@ -643,6 +650,17 @@ async fn complete(
             backup_name: b.name_any(),
             parts: parts.clone(),
             started_at,
+            placement: seen
+                .first()
+                .map(|s| s.placement.collections.clone())
+                .unwrap_or_default(),
+            nodes: seen
+                .iter()
+                .map(|s| pb::ClusterNode {
+                    name: s.pod.clone(),
+                    peer_id: s.placement.peer_id,
+                })
+                .collect(),
         })
         .await
         .map_err(|s| {

@@ -245,6 +245,22 @@ async fn a_backup_of_three_pods_stores_each_replicated_shard_once_with_a_checked
     assert_eq!(objects, shards);
     let docs = m.collections.iter().find(|c| c.name == "docs").unwrap();
     assert_eq!(docs.aliases, vec!["kb".to_string()]);
+    // The topology and every shard's replicas are recorded.
+    let nodes: Vec<_> = m
+        .nodes
+        .iter()
+        .map(|n| (n.node.as_str(), n.peer_id))
+        .collect();
+    assert_eq!(
+        nodes,
+        [
+            ("vectors-0", Some(101)),
+            ("vectors-1", Some(102)),
+            ("vectors-2", Some(103))
+        ]
+    );
+    assert_eq!(docs.placement.len(), 4);
+    assert!(docs.placement.iter().all(|s| s.replicas.len() == 3));
     assert_eq!(
         status.size_bytes,
         Some(m.objects().map(|(_, o)| o.size).sum::<u64>())
