@@ -15,6 +15,7 @@ mod kube_double;
 #[path = "../tests/common/pods.rs"]
 mod pods;
 
+use qdrant_operator::agent_client::ClientIdentity;
 use qdrant_operator::backup_controller::{Context, reconcile};
 use qdrant_operator::crd::{OperationPhase, QdrantBackup};
 use serde_json::json;
@@ -93,7 +94,10 @@ async fn main() {
                 "storage": {"s3": {"bucket": bucket, "endpoint": s3.endpoint, "region": "us-east-1",
                                    "credentialsSecretRef": {"name": "s3-creds"}}}}}),
     );
-    let ctx = Arc::new(Context::new(kube.client(pods::NS), cluster.tls.clone()));
+    let ctx = Arc::new(Context::new(
+        kube.client(pods::NS),
+        Arc::new(ClientIdentity::fixed(cluster.tls.clone())),
+    ));
 
     let io_before = io_bytes();
     let started = Instant::now();

@@ -86,3 +86,85 @@ pub async fn connect(
         Bearer(bearer),
     ))
 }
+
+/// The controller's client certificate, issued by the operator's CA and
+/// issued again 30 days before it expires, so a long-running controller
+/// never presents an expired one.
+pub struct ClientIdentity {
+    ca: Option<std::sync::Arc<crate::pki::Ca>>,
+    current: std::sync::Mutex<(AgentTls, Option<jiff::Timestamp>)>,
+}
+
+impl ClientIdentity {
+    pub fn issue(ca: std::sync::Arc<crate::pki::Ca>) -> Result<Self, crate::pki::PkiError> {
+        let (tls, not_after) = Self::sign(&ca)?;
+        Ok(Self {
+            ca: Some(ca),
+            current: std::sync::Mutex::new((tls, Some(not_after))),
+        })
+    }
+
+    /// A fixed identity, never renewed.
+    pub fn fixed(tls: AgentTls) -> Self {
+        Self {
+            ca: None,
+            current: std::sync::Mutex::new((tls, None)),
+        }
+    }
+
+    fn sign(ca: &crate::pki::Ca) -> Result<(AgentTls, jiff::Timestamp), crate::pki::PkiError> {
+        let leaf = ca.client_cert(jiff::Timestamp::now())?;
+        Ok((
+            AgentTls {
+                ca_pem: ca.cert_pem.clone(),
+                client_cert_pem: leaf.cert_pem,
+                client_key_pem: leaf.key_pem,
+            },
+            leaf.not_after,
+        ))
+    }
+
+    /// The identity to present now.
+    pub fn get(&self) -> AgentTls {
+        self.get_at(jiff::Timestamp::now())
+    }
+
+    fn get_at(&self, now: jiff::Timestamp) -> AgentTls {
+        let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        let renew_at = cur.1.map(|t| t - jiff::SignedDuration::from_hours(24 * 30));
+        if let (Some(ca), Some(at)) = (&self.ca, renew_at)
+            && now >= at
+        {
+            match Self::sign(ca) {
+                Ok((tls, not_after)) => *cur = (tls, Some(not_after)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not renew the controller's client certificate")
+                }
+            }
+        }
+        cur.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_certificate_is_issued_again_before_it_expires() {
+        let ca = std::sync::Arc::new(crate::pki::Ca::generate().unwrap());
+        let id = ClientIdentity::issue(ca).unwrap();
+        let first = id.get();
+        assert_eq!(
+            id.get().client_cert_pem,
+            first.client_cert_pem,
+            "stable while valid"
+        );
+        let late = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 340);
+        let renewed = id.get_at(late);
+        assert_ne!(renewed.client_cert_pem, first.client_cert_pem);
+        assert_eq!(renewed.ca_pem, first.ca_pem);
+        let fixed = ClientIdentity::fixed(first.clone());
+        assert_eq!(fixed.get_at(late).client_cert_pem, first.client_cert_pem);
+    }
+}

@@ -15,7 +15,7 @@
 //! `manifest.json` last (`WriteManifest`); a failure cancels the tasks and
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
-use crate::agent_client::{AgentTls, Client};
+use crate::agent_client::{Client, ClientIdentity};
 use crate::agents::{Agents, Halt, Observed, Seen, agent_pods, status_reason, storage_target};
 use crate::backup_decide::{Step, cluster_prefix, next_step};
 use crate::backup_plan::{self, from_agent, plan};
@@ -60,7 +60,7 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     /// The controller's client certificate for the agents' mutual TLS.
-    pub tls: AgentTls,
+    pub tls: Arc<ClientIdentity>,
     /// The time; fixed in tests.
     pub now: fn() -> jiff::Timestamp,
     /// How long one reconcile follows running tasks before it writes
@@ -70,7 +70,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, tls: AgentTls) -> Self {
+    pub fn new(client: kube::Client, tls: Arc<ClientIdentity>) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -88,16 +88,6 @@ impl Context {
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-/// The controller's client certificate, issued by the operator's CA.
-pub fn agent_tls(ca: &crate::pki::Ca) -> Result<AgentTls, crate::pki::PkiError> {
-    let leaf = ca.client_cert(jiff::Timestamp::now())?;
-    Ok(AgentTls {
-        ca_pem: ca.cert_pem.clone(),
-        client_cert_pem: leaf.cert_pem,
-        client_key_pem: leaf.key_pem,
-    })
 }
 
 pub async fn reconcile(b: Arc<QdrantBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -279,7 +269,7 @@ async fn run(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result
     } else {
         storage?
     };
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls).await;
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get()).await;
     let agents = if started {
         agents.map_err(Halt::into_fail)?
     } else {
@@ -787,7 +777,7 @@ async fn discard(
     status: &QdrantBackupStatus,
 ) -> Result<u32, String> {
     let cluster = cluster.ok_or("its cluster is gone")?;
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls)
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get())
         .await
         .map_err(Halt::text)?;
     agents.cancel_running(&status.tasks).await;

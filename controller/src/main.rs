@@ -100,7 +100,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .await;
     }
     let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
-    let tls = backup_controller::agent_tls(&ca)?;
+    let identity = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(
+        ca.clone(),
+    )?);
     let ctx = Arc::new(Context::new(client.clone(), ca, metrics));
     tracing::info!(
         "reconciling QdrantClusters, QdrantBackups, QdrantRestores and QdrantBackupSchedules"
@@ -108,8 +110,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let schedules = Arc::new(qdrant_operator::schedule_controller::Context::new(
         client.clone(),
     ));
-    let backups = Arc::new(backup_controller::Context::new(client.clone(), tls.clone()));
-    let restores = Arc::new(restore_controller::Context::new(client.clone(), tls));
+    let backups = Arc::new(backup_controller::Context::new(
+        client.clone(),
+        identity.clone(),
+    ));
+    let restores = Arc::new(restore_controller::Context::new(client.clone(), identity));
     tokio::join!(
         cluster_controller::run(client.clone(), ctx),
         backup_controller::run_controller(client.clone(), backups),

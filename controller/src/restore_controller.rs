@@ -15,7 +15,7 @@
 //! after the collections were created deletes them again (Rollback), so a
 //! half-restored collection never passes for a restored one.
 
-use crate::agent_client::{AgentTls, Client};
+use crate::agent_client::{Client, ClientIdentity};
 use crate::agents::{Agents, Halt, Observed, agent_pods, status_reason, storage_target};
 use crate::backup_decide::cluster_prefix;
 use crate::backup_plan::{from_agent, plan};
@@ -55,7 +55,7 @@ pub enum Error {
 pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
-    pub tls: AgentTls,
+    pub tls: Arc<ClientIdentity>,
     pub now: fn() -> jiff::Timestamp,
     /// How long one reconcile follows running tasks before it writes
     /// progress and yields.
@@ -64,7 +64,7 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: kube::Client, tls: AgentTls) -> Self {
+    pub fn new(client: kube::Client, tls: Arc<ClientIdentity>) -> Self {
         let reporter = Reporter {
             controller: MANAGER.into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -293,7 +293,7 @@ async fn run(r: &QdrantRestore, ctx: &Context, cluster: &QdrantCluster) -> Resul
     } else {
         storage?
     };
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls).await;
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get()).await;
     let agents = if started {
         agents.map_err(Halt::into_fail)?
     } else {
@@ -864,7 +864,7 @@ async fn undo(
     status: &QdrantRestoreStatus,
 ) -> Result<(), String> {
     let cluster = cluster.ok_or("its cluster is gone")?;
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls)
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get())
         .await
         .map_err(Halt::text)?;
     agents.cancel_running(&status.tasks).await;

@@ -13,6 +13,7 @@ use kube_double::KubeDouble;
 use pods::{Cluster, NS, QB, QR, s3_secret};
 use qdrant_agent::manifest;
 use qdrant_agent::store::{ObjectStore, S3Config, S3Store, get_all};
+use qdrant_operator::agent_client::ClientIdentity;
 use qdrant_operator::backup_controller::{Context, reconcile};
 use qdrant_operator::crd::{AgentTaskState, OperationPhase, QdrantBackup, QdrantRestore};
 use qdrant_operator::restore_controller;
@@ -50,7 +51,10 @@ impl Env {
     }
 
     fn ctx(&self, c: &Cluster) -> Arc<Context> {
-        let mut ctx = Context::new(self.client.clone(), c.tls.clone());
+        let mut ctx = Context::new(
+            self.client.clone(),
+            Arc::new(ClientIdentity::fixed(c.tls.clone())),
+        );
         ctx.follow_window = Duration::from_millis(300);
         Arc::new(ctx)
     }
@@ -103,7 +107,10 @@ impl Env {
     }
 
     fn restore_ctx(&self, c: &Cluster) -> Arc<restore_controller::Context> {
-        let mut ctx = restore_controller::Context::new(self.client.clone(), c.tls.clone());
+        let mut ctx = restore_controller::Context::new(
+            self.client.clone(),
+            Arc::new(ClientIdentity::fixed(c.tls.clone())),
+        );
         ctx.follow_window = Duration::from_millis(300);
         Arc::new(ctx)
     }
@@ -660,7 +667,10 @@ async fn deleting_a_running_backup_cancels_its_tasks_and_an_expired_one_takes_it
             .is_ok()
     );
     let later = {
-        let mut c = Context::new(env.client.clone(), cluster.tls.clone());
+        let mut c = Context::new(
+            env.client.clone(),
+            Arc::new(ClientIdentity::fixed(cluster.tls.clone())),
+        );
         c.now = far_future;
         Arc::new(c)
     };
