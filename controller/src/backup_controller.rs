@@ -15,11 +15,10 @@
 //! `manifest.json` last (`WriteManifest`); a failure cancels the tasks and
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
-use crate::agent_client::{Client, ClientIdentity};
+use crate::agent_client::Client;
 use crate::agents::{Agents, Halt, Observed, Seen, agent_pods, status_reason, storage_target};
 use crate::backup_decide::{Step, cluster_prefix, next_step};
 use crate::backup_plan::{self, from_agent, plan};
-use crate::cluster_controller::{MANAGER, backoff};
 use crate::crd::{
     AgentTask, AgentTaskState, BackupMode, CollectionResult, DeletionPolicy, OperationPhase,
     QdrantBackup, QdrantBackupStatus, QdrantCluster, ShardObject, TaskProgress, TaskShard,
@@ -27,10 +26,9 @@ use crate::crd::{
 use crate::report;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use qdrant_agent_proto::v1::{
@@ -38,85 +36,24 @@ use qdrant_agent_proto::v1::{
     TaskPhase, TaskRef, WriteManifestRequest,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const FINALIZER: &str = "qdrant.io/backup";
 /// Tries per shard: the first plus re-plans after a lost task.
 pub const MAX_ATTEMPTS: u32 = 3;
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-    /// Cleanup cannot finish yet (e.g. no agent answers to delete objects).
-    #[error("{0}")]
-    Retry(String),
-}
-
-pub struct Context {
-    pub client: kube::Client,
-    pub recorder: Recorder,
-    /// The controller's client certificate for the agents' mutual TLS.
-    pub tls: Arc<ClientIdentity>,
-    /// The time; fixed in tests.
-    pub now: fn() -> jiff::Timestamp,
-    /// How long one reconcile follows running tasks before it writes
-    /// progress and yields.
-    pub follow_window: Duration,
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Context {
-    pub fn new(client: kube::Client, tls: Arc<ClientIdentity>) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            tls,
-            now: jiff::Timestamp::now,
-            follow_window: Duration::from_secs(10),
-            failures: Mutex::default(),
-        }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub use crate::operation::{Context, Error, error_policy};
 
 pub async fn reconcile(b: Arc<QdrantBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = b.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
-    let uid = b.uid().unwrap_or_default();
-    let result = finalizer(&api, FINALIZER, b, |ev| async {
-        match ev {
-            Finalizer::Apply(b) => apply(&b, &ctx).await,
-            Finalizer::Cleanup(b) => cleanup(&b, &ctx).await,
-        }
-    })
+    crate::operation::reconcile(
+        b,
+        ctx,
+        FINALIZER,
+        async |o: Arc<QdrantBackup>, ctx: &Context| apply(&o, ctx).await,
+        async |o: Arc<QdrantBackup>, ctx: &Context| cleanup(&o, ctx).await,
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.failures().remove(&uid);
-    }
-    result
-}
-
-pub fn error_policy(b: Arc<QdrantBackup>, err: &Error, ctx: Arc<Context>) -> Action {
-    let n = {
-        let mut f = ctx.failures();
-        let n = f.entry(b.uid().unwrap_or_default()).or_insert(0);
-        *n += 1;
-        *n
-    };
-    tracing::warn!(backup = %b.name_any(), error = %err, failures = n, "reconcile failed");
-    Action::requeue(backoff(n))
 }
 
 fn status_of(b: &QdrantBackup) -> QdrantBackupStatus {
@@ -191,8 +128,7 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
                 Ok(a) => Ok(a),
                 Err(Halt::Wait { reason, message }) => {
                     wait(b, ctx, reason, message).await?;
-                    let n = ctx.failures().get(&b.uid().unwrap_or_default()).copied();
-                    Ok(Action::requeue(backoff(n.unwrap_or(0) + 1)))
+                    Ok(Action::requeue(ctx.wait_delay(b)))
                 }
                 Err(Halt::Fail { reason, message }) => {
                     fail(b, ctx, Some(&cluster), &reason, message).await
@@ -240,23 +176,7 @@ async fn write_status(
     ctx: &Context,
     status: &QdrantBackupStatus,
 ) -> Result<(), kube::Error> {
-    if Some(status) == b.status.as_ref() {
-        return Ok(());
-    }
-    let api: Api<QdrantBackup> =
-        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "qdrant.io/v1alpha1",
-        "kind": "QdrantBackup",
-        "status": status,
-    });
-    api.patch_status(
-        &b.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    crate::operation::write_status(ctx, b, b.status.as_ref(), status).await
 }
 
 async fn run(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {

@@ -12,6 +12,7 @@ pub mod decide;
 pub mod http;
 pub mod lease;
 pub mod metrics;
+pub mod operation;
 pub mod pki;
 pub mod render;
 pub mod report;

@@ -15,11 +15,10 @@
 //! after the collections were created deletes them again (Rollback), so a
 //! half-restored collection never passes for a restored one.
 
-use crate::agent_client::{Client, ClientIdentity};
+use crate::agent_client::Client;
 use crate::agents::{Agents, Halt, Observed, agent_pods, status_reason, storage_target};
 use crate::backup_decide::cluster_prefix;
 use crate::backup_plan::{from_agent, plan};
-use crate::cluster_controller::{MANAGER, backoff};
 use crate::crd::{
     AgentTask, AgentTaskState, ClusterPhase, CollectionResult, OperationPhase, QdrantBackup,
     QdrantCluster, QdrantRestore, QdrantRestoreStatus, RestoreStage, S3Storage, ShardObject,
@@ -28,10 +27,9 @@ use crate::crd::{
 use crate::report;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use qdrant_agent_proto::v1::{
@@ -39,78 +37,22 @@ use qdrant_agent_proto::v1::{
     StorageTarget, TaskPhase,
 };
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 pub const FINALIZER: &str = "qdrant.io/restore";
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-pub struct Context {
-    pub client: kube::Client,
-    pub recorder: Recorder,
-    pub tls: Arc<ClientIdentity>,
-    pub now: fn() -> jiff::Timestamp,
-    /// How long one reconcile follows running tasks before it writes
-    /// progress and yields.
-    pub follow_window: Duration,
-    failures: Mutex<HashMap<String, u32>>,
-}
-
-impl Context {
-    pub fn new(client: kube::Client, tls: Arc<ClientIdentity>) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            tls,
-            now: jiff::Timestamp::now,
-            follow_window: Duration::from_secs(10),
-            failures: Mutex::default(),
-        }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
+pub use crate::operation::{Context, Error, error_policy};
 
 pub async fn reconcile(r: Arc<QdrantRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = r.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<QdrantRestore> = Api::namespaced(ctx.client.clone(), &ns);
-    let uid = r.uid().unwrap_or_default();
-    let result = finalizer(&api, FINALIZER, r, |ev| async {
-        match ev {
-            Finalizer::Apply(r) => apply(&r, &ctx).await,
-            Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
-        }
-    })
+    crate::operation::reconcile(
+        r,
+        ctx,
+        FINALIZER,
+        async |o: Arc<QdrantRestore>, ctx: &Context| apply(&o, ctx).await,
+        async |o: Arc<QdrantRestore>, ctx: &Context| cleanup(&o, ctx).await,
+    )
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
-    if result.is_ok() {
-        ctx.failures().remove(&uid);
-    }
-    result
-}
-
-pub fn error_policy(r: Arc<QdrantRestore>, err: &Error, ctx: Arc<Context>) -> Action {
-    let n = {
-        let mut f = ctx.failures();
-        let n = f.entry(r.uid().unwrap_or_default()).or_insert(0);
-        *n += 1;
-        *n
-    };
-    tracing::warn!(restore = %r.name_any(), error = %err, failures = n, "reconcile failed");
-    Action::requeue(backoff(n))
 }
 
 fn status_of(r: &QdrantRestore) -> QdrantRestoreStatus {
@@ -267,8 +209,7 @@ async fn apply(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
         Ok(a) => Ok(a),
         Err(Halt::Wait { reason, message }) => {
             wait(r, ctx, reason, message).await?;
-            let n = ctx.failures().get(&r.uid().unwrap_or_default()).copied();
-            Ok(Action::requeue(backoff(n.unwrap_or(0) + 1)))
+            Ok(Action::requeue(ctx.wait_delay(r)))
         }
         Err(Halt::Fail { reason, message }) => {
             fail(r, ctx, cluster.as_ref(), &reason, message).await
@@ -836,23 +777,7 @@ async fn write_status(
     ctx: &Context,
     status: &QdrantRestoreStatus,
 ) -> Result<(), kube::Error> {
-    if Some(status) == r.status.as_ref() {
-        return Ok(());
-    }
-    let api: Api<QdrantRestore> =
-        Api::namespaced(ctx.client.clone(), &r.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "qdrant.io/v1alpha1",
-        "kind": "QdrantRestore",
-        "status": status,
-    });
-    api.patch_status(
-        &r.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    crate::operation::write_status(ctx, r, r.status.as_ref(), status).await
 }
 
 /// Cancels the running tasks and, once the collections were created by
