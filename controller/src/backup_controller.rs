@@ -176,7 +176,7 @@ async fn write_status(
     ctx: &Context,
     status: &QdrantBackupStatus,
 ) -> Result<(), kube::Error> {
-    crate::operation::write_status(ctx, b, b.status.as_ref(), status).await
+    report::write_status(&ctx.client, b, b.status.as_ref(), status).await
 }
 
 async fn run(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {

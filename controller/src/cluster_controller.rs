@@ -259,19 +259,7 @@ async fn write_status(
     if status == previous {
         return Ok(());
     }
-    let api: Api<QdrantCluster> =
-        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": "qdrant.io/v1alpha1",
-        "kind": "QdrantCluster",
-        "status": status,
-    });
-    api.patch_status(
-        &c.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
+    crate::report::write_status(&ctx.client, c, Some(&previous), &status).await?;
     if previous.phase != Some(d.phase) {
         let (reason, ok, msg) = d
             .conditions

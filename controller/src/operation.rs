@@ -5,7 +5,7 @@
 use crate::agent_client::ClientIdentity;
 use crate::cluster_controller::{MANAGER, backoff};
 use k8s_openapi::NamespaceResourceScope;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
@@ -115,36 +115,4 @@ pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) ->
     };
     tracing::warn!(name = %obj.name_any(), error = %err, failures = n, "reconcile failed");
     Action::requeue(backoff(n))
-}
-
-/// Writes `status` when it differs from `current`, with server-side apply.
-pub async fn write_status<K, S>(
-    ctx: &Context,
-    obj: &K,
-    current: Option<&S>,
-    status: &S,
-) -> Result<(), kube::Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-    S: PartialEq + Serialize,
-{
-    if Some(status) == current {
-        return Ok(());
-    }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let patch = serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    });
-    api.patch_status(
-        &obj.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
 }

@@ -1,8 +1,15 @@
-//! What the reconcilers tell people: the `Ready` condition and Events.
+//! What the reconcilers tell people: status (written only on change), the
+//! `Ready` condition and Events.
 
+use crate::cluster_controller::MANAGER;
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// The `Ready` condition; its transition time moves only when its status does.
 pub fn ready(
@@ -48,4 +55,36 @@ pub async fn event(
     if let Err(e) = recorder.publish(&ev, obj).await {
         tracing::warn!(error = %e, "could not record an event");
     }
+}
+
+/// Writes `status` when it differs from `current`, with server-side apply.
+pub async fn write_status<K, S>(
+    client: &kube::Client,
+    obj: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<(), kube::Error>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    S: PartialEq + Serialize,
+{
+    if Some(status) == current {
+        return Ok(());
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
 }

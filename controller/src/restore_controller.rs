@@ -777,7 +777,7 @@ async fn write_status(
     ctx: &Context,
     status: &QdrantRestoreStatus,
 ) -> Result<(), kube::Error> {
-    crate::operation::write_status(ctx, r, r.status.as_ref(), status).await
+    report::write_status(&ctx.client, r, r.status.as_ref(), status).await
 }
 
 /// Cancels the running tasks and, once the collections were created by

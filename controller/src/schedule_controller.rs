@@ -11,7 +11,7 @@ use crate::crd::{
 use crate::schedule::{self, Cron, KEEP_FAILED, Kept};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
@@ -84,7 +84,6 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
     let now = (ctx.now)();
     let ns = s.namespace().unwrap_or_else(|| "default".into());
     let name = s.name_any();
-    let schedules: Api<QdrantBackupSchedule> = Api::namespaced(ctx.client.clone(), &ns);
     let backups: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = s.status.clone().unwrap_or_default();
     let mut status = previous.clone();
@@ -109,7 +108,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
                 s.metadata.generation,
             )];
             status.next_backup_time = None;
-            write_status(&schedules, &name, &previous, &status).await?;
+            crate::report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
             if previous.conditions.first().map(|c| c.reason.as_str()) != Some(reason) {
                 event(&ctx, &s, EventType::Warning, reason, message).await;
             }
@@ -154,7 +153,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
             let start_at = fire + jitter;
             if now < start_at {
                 // Jitter: come back when this schedule's slot starts.
-                write_status(&schedules, &name, &previous, &status).await?;
+                crate::report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
                 return Ok(Action::requeue(until(now, start_at)));
             }
             fire_once(&ctx, &s, &backups, &mine, fire, &mut status).await?;
@@ -196,7 +195,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
         &previous.conditions,
         s.metadata.generation,
     )];
-    write_status(&schedules, &name, &previous, &status).await?;
+    crate::report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
     Ok(match status.next_backup_time.as_ref() {
         Some(t) => Action::requeue(until(now, t.0)),
         None => Action::await_change(),
@@ -351,25 +350,6 @@ async fn prune(
         }
     }
     status.kept_backups = keep.into_iter().collect();
-    Ok(())
-}
-
-async fn write_status(
-    api: &Api<QdrantBackupSchedule>,
-    name: &str,
-    previous: &QdrantBackupScheduleStatus,
-    status: &QdrantBackupScheduleStatus,
-) -> Result<(), Error> {
-    if status == previous {
-        return Ok(());
-    }
-    let patch = serde_json::json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackupSchedule", "status": status});
-    api.patch_status(
-        name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
     Ok(())
 }
 
