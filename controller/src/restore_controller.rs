@@ -386,7 +386,15 @@ async fn start(
         .await
         .map_err(|s| {
             let (reason, message) = status_reason(&s);
-            Halt::fail(reason, message)
+            // The store or the agent may be back soon; anything else is final.
+            if s.code() == tonic::Code::Unavailable {
+                Halt::Wait {
+                    reason: "StorageUnavailable",
+                    message,
+                }
+            } else {
+                Halt::fail(reason, message)
+            }
         })?
         .into_inner();
     let manifest: ManifestView = serde_json::from_str(&manifest.manifest_json)
