@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The demo: a Qdrant double with two collections, a local S3 server, a backup
 # through the agent CLI, the backup listed, then restored into a second,
-# empty Qdrant double under a new name. Everything runs on 127.0.0.1.
+# empty Qdrant double under a new name. Then the operator's reconcilers back
+# up a simulated 3-node cluster (an agent process per pod) and restore it
+# into 2 nodes, against an in-memory Kubernetes API. All on 127.0.0.x.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
@@ -42,3 +44,7 @@ echo "== restore into an empty Qdrant, images restored as images-restored"
 echo "== the restored Qdrant now has:"
 curl -fsS "http://127.0.0.1:$dst/collections"; echo
 curl -fsS "http://127.0.0.1:$dst/aliases"; echo
+
+echo
+echo "== the operator: QdrantBackup of a 3-node cluster, QdrantRestore into 2 nodes"
+TEST_S3_ENDPOINT="http://127.0.0.1:$s3" cargo run -q -p qdrant-operator --example operator_demo

@@ -570,6 +570,15 @@ async fn finish_stage(
         &sources(&status.tasks),
     );
     status.stage = Some(RestoreStage::Finish);
+    status.conditions = vec![report::ready(
+        false,
+        "Finishing",
+        "re-creating aliases; waiting until every replica is Active and each collection is green"
+            .into(),
+        (ctx.now)(),
+        &status.conditions,
+        r.metadata.generation,
+    )];
     status.tasks = vec![task.clone()];
     write_status(r, ctx, &status).await?;
     if let Ok(mut c) = agents.connect(&first.pod).await {
@@ -689,6 +698,14 @@ async fn upload_stage(
         });
     }
     status.stage = Some(RestoreStage::Upload);
+    status.conditions = vec![report::ready(
+        false,
+        "Uploading",
+        format!("uploading {total} shards from {} pods", tasks.len()),
+        (ctx.now)(),
+        &status.conditions,
+        r.metadata.generation,
+    )];
     status.progress = Some(TaskProgress {
         bytes_done: 0,
         shards_done: 0,
