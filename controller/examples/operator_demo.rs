@@ -36,7 +36,9 @@ async fn main() {
     let client = kube.client(pods::NS);
     pods::s3_secret(&kube, "s3-creds");
 
-    println!("== a 3-node QdrantCluster 'vectors': docs (4 shards x3 replicas), images (2 shards x2)");
+    println!(
+        "== a 3-node QdrantCluster 'vectors': docs (4 shards x3 replicas), images (2 shards x2)"
+    );
     let source = pods::Cluster::start("vectors", 3, 40, "1.18.3").await;
     source.register(&kube, "1.18.3");
     let d = &source.doubles[0];
@@ -94,7 +96,9 @@ async fn main() {
         }
     }
 
-    println!("== a 2-node QdrantCluster 'staging'; kubectl apply QdrantRestore (docs as docs-restored)");
+    println!(
+        "== a 2-node QdrantCluster 'staging'; kubectl apply QdrantRestore (docs as docs-restored)"
+    );
     let target = pods::Cluster::start("staging", 2, 44, "1.18.3").await;
     target.register(&kube, "1.18.3");
     kube.create(

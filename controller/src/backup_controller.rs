@@ -43,6 +43,7 @@ pub const FINALIZER: &str = "qdrant.io/backup";
 /// Tries per shard: the first plus re-plans after a lost task.
 pub const MAX_ATTEMPTS: u32 = 3;
 
+use crate::operation;
 pub use crate::operation::{Context, Error, error_policy};
 
 pub async fn reconcile(b: Arc<QdrantBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -118,7 +119,7 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
             Ok(Action::await_change())
         }
         Step::Wait { reason, message } => {
-            wait(b, ctx, reason, message).await?;
+            operation::wait(b, ctx, reason, message).await?;
             Ok(Action::requeue(Duration::from_secs(15)))
         }
         Step::Fail { reason, message } => fail(b, ctx, cluster.as_ref(), reason, message).await,
@@ -127,7 +128,7 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
             match run(b, ctx, &cluster).await {
                 Ok(a) => Ok(a),
                 Err(Halt::Wait { reason, message }) => {
-                    wait(b, ctx, reason, message).await?;
+                    operation::wait(b, ctx, reason, message).await?;
                     Ok(Action::requeue(ctx.wait_delay(b)))
                 }
                 Err(Halt::Fail { reason, message }) => {
@@ -137,46 +138,6 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
             }
         }
     }
-}
-
-/// Pending (or still InProgress) with the reason it cannot go on now.
-async fn wait(b: &QdrantBackup, ctx: &Context, reason: &str, message: String) -> Result<(), Error> {
-    let previous = status_of(b);
-    let mut status = previous.clone();
-    if status.phase.is_none() {
-        status.phase = Some(OperationPhase::Pending);
-    }
-    status.observed_generation = b.metadata.generation;
-    status.conditions = vec![report::ready(
-        false,
-        reason,
-        message.clone(),
-        (ctx.now)(),
-        &previous.conditions,
-        b.metadata.generation,
-    )];
-    let changed_reason = previous.conditions.first().map(|c| c.reason.as_str()) != Some(reason);
-    write_status(b, ctx, &status).await?;
-    if changed_reason {
-        report::event(
-            &ctx.recorder,
-            &b.object_ref(&()),
-            EventType::Normal,
-            reason,
-            "Wait",
-            message,
-        )
-        .await;
-    }
-    Ok(())
-}
-
-async fn write_status(
-    b: &QdrantBackup,
-    ctx: &Context,
-    status: &QdrantBackupStatus,
-) -> Result<(), kube::Error> {
-    report::write_status(&ctx.client, b, b.status.as_ref(), status).await
 }
 
 async fn run(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
@@ -316,7 +277,7 @@ async fn start(
     };
     // The plan is in status before any task starts: whatever happens next,
     // a reconcile finds the task ids and attaches to them.
-    write_status(b, ctx, &status).await?;
+    operation::write(ctx, b, &status).await?;
     report::event(
         &ctx.recorder,
         &b.object_ref(&()),
@@ -445,7 +406,7 @@ async fn follow(
     if finished.len() == live.len() {
         return complete(b, ctx, agents, storage, status, finished).await;
     }
-    write_status(b, ctx, &status).await?;
+    operation::write(ctx, b, &status).await?;
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
@@ -513,7 +474,7 @@ async fn replan(
             .join(", ")
     );
     status.tasks.extend(new.clone());
-    write_status(b, ctx, &status).await?;
+    operation::write(ctx, b, &status).await?;
     report::event(
         &ctx.recorder,
         &b.object_ref(&()),
@@ -599,15 +560,12 @@ async fn complete(
                 });
         }
     }
-    let now = (ctx.now)();
     let message = format!(
         "{} objects, {} bytes, in {}",
         written.objects,
         written.total_bytes,
         s3_path(b)
     );
-    status.phase = Some(OperationPhase::Completed);
-    status.completion_time = Some(Time(now));
     status.size_bytes = Some(written.total_bytes);
     status.collections = collections
         .into_iter()
@@ -619,25 +577,7 @@ async fn complete(
     if let Some(p) = &mut status.progress {
         p.shards_done = p.shards_total;
     }
-    status.conditions = vec![report::ready(
-        true,
-        "Completed",
-        message.clone(),
-        now,
-        &status.conditions,
-        b.metadata.generation,
-    )];
-    write_status(b, ctx, &status).await?;
-    report::event(
-        &ctx.recorder,
-        &b.object_ref(&()),
-        EventType::Normal,
-        "Completed",
-        "Backup",
-        message,
-    )
-    .await;
-    Ok(Action::await_change())
+    Ok(operation::completed(b, ctx, status, message).await?)
 }
 
 /// Ends the backup as Failed: cancels its running tasks and deletes what
@@ -656,36 +596,7 @@ async fn fail(
     {
         message = format!("{message}; its partial objects could not be deleted: {e}");
     }
-    let now = (ctx.now)();
-    let mut status = previous.clone();
-    status.phase = Some(OperationPhase::Failed);
-    status.completion_time = Some(Time(now));
-    status.error = Some(message.clone());
-    for t in &mut status.tasks {
-        if t.state == AgentTaskState::Running {
-            t.state = AgentTaskState::Failed;
-        }
-    }
-    status.observed_generation = b.metadata.generation;
-    status.conditions = vec![report::ready(
-        false,
-        reason,
-        message.clone(),
-        now,
-        &previous.conditions,
-        b.metadata.generation,
-    )];
-    write_status(b, ctx, &status).await?;
-    report::event(
-        &ctx.recorder,
-        &b.object_ref(&()),
-        EventType::Warning,
-        "Failed",
-        "Backup",
-        format!("{reason}: {message}"),
-    )
-    .await;
-    Ok(Action::await_change())
+    operation::failed(b, ctx, reason, message).await
 }
 
 /// Cancels the running tasks, waits (briefly) for them to stop, then

@@ -42,6 +42,7 @@ use std::time::Duration;
 
 pub const FINALIZER: &str = "qdrant.io/restore";
 
+use crate::operation;
 pub use crate::operation::{Context, Error, error_policy};
 
 pub async fn reconcile(r: Arc<QdrantRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -208,7 +209,7 @@ async fn apply(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
     match result {
         Ok(a) => Ok(a),
         Err(Halt::Wait { reason, message }) => {
-            wait(r, ctx, reason, message).await?;
+            operation::wait(r, ctx, reason, message).await?;
             Ok(Action::requeue(ctx.wait_delay(r)))
         }
         Err(Halt::Fail { reason, message }) => {
@@ -461,7 +462,7 @@ async fn start(
         observed_generation: r.metadata.generation,
         ..Default::default()
     };
-    write_status(r, ctx, &status).await?;
+    operation::write(ctx, r, &status).await?;
     report::event(
         &ctx.recorder,
         &r.object_ref(&()),
@@ -535,7 +536,7 @@ async fn follow(
         });
     }
     if finished.len() < status.tasks.len() {
-        write_status(r, ctx, &status).await?;
+        operation::write(ctx, r, &status).await?;
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
     // The stage is done.
@@ -580,7 +581,7 @@ async fn finish_stage(
         r.metadata.generation,
     )];
     status.tasks = vec![task.clone()];
-    write_status(r, ctx, &status).await?;
+    operation::write(ctx, r, &status).await?;
     if let Ok(mut c) = agents.connect(&first.pod).await {
         let _ = c
             .start_restore(request(r, storage, src, &task, pb::RestoreStage::Finish))
@@ -712,7 +713,7 @@ async fn upload_stage(
         shards_total: total,
     });
     status.tasks = tasks.clone();
-    write_status(r, ctx, &status).await?;
+    operation::write(ctx, r, &status).await?;
     for t in &tasks {
         if let Ok(mut c) = agents.connect(&t.pod).await
             && let Err(e) = c
@@ -730,79 +731,14 @@ async fn complete(
     ctx: &Context,
     mut status: QdrantRestoreStatus,
 ) -> Result<Action, Halt> {
-    let now = (ctx.now)();
     let names: Vec<&str> = status.collections.iter().map(|c| c.name.as_str()).collect();
     let message = format!(
         "restored {} from {}",
         names.join(", "),
         status.s3_path.clone().unwrap_or_default()
     );
-    status.phase = Some(OperationPhase::Completed);
     status.stage = Some(RestoreStage::Done);
-    status.completion_time = Some(Time(now));
-    status.conditions = vec![report::ready(
-        true,
-        "Completed",
-        message.clone(),
-        now,
-        &status.conditions,
-        r.metadata.generation,
-    )];
-    write_status(r, ctx, &status).await?;
-    report::event(
-        &ctx.recorder,
-        &r.object_ref(&()),
-        EventType::Normal,
-        "Completed",
-        "Restore",
-        message,
-    )
-    .await;
-    Ok(Action::await_change())
-}
-
-async fn wait(
-    r: &QdrantRestore,
-    ctx: &Context,
-    reason: &str,
-    message: String,
-) -> Result<(), Error> {
-    let previous = status_of(r);
-    let mut status = previous.clone();
-    if status.phase.is_none() {
-        status.phase = Some(OperationPhase::Pending);
-    }
-    status.observed_generation = r.metadata.generation;
-    status.conditions = vec![report::ready(
-        false,
-        reason,
-        message.clone(),
-        (ctx.now)(),
-        &previous.conditions,
-        r.metadata.generation,
-    )];
-    let changed = previous.conditions.first().map(|c| c.reason.as_str()) != Some(reason);
-    write_status(r, ctx, &status).await?;
-    if changed {
-        report::event(
-            &ctx.recorder,
-            &r.object_ref(&()),
-            EventType::Normal,
-            reason,
-            "Wait",
-            message,
-        )
-        .await;
-    }
-    Ok(())
-}
-
-async fn write_status(
-    r: &QdrantRestore,
-    ctx: &Context,
-    status: &QdrantRestoreStatus,
-) -> Result<(), kube::Error> {
-    report::write_status(&ctx.client, r, r.status.as_ref(), status).await
+    Ok(operation::completed(r, ctx, status, message).await?)
 }
 
 /// Cancels the running tasks and, once the collections were created by
@@ -892,36 +828,7 @@ async fn fail(
             }
         }
     }
-    let now = (ctx.now)();
-    let mut status = previous.clone();
-    status.phase = Some(OperationPhase::Failed);
-    status.completion_time = Some(Time(now));
-    status.error = Some(message.clone());
-    for t in &mut status.tasks {
-        if t.state == AgentTaskState::Running {
-            t.state = AgentTaskState::Failed;
-        }
-    }
-    status.observed_generation = r.metadata.generation;
-    status.conditions = vec![report::ready(
-        false,
-        reason,
-        message.clone(),
-        now,
-        &previous.conditions,
-        r.metadata.generation,
-    )];
-    write_status(r, ctx, &status).await?;
-    report::event(
-        &ctx.recorder,
-        &r.object_ref(&()),
-        EventType::Warning,
-        "Failed",
-        "Restore",
-        format!("{reason}: {message}"),
-    )
-    .await;
-    Ok(Action::await_change())
+    operation::failed(r, ctx, reason, message).await
 }
 
 /// Deleting a running restore cancels its tasks and removes the
