@@ -688,3 +688,56 @@ async fn deleting_a_running_backup_cancels_its_tasks_and_an_expired_one_takes_it
     );
     assert!(env.kube.events(NS).iter().any(|(r, _)| r == "Expired"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_whose_agent_dies_after_the_collections_exist_deletes_them_again() {
+    let env = Env::new("rollback");
+    let source = Cluster::start("vectors", 2, 50, VERSION).await;
+    source.register(&env.kube, VERSION);
+    source.doubles[0].add_replicated_collection("docs", 8, &[2 * MIB, 2 * MIB], 1);
+    env.backup("first", "vectors", json!({}));
+    let b = env
+        .drive(&env.ctx(&source), "first", 60, ended)
+        .await
+        .unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Completed));
+
+    let mut target = Cluster::start("target", 2, 52, VERSION).await;
+    target.register(&env.kube, VERSION);
+    env.restore(
+        "doomed",
+        json!({"backupRef": {"name": "first"}, "targetClusterRef": {"name": "target"}}),
+    );
+    let ctx = env.restore_ctx(&target);
+    // Until the collections exist and the uploads are handed out.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r: QdrantRestore = serde_json::from_value(env.kube.get(QR, "doomed").unwrap()).unwrap();
+        let stage = r.status.as_ref().and_then(|s| s.stage);
+        if stage == Some(qdrant_operator::crd::RestoreStage::Upload) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{:?}", r.status);
+        restore_controller::reconcile(Arc::new(r), ctx.clone())
+            .await
+            .unwrap();
+    }
+    assert!(target.doubles[0].collection("docs").is_some());
+    target.agents[1].kill();
+
+    let r = env.drive_restore(&ctx, "doomed", 60).await;
+    let status = r.status.unwrap();
+    assert_eq!(status.phase, Some(OperationPhase::Failed));
+    assert_eq!(status.conditions[0].reason, "AgentLost", "{status:#?}");
+    let error = status.error.unwrap();
+    assert!(error.contains("target-1"), "{error}");
+    assert!(error.contains("deleted again"), "{error}");
+    // No half-restored collection is left on any node.
+    for d in &target.doubles {
+        assert!(
+            d.collection_names().is_empty(),
+            "{:?}",
+            d.collection_names()
+        );
+    }
+}
