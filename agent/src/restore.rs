@@ -283,6 +283,11 @@ async fn restore_collection(
         {
             shard_map = create_shard_keys(node, name, entry).await?;
         }
+        if req.stage == Stage::Create {
+            // The next stage plans uploads on Active replicas: a replica
+            // Qdrant is still initializing would have none to go to.
+            wait_green(node, name, req.green_timeout, cancel).await?;
+        }
     }
     if req.stage.uploads() {
         upload_objects(

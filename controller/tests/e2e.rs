@@ -423,6 +423,8 @@ async fn a_backup_of_three_nodes_restores_into_two_nodes_with_one_upload_per_sha
 
     let target = Cluster::start("target", 2, 14, VERSION).await;
     target.register(&env.kube, VERSION);
+    // As in Qdrant, new replicas pass through Initializing before Active.
+    target.doubles[0].initialize_replicas_for(Duration::from_millis(500));
     env.restore(
         "back",
         json!({"backupRef": {"name": "first"}, "targetClusterRef": {"name": "target"},

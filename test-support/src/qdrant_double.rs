@@ -81,6 +81,8 @@ struct Inner {
     streams: u64,
     remote: HashMap<String, Vec<Value>>,
     no_streaming: bool,
+    /// New collections' replicas stay Initializing this long.
+    init_delay: Option<Duration>,
 }
 
 /// The members of a simulated Qdrant cluster, by peer id.
@@ -287,6 +289,29 @@ impl Double {
 
     /// Behave like a Qdrant without the live shard snapshot endpoint: the
     /// route does not exist (404, empty body).
+    /// Collections created through the API start with every replica
+    /// Initializing, and turn Active after `d` (on every member).
+    pub fn initialize_replicas_for(&self, d: Duration) {
+        self.lock().init_delay = Some(d);
+    }
+
+    /// Sets the state of every replica of `c`, local and remote, on every member.
+    fn set_replica_states(&self, c: &str, state: &str) {
+        for inner in self.member_inners() {
+            let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(col) = g.collections.get_mut(c) {
+                for s in col.shards.values_mut() {
+                    s.state = state.into();
+                }
+            }
+            if let Some(r) = g.remote.get_mut(c) {
+                for v in r.iter_mut() {
+                    v["state"] = json!(state);
+                }
+            }
+        }
+    }
+
     pub fn without_streaming(&self) {
         self.lock().no_streaming = true;
     }
@@ -624,6 +649,15 @@ async fn create_collection(
             size: 0,
         };
         d.place(&c, config, shards_n as u32, rf, 0, empty);
+        let delay = d.lock().init_delay;
+        if let Some(delay) = delay {
+            d.set_replica_states(&c, "Initializing");
+            let d = d.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                d.set_replica_states(&c, "Active");
+            });
+        }
     }
     ok(json!(true))
 }
