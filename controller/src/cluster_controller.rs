@@ -53,8 +53,7 @@ pub struct Context {
     pub ca: Arc<crate::pki::Ca>,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
-    /// Consecutive failures per object UID, for exponential backoff.
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Backoff,
 }
 
 impl Context {
@@ -68,18 +67,42 @@ impl Context {
             client,
             ca,
             metrics,
-            failures: Mutex::default(),
+            failures: Backoff::default(),
         }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 /// Seconds to wait after the `n`-th consecutive failure: 5, 10, 20, ... 300.
 pub fn backoff(n: u32) -> Duration {
     Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
+}
+
+/// Consecutive failures per object UID, for exponential backoff; every
+/// reconciler keeps one.
+#[derive(Default)]
+pub struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a failure of `uid`; returns the count and the delay to wait.
+    pub fn failed(&self, uid: &str) -> (u32, Duration) {
+        let mut m = self.map();
+        let n = m.entry(uid.to_string()).or_insert(0);
+        *n += 1;
+        (*n, backoff(*n))
+    }
+
+    /// The delay after one more failure, without counting it (for waits).
+    pub fn next(&self, uid: &str) -> Duration {
+        backoff(self.map().get(uid).copied().unwrap_or(0) + 1)
+    }
+
+    pub fn reset(&self, uid: &str) {
+        self.map().remove(uid);
+    }
 }
 
 pub async fn reconcile(c: Arc<QdrantCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -102,18 +125,13 @@ pub async fn reconcile(c: Arc<QdrantCluster>, ctx: Arc<Context>) -> Result<Actio
         .get_or_create(&kind)
         .observe(started.elapsed().as_secs_f64());
     if result.is_ok() {
-        ctx.failures().remove(&uid);
+        ctx.failures.reset(&uid);
     }
     result
 }
 
 pub fn error_policy(c: Arc<QdrantCluster>, err: &Error, ctx: Arc<Context>) -> Action {
-    let n = {
-        let mut f = ctx.failures();
-        let n = f.entry(c.uid().unwrap_or_default()).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let (n, delay) = ctx.failures.failed(&c.uid().unwrap_or_default());
     ctx.metrics
         .failures
         .get_or_create(&crate::metrics::ErrorLabel {
@@ -122,7 +140,7 @@ pub fn error_policy(c: Arc<QdrantCluster>, err: &Error, ctx: Arc<Context>) -> Ac
         })
         .inc();
     tracing::warn!(cluster = %c.name_any(), error = %err, failures = n, "reconcile failed");
-    Action::requeue(backoff(n))
+    Action::requeue(delay)
 }
 
 async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>

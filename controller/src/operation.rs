@@ -3,7 +3,7 @@
 //! status writes that happen only on change.
 
 use crate::agent_client::ClientIdentity;
-use crate::cluster_controller::{MANAGER, backoff};
+use crate::cluster_controller::{Backoff, MANAGER};
 use crate::crd::{
     AgentTask, AgentTaskState, OperationPhase, QdrantBackup, QdrantBackupStatus, QdrantRestore,
     QdrantRestoreStatus,
@@ -19,8 +19,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +43,7 @@ pub struct Context {
     /// How long one reconcile follows running tasks before it writes
     /// progress and yields.
     pub follow_window: Duration,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Backoff,
 }
 
 impl Context {
@@ -59,19 +58,14 @@ impl Context {
             tls,
             now: jiff::Timestamp::now,
             follow_window: Duration::from_secs(10),
-            failures: Mutex::default(),
+            failures: Backoff::default(),
         }
-    }
-
-    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.failures.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The delay before looking again at an object that waits: grows with
     /// its consecutive failures like the error backoff.
     pub fn wait_delay<K: Resource>(&self, obj: &K) -> Duration {
-        let n = self.failures().get(&obj.uid().unwrap_or_default()).copied();
-        backoff(n.unwrap_or(0) + 1)
+        self.failures.next(&obj.uid().unwrap_or_default())
     }
 }
 
@@ -108,20 +102,15 @@ where
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     if result.is_ok() {
-        ctx.failures().remove(&uid);
+        ctx.failures.reset(&uid);
     }
     result
 }
 
 pub fn error_policy<K: Resource>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
-    let n = {
-        let mut f = ctx.failures();
-        let n = f.entry(obj.uid().unwrap_or_default()).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let (n, delay) = ctx.failures.failed(&obj.uid().unwrap_or_default());
     tracing::warn!(name = %obj.name_any(), error = %err, failures = n, "reconcile failed");
-    Action::requeue(backoff(n))
+    Action::requeue(delay)
 }
 
 /// The status fields a backup and a restore have in common.

@@ -294,4 +294,13 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
 fn failures_back_off_exponentially_up_to_five_minutes() {
     let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
     assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300]);
+    // Per object: counted separately, reset by a success.
+    let b = qdrant_operator::cluster_controller::Backoff::default();
+    assert_eq!(b.next("a"), Duration::from_secs(5));
+    assert_eq!(b.failed("a"), (1, Duration::from_secs(5)));
+    assert_eq!(b.failed("a"), (2, Duration::from_secs(10)));
+    assert_eq!(b.next("a"), Duration::from_secs(20));
+    assert_eq!(b.failed("b").0, 1);
+    b.reset("a");
+    assert_eq!(b.failed("a").0, 1);
 }
