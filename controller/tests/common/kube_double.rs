@@ -156,6 +156,17 @@ impl KubeDouble {
             .collect()
     }
 
+    /// Every stored object outside `collection`, as JSON text.
+    pub fn dump_except(&self, collection: &str) -> String {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((c, _), _)| c != collection)
+            .map(|(_, v)| v.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// Every Event recorded in `ns`, as `(reason, note)`.
     pub fn events(&self, ns: &str) -> Vec<(String, String)> {
         self.list(&format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"))

@@ -22,6 +22,10 @@ pub const QR: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantrestores"
 pub const QC: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantclusters";
 pub const PODS: &str = "/api/v1/namespaces/search/pods";
 pub const SECRETS: &str = "/api/v1/namespaces/search/secrets";
+/// The S3 credentials in the storage Secret: distinctive, so a test can
+/// tell they appear nowhere else.
+pub const S3_KEY_ID: &str = "AKIAE2EKEYID4LEAK";
+pub const S3_SECRET: &str = "e2e-secret-Vb7Qx2LeakCheck";
 
 /// The agent binary, built beside this test by `cargo nextest run --workspace`.
 pub fn agent_bin() -> PathBuf {
@@ -238,8 +242,8 @@ pub fn s3_secret(kube: &KubeDouble, name: &str) {
         &secret(
             name,
             &[
-                ("AWS_ACCESS_KEY_ID", "test"),
-                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("AWS_ACCESS_KEY_ID", S3_KEY_ID),
+                ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
             ],
         ),
     );
