@@ -248,7 +248,8 @@ async fn run(r: &QdrantRestore, ctx: &Context, cluster: &QdrantCluster) -> Resul
     }
 }
 
-fn task_id(r: &QdrantRestore, stage: RestoreStage, pod: &str) -> String {
+/// `restore-<uid>-<stage>-<pod>`: one task per stage and pod.
+fn task_id(r: &QdrantRestore, stage: impl std::fmt::Debug, pod: &str) -> String {
     format!(
         "restore-{}-{}-{pod}",
         r.uid().unwrap_or_default(),
@@ -330,7 +331,7 @@ fn proto_stage(stage: RestoreStage) -> pb::RestoreStage {
 /// for "all shards" in a stage that does not upload).
 fn whole_collections_task(
     r: &QdrantRestore,
-    stage: RestoreStage,
+    stage: impl std::fmt::Debug,
     pod: &str,
     instance_id: String,
     collections: &[String],
@@ -772,16 +773,16 @@ async fn undo(
         .name
         .clone();
     let sources = sources(&status.tasks);
-    let task = whole_collections_task(r, RestoreStage::Done, &pod, String::new(), &sources);
-    let mut req = request(r, &storage, &src, &task, pb::RestoreStage::Rollback);
-    req.task_id = format!("restore-{}-rollback", r.uid().unwrap_or_default());
+    let rollback = pb::RestoreStage::Rollback;
+    let task = whole_collections_task(r, rollback, &pod, String::new(), &sources);
+    let req = request(r, &storage, &src, &task, rollback);
     let mut c = agents.connect(&pod).await?;
-    c.start_restore(req.clone())
+    c.start_restore(req)
         .await
         .map_err(|s| status_reason(&s).1)?;
     let mut s = c
         .watch_task(pb::TaskRef {
-            task_id: req.task_id.clone(),
+            task_id: task.task_id,
         })
         .await
         .map_err(|s| status_reason(&s).1)?
