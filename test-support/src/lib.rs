@@ -1,5 +1,13 @@
-//! Test support for qdrant-operator: a Qdrant test double and a launcher for
-//! a real local S3 server (moto).
+//! Test support for qdrant-operator: the real servers the tests run against
+//! (Qdrant, a Kubernetes control plane, S3) with launchers that never let a
+//! server outlive its test, a test kubelet that runs Pods as processes, and
+//! the Qdrant TEST DOUBLE for what the real server cannot do on request
+//! (stall or break a stream, answer as an old version).
 
+pub mod bins;
+pub mod control_plane;
+pub mod kubelet;
+pub mod process;
 pub mod qdrant_double;
+pub mod real_qdrant;
 pub mod s3_server;

@@ -1,0 +1,196 @@
+//! The real Qdrant server for tests: one node, or a distributed cluster of
+//! N nodes on loopback, each with its own storage and snapshots directory.
+//! Node i listens on 127.0.0.1 with its own HTTP, gRPC and peer ports; the
+//! first node founds the cluster and the others bootstrap from it.
+
+use crate::bins;
+use crate::process::Guarded;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+pub struct Node {
+    /// `http://127.0.0.1:<http port>`.
+    pub url: String,
+    pub http_port: u16,
+    pub p2p_port: u16,
+    pub storage: PathBuf,
+    pub snapshots: PathBuf,
+    pub log: PathBuf,
+    process: Option<Guarded>,
+    args: Vec<String>,
+    config: PathBuf,
+}
+
+pub struct RealQdrant {
+    pub nodes: Vec<Node>,
+    pub api_key: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl RealQdrant {
+    /// Starts `n` nodes (distributed mode when `n > 1`) and waits until each
+    /// answers `/readyz` and, in a cluster, node 0 lists all `n` peers.
+    pub fn start(n: usize, api_key: Option<&str>) -> Result<Self, BoxError> {
+        bins::qdrant()?; // fail early, with the set-up hint
+        let dir = tempfile::Builder::new().prefix("qdrant-").tempdir()?;
+        let mut nodes = Vec::new();
+        let mut first_p2p = None;
+        for i in 0..n {
+            let root = dir.path().join(format!("node-{i}"));
+            let (storage, snapshots) = (root.join("storage"), root.join("snapshots"));
+            std::fs::create_dir_all(&storage)?;
+            std::fs::create_dir_all(&snapshots)?;
+            let free = crate::s3_server::free_port;
+            let (http_port, grpc_port, p2p_port) = (free()?, free()?, free()?);
+            let config = root.join("config.yaml");
+            std::fs::write(
+                &config,
+                format!(
+                    "storage:\n  storage_path: {}\n  snapshots_path: {}\n\
+                     service:\n  host: 127.0.0.1\n  http_port: {http_port}\n  grpc_port: {grpc_port}\n\
+                     cluster:\n  enabled: {}\n  p2p:\n    port: {p2p_port}\n\
+                     telemetry_disabled: true\n",
+                    storage.display(),
+                    snapshots.display(),
+                    n > 1
+                ),
+            )?;
+            let mut args = Vec::new();
+            if n > 1 {
+                args.push("--uri".into());
+                args.push(format!("http://127.0.0.1:{p2p_port}"));
+                if let Some(p) = first_p2p {
+                    args.push("--bootstrap".into());
+                    args.push(format!("http://127.0.0.1:{p}"));
+                }
+            }
+            first_p2p.get_or_insert(p2p_port);
+            nodes.push(Node {
+                url: format!("http://127.0.0.1:{http_port}"),
+                http_port,
+                p2p_port,
+                storage,
+                snapshots,
+                log: root.join("qdrant.log"),
+                process: None,
+                args,
+                config,
+            });
+        }
+        let mut q = RealQdrant {
+            nodes,
+            api_key: api_key.map(str::to_string),
+            _dir: dir,
+        };
+        for i in 0..n {
+            q.start_node(i)?;
+        }
+        if n > 1 {
+            q.wait_for_peers(n)?;
+        }
+        Ok(q)
+    }
+
+    /// Starts (or restarts after `stop_node`) node `i`; waits for `/readyz`.
+    pub fn start_node(&mut self, i: usize) -> Result<(), BoxError> {
+        let bin = bins::qdrant()?;
+        let api_key = self.api_key.clone();
+        let node = &mut self.nodes[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)?;
+        let mut cmd = Command::new(&bin);
+        cmd.arg("--config-path")
+            .arg(&node.config)
+            .args(&node.args)
+            .current_dir(node.config.parent().unwrap_or(&node.storage))
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(k) = &api_key {
+            cmd.env("QDRANT__SERVICE__API_KEY", k);
+        }
+        node.process = Some(Guarded::spawn(
+            format!("qdrant node {i}"),
+            &mut cmd,
+            Duration::from_secs(10),
+        )?);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok((200, _)) = get(&node.url, "/readyz", None) {
+                return Ok(());
+            }
+            let alive = node.process.as_mut().is_some_and(Guarded::running);
+            if !alive || Instant::now() > deadline {
+                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                return Err(format!(
+                    "Qdrant node {i} did not become ready: {}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+                .into());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// SIGTERM (then SIGKILL) node `i`; its storage stays.
+    pub fn stop_node(&mut self, i: usize) {
+        if let Some(mut p) = self.nodes[i].process.take() {
+            p.stop();
+        }
+    }
+
+    fn wait_for_peers(&self, n: usize) -> Result<(), BoxError> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (_, body) = get(&self.nodes[0].url, "/cluster", self.api_key.as_deref())?;
+            let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let peers = v["result"]["peers"].as_object().map_or(0, |p| p.len());
+            if peers == n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("Qdrant cluster has {peers} of {n} peers: {body}").into());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url.clone()).collect()
+    }
+}
+
+/// A plain HTTP/1.1 GET (enough for readiness and cluster checks): the
+/// status code and the body.
+pub fn get(base: &str, path: &str, api_key: Option<&str>) -> Result<(u16, String), BoxError> {
+    let hostport = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let key = api_key
+        .map(|k| format!("api-key: {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{key}Connection: close\r\n\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out);
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
