@@ -1,0 +1,187 @@
+//! The real systems for end-to-end tests: a Kubernetes control plane with
+//! `manifests/` installed as `kubectl apply -k manifests/` does, the
+//! `qdrant-operator` binary running as its own ServiceAccount (so RBAC is
+//! enforced exactly as rbac.yaml grants), and a test kubelet that runs the
+//! pods with the real Qdrant and the real `qdrant-agent`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use test_support::control_plane::{ControlPlane, OPERATOR_NS, OPERATOR_SA};
+use test_support::kubelet::{Image, ImageKind, Kubelet};
+use test_support::process::Guarded;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A binary of the workspace, built beside this test by the workspace test run.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo build --workspace --bins` (the workspace test run builds it)",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test with one line when a real component is missing.
+pub fn need<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+pub struct Operator {
+    pub log: PathBuf,
+    process: Guarded,
+}
+
+impl Operator {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn process(&mut self) -> &mut Guarded {
+        &mut self.process
+    }
+}
+
+pub struct World {
+    pub cp: ControlPlane,
+    pub admin: kube::Client,
+    pub operator_kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl World {
+    /// A control plane with `kubectl apply -k manifests/` done.
+    pub async fn start() -> World {
+        let cp = need(ControlPlane::start().await);
+        let admin = need(cp.admin().await);
+        let out = need(cp.kubectl(&[
+            "apply",
+            "-k",
+            &repo().join("manifests").display().to_string(),
+        ]));
+        assert!(
+            out.status.success(),
+            "kubectl apply -k manifests/ failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // CRDs are served once Established.
+        let out = need(cp.kubectl(&[
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let operator_kubeconfig = need(
+            cp.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA)
+                .await,
+        );
+        World {
+            cp,
+            admin,
+            operator_kubeconfig,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// The `qdrant-operator` binary as the Deployment runs it, as its
+    /// ServiceAccount, with leader election.
+    pub fn operator(&self, pod_name: &str) -> Operator {
+        let log = self.dir.path().join(format!("{pod_name}.log"));
+        let port = test_support::s3_server::free_port().unwrap();
+        let process = Guarded::spawn(
+            pod_name,
+            Command::new(workspace_bin("qdrant-operator"))
+                .args([
+                    "--http-listen",
+                    &format!("127.0.0.1:{port}"),
+                    "--log-format",
+                    "text",
+                ])
+                .env("KUBECONFIG", &self.operator_kubeconfig)
+                .env("POD_NAMESPACE", OPERATOR_NS)
+                .env("POD_NAME", pod_name)
+                .env("RUST_LOG", "info,kube=warn")
+                .stdout(std::fs::File::create(&log).unwrap())
+                .stderr(Stdio::null()),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        Operator { log, process }
+    }
+
+    /// A test kubelet for `ns`, running Qdrant's image with the real Qdrant
+    /// and the agent's image with the workspace's `qdrant-agent`.
+    pub fn kubelet(&self, ns: &str) -> Kubelet {
+        let images = vec![
+            Image {
+                matches: "qdrant-agent".into(),
+                kind: ImageKind::Binary {
+                    bin: workspace_bin("qdrant-agent"),
+                },
+            },
+            Image {
+                matches: "qdrant/qdrant".into(),
+                kind: ImageKind::Qdrant {
+                    bin: need(test_support::bins::qdrant()),
+                },
+            },
+        ];
+        need(Kubelet::start(self.admin.clone(), ns, images))
+    }
+
+    /// `kubectl apply -f -` as the admin.
+    pub fn apply(&self, yaml: &str) {
+        let out = need(self.cp.kubectl_stdin(&["apply", "-f", "-"], Some(yaml)));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}\n{yaml}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = need(self.cp.kubectl(args));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+/// Polls `f` until it returns Some, or panics with `what` and `diag()`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, diag: impl Fn() -> String, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} within {secs}s\n{}",
+            diag()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
