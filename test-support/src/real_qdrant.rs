@@ -170,15 +170,30 @@ impl RealQdrant {
 /// A plain HTTP/1.1 GET (enough for readiness and cluster checks): the
 /// status code and the body.
 pub fn get(base: &str, path: &str, api_key: Option<&str>) -> Result<(u16, String), BoxError> {
+    request("GET", base, path, api_key, None)
+}
+
+/// One HTTP/1.1 request with an optional JSON body: the status code and the
+/// body (chunked bodies decoded).
+pub fn request(
+    method: &str,
+    base: &str,
+    path: &str,
+    api_key: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> Result<(u16, String), BoxError> {
     let hostport = base.trim_start_matches("http://").trim_end_matches('/');
     let mut s = TcpStream::connect(hostport)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))?;
     let key = api_key
         .map(|k| format!("api-key: {k}\r\n"))
         .unwrap_or_default();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\n{key}Connection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{key}Content-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
     )?;
     let mut out = Vec::new();
     s.read_to_end(&mut out)?;
@@ -188,9 +203,74 @@ pub fn get(base: &str, path: &str, api_key: Option<&str>) -> Result<(u16, String
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+    let (head, raw) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    Ok((
+        code,
+        if chunked {
+            dechunk(raw)
+        } else {
+            raw.to_string()
+        },
+    ))
+}
+
+fn dechunk(mut raw: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = raw.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        raw = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A JSON call to Qdrant that must succeed: the reply's `result`.
+pub fn call(
+    method: &str,
+    base: &str,
+    path: &str,
+    api_key: Option<&str>,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, BoxError> {
+    let (code, text) = request(method, base, path, api_key, body.as_ref())?;
+    if !(200..300).contains(&code) {
+        return Err(format!("{method} {path}: HTTP {code}: {text}").into());
+    }
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    Ok(v["result"].clone())
+}
+
+/// Every point of `collection` (id, vector, payload), sorted by id: what
+/// a restore must give back.
+pub fn all_points(
+    base: &str,
+    collection: &str,
+    api_key: Option<&str>,
+) -> Result<Vec<serde_json::Value>, BoxError> {
+    let mut points = Vec::new();
+    let mut offset = serde_json::Value::Null;
+    loop {
+        let r = call(
+            "POST",
+            base,
+            &format!("/collections/{collection}/points/scroll"),
+            api_key,
+            Some(
+                serde_json::json!({"limit": 1000, "with_vector": true, "with_payload": true, "offset": offset}),
+            ),
+        )?;
+        points.extend(r["points"].as_array().cloned().unwrap_or_default());
+        offset = r["next_page_offset"].clone();
+        if offset.is_null() {
+            break;
+        }
+    }
+    points.sort_by_key(|p| p["id"].as_u64());
+    Ok(points)
 }
