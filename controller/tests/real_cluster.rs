@@ -8,6 +8,7 @@ mod real;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::Api;
+use qdrant_agent::store::ObjectStore;
 use qdrant_operator::crd::{
     ClusterPhase, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore,
 };
@@ -163,6 +164,16 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
          endpoint: \"{}\", credentialsSecretRef: {{name: backup-s3-credentials}}}}\n",
         s3.endpoint
     ));
+    // A schedule firing every minute, keeping the last one: it queues
+    // behind the backup above (one backup per cluster) and prunes by
+    // retention, resource and objects.
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackupSchedule\nmetadata: {{name: minutely, namespace: {NS}}}\n\
+         spec:\n  schedule: \"* * * * *\"\n  clusterRef: {{name: vectors}}\n  retentionPolicy: {{keepLast: 1}}\n\
+         \x20 storage:\n    s3: {{bucket: {bucket}, prefix: sched, region: us-east-1, \
+         endpoint: \"{}\", credentialsSecretRef: {{name: backup-s3-credentials}}}}\n",
+        s3.endpoint
+    ));
     let backups: Api<QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
     let b = eventually(
         180,
@@ -285,6 +296,66 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         "alias back: {aliases}"
     );
 
+    // The schedule fired twice and retention removed the older backup,
+    // its resource and its objects.
+    let store = store(&s3, &bucket).await;
+    let scheduled = || async {
+        let lp = kube::api::ListParams::default().labels("qdrant.io/schedule=minutely");
+        let list = backups.list(&lp).await.ok()?;
+        Some(list.items)
+    };
+    let first = eventually(
+        150,
+        "the schedule's first backup Completed",
+        &diag,
+        || async {
+            let items = scheduled().await?;
+            let b = items.into_iter().find(|b| {
+                b.status.as_ref().and_then(|s| s.phase) == Some(OperationPhase::Completed)
+            })?;
+            Some(b.metadata.name.unwrap())
+        },
+    )
+    .await;
+    eventually(
+        150,
+        "retention prunes the first scheduled backup",
+        &diag,
+        || async {
+            let items = scheduled().await?;
+            let completed = items
+                .iter()
+                .filter(|b| {
+                    b.status.as_ref().and_then(|s| s.phase) == Some(OperationPhase::Completed)
+                })
+                .count();
+            (!items
+                .iter()
+                .any(|b| b.metadata.name.as_deref() == Some(&first))
+                && completed == 1)
+                .then_some(())
+        },
+    )
+    .await;
+    let left = store
+        .list(&format!("sched/{NS}/vectors/{first}/"))
+        .await
+        .unwrap();
+    assert!(
+        left.is_empty(),
+        "objects of the pruned backup are left: {left:?}"
+    );
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qbs",
+        "minutely",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ]);
+
     // Nothing the operator asked for was refused.
     let refused: BTreeSet<String> =
         w.cp.operator_requests()
@@ -296,6 +367,61 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         refused.is_empty(),
         "the API server refused the operator: {refused:#?}"
     );
+    // And everything rbac.yaml grants was used: least privilege.
+    let used: BTreeSet<(String, String, String)> =
+        w.cp.operator_requests()
+            .iter()
+            .filter_map(|e| Some((e.rbac_verbs(), e.resource()?)))
+            .flat_map(|(verbs, (g, r))| verbs.into_iter().map(move |v| (v, g.clone(), r.clone())))
+            .collect();
+    let unused: Vec<String> = granted()
+        .into_iter()
+        .filter(|g| !used.contains(g))
+        .map(|(v, g, r)| format!("{v} {g}/{r}"))
+        .collect();
+    assert!(
+        unused.is_empty(),
+        "rbac.yaml grants what the operator never used: {unused:#?}\nused: {used:#?}"
+    );
+}
+
+/// Every (verb, group, resource) that manifests/operator/rbac.yaml grants.
+fn granted() -> BTreeSet<(String, String, String)> {
+    let text = std::fs::read_to_string(repo().join("manifests/operator/rbac.yaml")).unwrap();
+    let mut out = BTreeSet::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        for rule in v["rules"].as_array().into_iter().flatten() {
+            let strs = |k: &str| -> Vec<String> {
+                rule[k]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            };
+            for g in strs("apiGroups") {
+                for r in strs("resources") {
+                    for v in strs("verbs") {
+                        out.insert((v, g.clone(), r.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+async fn store(s3: &S3Server, bucket: &str) -> qdrant_agent::store::S3Store {
+    let cfg = qdrant_agent::store::S3Config {
+        endpoint: Some(s3.endpoint.clone()),
+        region: Some("us-east-1".into()),
+        static_credentials: Some(("test".into(), "test".into(), None)),
+        ..Default::default()
+    };
+    qdrant_agent::store::S3Store::new(bucket.to_string(), &cfg)
+        .await
+        .unwrap()
 }
 
 fn tail(s: &str, n: usize) -> String {

@@ -112,6 +112,12 @@ impl ControlPlane {
                 .args(["--service-account-key-file", &p("sa.pub")])
                 .args(["--service-account-signing-key-file", &p("sa.key")])
                 .args(["--disable-admission-plugins", "ServiceAccount"])
+                // As on OpenShift: setting blockOwnerDeletion needs update on
+                // the owner's finalizers, changing ownerReferences needs delete.
+                .args([
+                    "--enable-admission-plugins",
+                    "OwnerReferencesPermissionEnforcement",
+                ])
                 .args(["--audit-policy-file", &p("audit-policy.yaml")])
                 .args(["--audit-log-path", &p("audit.log")])
                 .args(["--audit-log-format", "json"])
@@ -255,7 +261,9 @@ impl ControlPlane {
         let text = std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap_or_default();
         text.lines()
             .filter_map(|l| serde_json::from_str::<AuditEvent>(l).ok())
-            .filter(|e| e.stage == "ResponseComplete")
+            // A watch is logged when its response starts; it completes only
+            // when it ends.
+            .filter(|e| e.stage == "ResponseComplete" || e.verb == "watch")
             .collect()
     }
 
@@ -318,6 +326,17 @@ pub struct ResponseStatus {
 }
 
 impl AuditEvent {
+    /// The RBAC verbs this request needed: its own, plus `create` for a
+    /// PATCH that created the object (server-side apply of a new object is
+    /// authorized for both).
+    pub fn rbac_verbs(&self) -> Vec<String> {
+        let mut v = vec![self.verb.clone()];
+        if self.verb == "patch" && self.code() == 201 {
+            v.push("create".into());
+        }
+        v
+    }
+
     /// `group/resource[/subresource]` as RBAC names it (core group empty).
     pub fn resource(&self) -> Option<(String, String)> {
         let o = self.object_ref.as_ref()?;
