@@ -502,6 +502,14 @@ async fn complete(
     mut status: QdrantBackupStatus,
     parts: Vec<pb::Task>,
 ) -> Result<Action, Halt> {
+    // The resource may have been deleted while this reconcile followed the
+    // tasks: then it is discarded by the finalizer, never committed.
+    let api: Api<QdrantBackup> =
+        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    let latest = api.get_opt(&b.name_any()).await?;
+    if latest.is_none_or(|l| l.metadata.deletion_timestamp.is_some()) {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let started_at = status
         .start_time
         .as_ref()

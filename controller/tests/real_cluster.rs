@@ -428,3 +428,150 @@ fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+fn backup_yaml(name: &str, bucket: &str, endpoint: &str) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+         spec:\n  clusterRef: {{name: vectors}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: int, region: us-east-1, \
+         endpoint: \"{endpoint}\", credentialsSecretRef: {{name: backup-s3-credentials}}}}\n"
+    )
+}
+
+/// Waits until backup `name` is InProgress with its tasks started.
+async fn in_progress(
+    backups: &Api<QdrantBackup>,
+    name: &str,
+    diag: impl Fn() -> String,
+) -> QdrantBackup {
+    eventually(
+        90,
+        &format!("backup {name} InProgress with tasks"),
+        diag,
+        || async {
+            let b = backups.get(name).await.ok()?;
+            let st = b.status.as_ref()?;
+            (st.phase == Some(OperationPhase::InProgress)
+                && !st.tasks.is_empty()
+                && st.tasks.iter().all(|t| !t.instance_id.is_empty()))
+            .then_some(b)
+        },
+    )
+    .await
+}
+
+/// The README's promises for a backup in flight, on the real systems: the
+/// operator replaced mid-backup picks it up, an agent that restarts loses
+/// its task and the shards are taken again, and a deleted running backup
+/// leaves no object and no open upload. S3 is held still by a gate (a TCP
+/// proxy that stops moving bytes on request) so "mid-backup" is certain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_one_leaves_nothing() {
+    let w = World::start().await;
+    let mut first = w.operator("qdrant-operator-a");
+    let kubelet = w.kubelet(NS);
+    first_cluster(&w);
+    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
+    let log = std::cell::RefCell::new(first.log.clone());
+    let diag = || {
+        tail(
+            &std::fs::read_to_string(&*log.borrow()).unwrap_or_default(),
+            40,
+        )
+    };
+    eventually(240, "QdrantCluster vectors Running", &diag, || async {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 3).then_some(())
+    })
+    .await;
+    let ip = kubelet.pod_ip("vectors-0").await.unwrap();
+    seed(&format!("http://{ip}:6333"));
+    let s3 = need(S3Server::start());
+    let bucket = need(s3.bucket("interrupted"));
+    let store = store(&s3, &bucket).await;
+    let gate = need(test_support::gate::Gate::start(&s3.endpoint).await);
+    w.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "backup-s3-credentials",
+        "--from-literal=AWS_ACCESS_KEY_ID=AKIAREALE2E",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=real-e2e-secret-Zq81",
+    ]);
+    let backups: Api<QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
+
+    gate.close();
+    w.apply(&backup_yaml("interrupted", &bucket, &gate.url));
+    let b = in_progress(&backups, "interrupted", &diag).await;
+    // The operator's pod is replaced (a new name: it waits for the lease).
+    first.process().kill();
+    let second = w.operator("qdrant-operator-b");
+    *log.borrow_mut() = second.log.clone();
+    // And one agent restarts: its task is gone.
+    let victim = b.status.as_ref().unwrap().tasks[0].pod.clone();
+    kubelet.kill_container(&victim, "agent").await;
+    gate.open();
+    let b = eventually(180, "backup interrupted Completed", &diag, || async {
+        let b = backups.get("interrupted").await.ok()?;
+        let phase = b.status.as_ref()?.phase?;
+        assert_ne!(
+            phase,
+            OperationPhase::Failed,
+            "backup failed: {:#?}",
+            b.status
+        );
+        (phase == OperationPhase::Completed).then_some(b)
+    })
+    .await;
+    let st = b.status.unwrap();
+    assert!(
+        st.tasks
+            .iter()
+            .any(|t| t.pod == victim && t.state == qdrant_operator::crd::AgentTaskState::Lost),
+        "the restarted agent's task is Lost: {:#?}",
+        st.tasks
+    );
+    for (name, shards, _) in COLLECTIONS {
+        let c = st.collections.iter().find(|c| c.name == name).unwrap();
+        let ids: BTreeSet<u32> = c.shards.iter().filter_map(|s| s.shard_id).collect();
+        assert_eq!(
+            (ids.len(), c.shards.len()),
+            (shards as usize, shards as usize),
+            "{name}: {c:#?}"
+        );
+    }
+    assert!(
+        store
+            .head("int/search/vectors/interrupted/manifest.json")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store.list_multipart("").await.unwrap().is_empty(),
+        "an upload is left open"
+    );
+
+    // A running backup that is deleted leaves nothing behind.
+    gate.close();
+    w.apply(&backup_yaml("doomed", &bucket, &gate.url));
+    in_progress(&backups, "doomed", &diag).await;
+    w.kubectl(&["-n", NS, "delete", "qb", "doomed", "--wait=false"]);
+    gate.open();
+    eventually(120, "the deleted backup is gone", &diag, || async {
+        backups
+            .get_opt("doomed")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let left = store.list("int/search/vectors/doomed/").await.unwrap();
+    assert!(left.is_empty(), "objects left: {left:?}");
+    assert!(
+        store.list_multipart("").await.unwrap().is_empty(),
+        "an upload is left open"
+    );
+}

@@ -6,6 +6,7 @@
 
 pub mod bins;
 pub mod control_plane;
+pub mod gate;
 pub mod kubelet;
 pub mod process;
 pub mod qdrant_double;
