@@ -881,9 +881,12 @@ async fn upload_shard(
         size,
         sha256: sha.clone(),
     });
-    // Qdrant copies an uploaded shard on to its other replicas.
-    for inner in d.member_inners() {
-        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+    // As Qdrant does with priority=snapshot (checked on 1.18.3): the answer
+    // comes first; then a consensus proposal marks the other replicas Dead,
+    // and they are synced from this one and turn Active again.
+    let me = d.inner.clone();
+    {
+        let mut g = me.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(shard) = g
             .collections
             .get_mut(&c)
@@ -895,7 +898,65 @@ async fn upload_shard(
             };
         }
     }
+    let others: Vec<(u64, Arc<Mutex<Inner>>)> = d
+        .members
+        .iter()
+        .flat_map(|m| m.iter())
+        .filter(|(_, i)| !Arc::ptr_eq(i, &me))
+        .map(|(p, i)| (*p, i.clone()))
+        .collect();
+    if !others.is_empty() {
+        let all = d.member_inners();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            set_other_replicas(&all, &others, &c, s, "Dead", None);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            set_other_replicas(&all, &others, &c, s, "Active", Some((sha, size)));
+        });
+    }
     ok(json!(true))
+}
+
+/// Sets the state (and content) of shard `s`'s replicas held by `others`,
+/// as every member sees them: locally on the holders, remotely elsewhere.
+fn set_other_replicas(
+    all: &[Arc<Mutex<Inner>>],
+    others: &[(u64, Arc<Mutex<Inner>>)],
+    c: &str,
+    s: u32,
+    state: &str,
+    content: Option<(String, u64)>,
+) {
+    let mut other_peers = Vec::new();
+    for (peer, inner) in others {
+        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shard) = g
+            .collections
+            .get_mut(c)
+            .and_then(|col| col.shards.get_mut(&s))
+        {
+            shard.state = state.into();
+            if let Some((sha256, size)) = &content {
+                shard.content = Content::Uploaded {
+                    sha256: sha256.clone(),
+                    size: *size,
+                };
+            }
+            other_peers.push(*peer);
+        }
+    }
+    for inner in all {
+        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+        for r in g.remote.get_mut(c).into_iter().flatten() {
+            if r["shard_id"] == json!(s)
+                && r["peer_id"]
+                    .as_u64()
+                    .is_some_and(|p| other_peers.contains(&p))
+            {
+                r["state"] = json!(state);
+            }
+        }
+    }
 }
 
 async fn create_snapshot(State(d): State<Double>, h: HeaderMap, Path(c): Path<String>) -> Response {
