@@ -92,8 +92,18 @@ pub async fn run(
                 Error::Invalid(format!("collection {c:?} does not exist in Qdrant"))
             })?;
         let config = info.get("config").cloned().unwrap_or(Value::Null);
+        // A collection snapshot of a custom-sharded collection restores into
+        // a collection with no shards (Qdrant answers ok, with no point):
+        // such collections are backed up shard by shard, with their keys.
+        let custom = crate::manifest::custom_sharded(&config);
         let mode = match req.mode {
+            Mode::Auto if custom => Mode::Stream,
             Mode::Auto => auto_mode(node, &info),
+            Mode::File if custom => {
+                return Err(Error::Invalid(format!(
+                    "collection {c:?} uses custom sharding, whose keys a collection snapshot cannot restore; back it up with --mode stream"
+                )));
+            }
             m => m,
         };
         if mode == Mode::File {

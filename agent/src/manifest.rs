@@ -57,6 +57,15 @@ pub struct CollectionEntry {
     pub placement: Vec<ShardReplicas>,
 }
 
+/// Whether a collection config (`GET /collections/{c}` result.config) uses
+/// custom sharding (shards created per shard key).
+pub fn custom_sharded(config: &Value) -> bool {
+    config
+        .pointer("/params/sharding_method")
+        .and_then(Value::as_str)
+        == Some("custom")
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardReplicas {
     pub shard_id: u32,

@@ -51,6 +51,26 @@ pub struct Placement {
     /// Replicas on other peers (distributed mode).
     #[serde(default)]
     pub remote_shards: Vec<RemoteShardInfo>,
+    #[serde(default)]
+    pub shard_transfers: Vec<ShardTransfer>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShardTransfer {
+    pub shard_id: u32,
+    pub from: u64,
+    pub to: u64,
+}
+
+impl Placement {
+    /// Peers other than this one holding an Active replica of `shard`.
+    pub fn other_active(&self, shard: u32) -> Vec<u64> {
+        self.remote_shards
+            .iter()
+            .filter(|r| r.shard_id == shard && r.state == "Active")
+            .map(|r| r.peer_id)
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -81,6 +81,16 @@ pub async fn run(
         });
     }
     let plan = select(&m, req)?;
+    for (entry, _, objects) in &plan {
+        if manifest::custom_sharded(&entry.config)
+            && objects.iter().any(|o| o.mode == manifest::ObjectMode::File)
+        {
+            return Err(Error::Invalid(format!(
+                "collection {:?} uses custom sharding and was backed up as a collection snapshot, which restores no shard key (and so no point); restore it with Qdrant's snapshot API",
+                entry.name
+            )));
+        }
+    }
     if req.stage == Stage::Rollback {
         for (_, name, _) in &plan {
             node.qdrant.delete_collection(name).await?;
@@ -275,12 +285,7 @@ async fn restore_collection(
         q.create_collection(name, &create_body_from_config(&entry.config)?)
             .await?;
         created.push(name.to_string());
-        if entry
-            .config
-            .pointer("/params/sharding_method")
-            .and_then(Value::as_str)
-            == Some("custom")
-        {
+        if manifest::custom_sharded(&entry.config) {
             shard_map = create_shard_keys(node, name, entry).await?;
         }
         if req.stage == Stage::Create {
@@ -376,10 +381,12 @@ async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<()> {
                 cx.progress.clone(),
                 cx.cancel.clone(),
             );
+            let others = cx.node.qdrant.placement(cx.name).await?.other_active(to);
             cx.node
                 .qdrant
                 .upload_shard(cx.name, to, body, o.size, &o.sha256)
                 .await?;
+            wait_sync_started(cx.node, cx.name, to, &others, cx.cancel).await?;
         }
         ObjectMode::File => {
             recover_from_file(cx.node, cx.store, &key, cx.name, o, cx.progress, cx.cancel).await?
@@ -623,6 +630,50 @@ async fn all_replicas_active(node: &Node, name: &str) -> Result<bool> {
     let p = node.qdrant.placement(name).await?;
     Ok(p.local_shards.iter().all(|s| s.state == "Active")
         && p.remote_shards.iter().all(|s| s.state == "Active"))
+}
+
+/// After a shard upload with `priority=snapshot`, Qdrant marks the other
+/// replicas that were Active as Dead through a consensus proposal it does
+/// not wait for, then syncs them from the restored one. Until then they
+/// still say Active, with their old (empty) data: wait until each has left
+/// Active or is receiving a transfer, so a later "every replica Active"
+/// means synced.
+async fn wait_sync_started(
+    node: &Node,
+    name: &str,
+    shard: u32,
+    others: &[u64],
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let mut pending: Vec<u64> = others.to_vec();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        let p = node.qdrant.placement(name).await?;
+        pending.retain(|peer| {
+            let syncing = p
+                .shard_transfers
+                .iter()
+                .any(|t| t.shard_id == shard && t.to == *peer);
+            let active = p
+                .remote_shards
+                .iter()
+                .any(|r| r.shard_id == shard && r.peer_id == *peer && r.state == "Active");
+            active && !syncing
+        });
+        if pending.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Error::Timeout(format!(
+                "the other replicas of shard {shard} of {name} (peers {pending:?}) did not start syncing from the restored one within 60s"
+            )));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+    Ok(())
 }
 
 async fn wait_green(

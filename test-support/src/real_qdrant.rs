@@ -36,6 +36,16 @@ impl RealQdrant {
     /// Starts `n` nodes (distributed mode when `n > 1`) and waits until each
     /// answers `/readyz` and, in a cluster, node 0 lists all `n` peers.
     pub fn start(n: usize, api_key: Option<&str>) -> Result<Self, BoxError> {
+        Self::start_with(n, n > 1, api_key)
+    }
+
+    /// As `start`, with distributed mode chosen (a one-node cluster is
+    /// what custom sharding needs).
+    pub fn start_with(
+        n: usize,
+        distributed: bool,
+        api_key: Option<&str>,
+    ) -> Result<Self, BoxError> {
         bins::qdrant()?; // fail early, with the set-up hint
         let dir = tempfile::Builder::new().prefix("qdrant-").tempdir()?;
         let mut nodes = Vec::new();
@@ -57,11 +67,11 @@ impl RealQdrant {
                      telemetry_disabled: true\n",
                     storage.display(),
                     snapshots.display(),
-                    n > 1
+                    distributed
                 ),
             )?;
             let mut args = Vec::new();
-            if n > 1 {
+            if distributed {
                 args.push("--uri".into());
                 args.push(format!("http://127.0.0.1:{p2p_port}"));
                 if let Some(p) = first_p2p {
@@ -90,7 +100,7 @@ impl RealQdrant {
         for i in 0..n {
             q.start_node(i)?;
         }
-        if n > 1 {
+        if distributed {
             q.wait_for_peers(n)?;
         }
         Ok(q)

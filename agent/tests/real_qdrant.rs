@@ -1,0 +1,320 @@
+//! The agent CLI against the real Qdrant 1.18.3 (single node and a 3-node
+//! cluster) and the real S3 server: backups in every mode, restores with
+//! renames, aliases and custom sharding, compared point by point.
+
+mod common;
+
+use common::{Env, assert_ok, stderr};
+use serde_json::{Value, json};
+use test_support::real_qdrant::{RealQdrant, all_points, call};
+
+fn need<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
+    r.unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn create(base: &str, name: &str, body: Value) {
+    need(call(
+        "PUT",
+        base,
+        &format!("/collections/{name}?wait=true"),
+        None,
+        Some(body),
+    ));
+}
+
+fn upsert(base: &str, name: &str, n: u64, shard_key: Option<&str>) {
+    let points: Vec<Value> = (1..=n)
+        .map(|i| {
+            let f = i as f32;
+            json!({"id": i, "vector": [f, 1.0, -f, 0.5], "payload": {"n": i, "of": name}})
+        })
+        .collect();
+    let mut body = json!({"points": points});
+    if let Some(k) = shard_key {
+        body["shard_key"] = json!(k);
+    }
+    need(call(
+        "PUT",
+        base,
+        &format!("/collections/{name}/points?wait=true"),
+        None,
+        Some(body),
+    ));
+}
+
+const VECTORS: &str = r#"{"size": 4, "distance": "Dot"}"#;
+
+/// Two plain collections (two shards and one), one custom-sharded with two
+/// shard keys, and an alias.
+fn seed(base: &str) {
+    let vectors: Value = serde_json::from_str(VECTORS).unwrap();
+    create(base, "docs", json!({"vectors": vectors, "shard_number": 2}));
+    upsert(base, "docs", 500, None);
+    create(base, "notes", json!({"vectors": vectors}));
+    upsert(base, "notes", 50, None);
+    create(
+        base,
+        "tenants",
+        json!({"vectors": vectors, "sharding_method": "custom"}),
+    );
+    for key in ["acme", "globex"] {
+        need(call(
+            "PUT",
+            base,
+            "/collections/tenants/shards?wait=true",
+            None,
+            Some(json!({"shard_key": key})),
+        ));
+    }
+    upsert(base, "tenants", 40, Some("acme"));
+    need(call(
+        "PUT",
+        base,
+        "/collections/tenants/points?wait=true",
+        None,
+        Some(
+            json!({"points": [{"id": 1000, "vector": [1.0, 2.0, 3.0, 4.0], "payload": {"t": "g"}}],
+                    "shard_key": "globex"}),
+        ),
+    ));
+    need(call(
+        "POST",
+        base,
+        "/collections/aliases",
+        None,
+        Some(
+            json!({"actions": [{"create_alias": {"collection_name": "docs", "alias_name": "docs-current"}}]}),
+        ),
+    ));
+}
+
+fn same_points(source: &str, from: &str, target: &str, to: &str) {
+    let want = need(all_points(source, from, None));
+    assert!(!want.is_empty());
+    let got = need(all_points(target, to, None));
+    assert_eq!(
+        got, want,
+        "{to} on {target} differs from {from} on {source}"
+    );
+}
+
+fn alias_of(base: &str, alias: &str) -> Option<String> {
+    let r = need(call("GET", base, "/aliases", None, None));
+    r["aliases"]
+        .as_array()?
+        .iter()
+        .find(|a| a["alias_name"] == alias)
+        .and_then(|a| a["collection_name"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_file_and_auto_backups_of_real_qdrant_restore_every_point() {
+    let env = Env::new("real-modes");
+    // One-node clusters: custom sharding needs distributed mode.
+    let source = need(RealQdrant::start_with(1, true, None));
+    let target = need(RealQdrant::start_with(1, true, None));
+    let (src, dst) = (source.nodes[0].url.clone(), target.nodes[0].url.clone());
+    seed(&src);
+    let to = env.url("cli");
+    let src_snaps = source.nodes[0].snapshots.display().to_string();
+    let dst_snaps = target.nodes[0].snapshots.display().to_string();
+
+    // A collection snapshot cannot bring back custom shard keys: file mode
+    // refuses such a collection, naming the mode that works.
+    let o = env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src,
+        "--to",
+        &to,
+        "--name",
+        "refused",
+        "--mode",
+        "file",
+        "--snapshots-dir",
+        &src_snaps,
+        "--collection",
+        "tenants",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--mode stream"), "{}", stderr(&o));
+
+    for (i, mode) in ["stream", "file", "auto"].into_iter().enumerate() {
+        let name = format!("b-{mode}");
+        let wanted: &[&str] = if mode == "file" {
+            &["docs", "notes"]
+        } else {
+            &["docs", "notes", "tenants"]
+        };
+        let mut args = vec![
+            "backup",
+            "--qdrant-url",
+            &src,
+            "--to",
+            &to,
+            "--name",
+            &name,
+            "--mode",
+            mode,
+            "--snapshots-dir",
+            &src_snaps,
+            "--node-name",
+            "node-0",
+        ];
+        for c in wanted {
+            args.extend(["--collection", c]);
+        }
+        let o = env.run(&args);
+        assert_ok(&o);
+        // The first restore goes in under the original names (and gets the
+        // alias back); the others under new names beside it.
+        let mut args = vec![
+            "restore".to_string(),
+            "--qdrant-url".into(),
+            dst.clone(),
+            "--from".into(),
+            to.clone(),
+            "--name".into(),
+            name.clone(),
+            "--snapshots-dir".into(),
+            dst_snaps.clone(),
+        ];
+        let renamed = |c: &str| {
+            if i == 0 {
+                c.to_string()
+            } else {
+                format!("{c}-{mode}")
+            }
+        };
+        if i > 0 {
+            for c in wanted {
+                args.push("--rename".into());
+                args.push(format!("{c}={}", renamed(c)));
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = env.run(&args);
+        assert_ok(&o);
+        for c in wanted {
+            same_points(&src, c, &dst, &renamed(c));
+        }
+        if mode == "file" {
+            continue;
+        }
+        // Custom sharding: the shard keys come back and route as before.
+        let info = need(call(
+            "GET",
+            &dst,
+            &format!("/collections/{}/cluster", renamed("tenants")),
+            None,
+            None,
+        ));
+        let keys: Vec<&Value> = info["local_shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| &s["shard_key"])
+            .collect();
+        assert!(
+            keys.contains(&&json!("acme")) && keys.contains(&&json!("globex")),
+            "{info}"
+        );
+    }
+    // The alias came back with the first restore and was never moved.
+    assert_eq!(alias_of(&dst, "docs-current").as_deref(), Some("docs"));
+    // File mode leaves no snapshot file behind on either side.
+    for dir in [&source.nodes[0].snapshots, &target.nodes[0].snapshots] {
+        let left: Vec<_> = walk(dir)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "snapshot"))
+            .collect();
+        assert!(left.is_empty(), "snapshot files left: {left:?}");
+    }
+    // Restoring over an existing collection is refused, naming the fix.
+    let o = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst,
+        "--from",
+        &to,
+        "--name",
+        "b-stream",
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--rename"), "{}", stderr(&o));
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_node_cluster_backs_up_from_one_node_and_restores_with_every_replica_active() {
+    let env = Env::new("real-cluster");
+    let q = need(RealQdrant::start(3, None));
+    let base = q.nodes[0].url.clone();
+    let vectors: Value = serde_json::from_str(VECTORS).unwrap();
+    // Replication factor 3: node 0 holds a replica of every shard. Writes
+    // wait for all three replicas, or node 0's may lag the points read back.
+    create(
+        &base,
+        "docs",
+        json!({"vectors": vectors, "shard_number": 3, "replication_factor": 3,
+                    "write_consistency_factor": 3}),
+    );
+    upsert(&base, "docs", 600, None);
+    let to = env.url("cluster");
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &base,
+        "--to",
+        &to,
+        "--name",
+        "nightly",
+        "--node-name",
+        "node-0",
+    ]));
+    // Into the same cluster, under a new name, through another node.
+    let other = q.nodes[1].url.clone();
+    assert_ok(&env.run(&[
+        "restore",
+        "--qdrant-url",
+        &other,
+        "--from",
+        &to,
+        "--name",
+        "nightly",
+        "--rename",
+        "docs=docs-restored",
+    ]));
+    same_points(&base, "docs", &base, "docs-restored");
+    let info = need(call("GET", &base, "/collections/docs-restored", None, None));
+    assert_eq!(info["config"]["params"]["shard_number"], json!(3));
+    assert_eq!(info["config"]["params"]["replication_factor"], json!(3));
+    for node in &q.nodes {
+        let placement = need(call(
+            "GET",
+            &node.url,
+            "/collections/docs-restored/cluster",
+            None,
+            None,
+        ));
+        let local = placement["local_shards"].as_array().unwrap();
+        assert_eq!(local.len(), 3, "{placement}");
+        assert!(local.iter().all(|s| s["state"] == "Active"), "{placement}");
+    }
+}
