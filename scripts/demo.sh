@@ -1,50 +1,84 @@
 #!/usr/bin/env bash
-# The demo: a Qdrant double with two collections, a local S3 server, a backup
-# through the agent CLI, the backup listed, then restored into a second,
-# empty Qdrant double under a new name. Then the operator's reconcilers back
-# up a simulated 3-node cluster (an agent process per pod) and restore it
-# into 2 nodes, against an in-memory Kubernetes API. All on 127.0.0.x.
+# The demo, all on this machine against real servers: the real Qdrant
+# 1.18.3, a real Kubernetes 1.36 control plane and a local S3 server (moto).
+#  1. The agent CLI: back up a Qdrant, list the backup, restore it into a
+#     second Qdrant under a new name, and compare.
+#  2. The operator: a QdrantCluster of 3 nodes, a QdrantBackup, a
+#     QdrantRestore into a 2-node cluster, and the proof side by side
+#     (controller/examples/operator_demo.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . scripts/lib.sh
 
-cargo build -q --bin qdrant-agent --bin qdrant-double
+scripts/tools.sh >/dev/null   # the real Qdrant and Kubernetes servers into .tools/bin
+echo "== building the agent, the operator and the demo (the first build takes several minutes)"
+cargo build -p qdrant-agent -p qdrant-operator --bins --example operator_demo
 bin=target/debug
+qdrant=$(command -v qdrant || echo "$PWD/.tools/bin/qdrant")
+
 work=$(mktemp -d)
 pids=()
 cleanup() { kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
+export TMPDIR=$work   # moto's log goes here and away with it
 
-s3=$(free_port); src=$(free_port); dst=$(free_port)
+# start_qdrant NAME: a real single-node Qdrant on free ports; sets URL.
+start_qdrant() {
+  local name=$1 http grpc
+  http=$(free_port); grpc=$(free_port)
+  mkdir -p "$work/$name"
+  cat >"$work/$name/config.yaml" <<EOF
+storage: {storage_path: $work/$name/storage, snapshots_path: $work/$name/snapshots}
+service: {host: 127.0.0.1, http_port: $http, grpc_port: $grpc}
+telemetry_disabled: true
+EOF
+  # In its own directory: Qdrant writes .qdrant-initialized where it runs.
+  (cd "$work/$name" && exec "$qdrant" --config-path config.yaml) >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  URL="http://127.0.0.1:$http"
+  for _ in $(seq 1 100); do curl -fsS "$URL/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "Qdrant $name did not start: $(tail -5 "$work/$name.log")" >&2
+  return 1
+}
+
+count() { # URL COLLECTION: exact point count
+  curl -fsS -X POST "$1/collections/$2/points/count" -H 'content-type: application/json' \
+    -d '{"exact": true}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"]["count"])'
+}
+
+s3=$(free_port)
 start_moto "$s3"; pids+=("$MOTO_PID")
 curl -fsS -X PUT "http://127.0.0.1:$s3/demo-backups" >/dev/null
+start_qdrant source; src=$URL
+start_qdrant target; dst=$URL
 
-"$bin/qdrant-double" --listen "127.0.0.1:$src" --collection docs:384:24M,8M --collection images:512:16M \
-  --alias docs-current=docs 2>"$work/src.log" &
-pids+=($!)
-"$bin/qdrant-double" --listen "127.0.0.1:$dst" --version 1.18.0 2>"$work/dst.log" &
-pids+=($!)
-sleep 0.5
+echo "== the agent CLI: a real Qdrant at $src with collection notes (2 shards, 10000 points)"
+curl -fsS -X PUT "$src/collections/notes?wait=true" -H 'content-type: application/json' \
+  -d '{"vectors": {"size": 64, "distance": "Dot"}, "shard_number": 2}' >/dev/null
+python3 - "$src" <<'EOF'
+import json, sys, urllib.request
+for start in range(1, 10001, 1000):
+    points = [{"id": i, "vector": [((i * 7 + d) % 13) / 13 for d in range(64)], "payload": {"n": i}}
+              for i in range(start, start + 1000)]
+    req = urllib.request.Request(f"{sys.argv[1]}/collections/notes/points?wait=true", method="PUT",
+                                 data=json.dumps({"points": points}).encode(),
+                                 headers={"content-type": "application/json"})
+    urllib.request.urlopen(req).read()
+EOF
 
 export AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo AWS_REGION=us-east-1
 s3args=(--s3-endpoint "http://127.0.0.1:$s3")
-
-echo "== backup: every local shard streamed into S3, manifest written last"
-"$bin/qdrant-agent" backup --qdrant-url "http://127.0.0.1:$src" --to s3://demo-backups/prod \
-  --name demo-1 --node-name qdrant-0 "${s3args[@]}"
-
-echo "== list: complete backups (those with a manifest)"
-"$bin/qdrant-agent" list --from s3://demo-backups/prod "${s3args[@]}"
-
-echo "== restore into an empty Qdrant, images restored as images-restored"
-"$bin/qdrant-agent" restore --qdrant-url "http://127.0.0.1:$dst" --from s3://demo-backups/prod \
-  --name demo-1 --rename images=images-restored "${s3args[@]}"
-
-echo "== the restored Qdrant now has:"
-curl -fsS "http://127.0.0.1:$dst/collections"; echo
-curl -fsS "http://127.0.0.1:$dst/aliases"; echo
+echo "== qdrant-agent backup: each shard streamed live into s3://demo-backups/cli, manifest last"
+"$bin/qdrant-agent" backup --qdrant-url "$src" --to s3://demo-backups/cli --name demo-1 \
+  --node-name qdrant-0 "${s3args[@]}"
+echo "== qdrant-agent list"
+"$bin/qdrant-agent" list --from s3://demo-backups/cli "${s3args[@]}"
+echo "== qdrant-agent restore into an empty Qdrant, as notes-restored"
+"$bin/qdrant-agent" restore --qdrant-url "$dst" --from s3://demo-backups/cli --name demo-1 \
+  --rename notes=notes-restored "${s3args[@]}"
+echo "   points: notes $(count "$src" notes) on the source, notes-restored $(count "$dst" notes-restored) restored"
 
 echo
-echo "== the operator: QdrantBackup of a 3-node cluster, QdrantRestore into 2 nodes"
-TEST_S3_ENDPOINT="http://127.0.0.1:$s3" cargo run -q -p qdrant-operator --example operator_demo
+echo "== the operator"
+TEST_S3_ENDPOINT="http://127.0.0.1:$s3" "$bin/examples/operator_demo"

@@ -1,155 +1,260 @@
-//! The operator's backup and restore, locally: the QdrantBackup and
-//! QdrantRestore reconcilers against an in-memory Kubernetes API (a test
-//! double), three simulated pods each with a real `qdrant-agent` (mutual
-//! TLS) and a Qdrant test double, and the S3 server at `TEST_S3_ENDPOINT`
-//! (or a moto it starts). Run by `scripts/demo.sh`.
+//! The operator, end to end, on real systems and all on this machine: a
+//! real Kubernetes control plane (etcd, kube-apiserver, kube-controller-
+//! manager), `kubectl apply -k manifests/`, the `qdrant-operator` binary as
+//! its own ServiceAccount, pods run by a test kubelet with the real Qdrant
+//! 1.18.3 and the real `qdrant-agent`, and S3 from moto. A QdrantCluster of
+//! 3 nodes gets points, a QdrantBackup, then a QdrantRestore into a second
+//! cluster of 2 nodes; the proof is printed side by side. Run by
+//! `scripts/demo.sh`.
 
-#[path = "../tests/common/kube_double.rs"]
-mod kube_double;
-#[path = "../tests/common/pods.rs"]
-mod pods;
+use kube::api::Api;
+use qdrant_operator::crd::{
+    ClusterPhase, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore,
+};
+use serde_json::{Value, json};
+use sha2::Digest;
+use std::time::Instant;
+use test_support::real_qdrant::{all_points, call};
+use test_support::s3_server::S3Server;
+use test_support::stack::{World, eventually, need};
 
-use qdrant_operator::agent_client::ClientIdentity;
-use qdrant_operator::crd::{QdrantBackup, QdrantRestore};
-use qdrant_operator::{backup_controller, restore_controller};
-use serde_json::json;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+const NS: &str = "search";
+const KEY: &str = "demo-api-key-0c5e";
+/// (collection, shards, replication factor, points, dimensions)
+const DATA: [(&str, u32, u32, u64, usize); 2] =
+    [("docs", 4, 2, 20_000, 128), ("images", 2, 1, 5_000, 256)];
 
-const MIB: u64 = 1 << 20;
-
-fn show(what: &str, status: &serde_json::Value) {
-    let ready = &status["conditions"][0];
-    println!(
-        "  {what}: phase={} {} {}",
-        status["phase"].as_str().unwrap_or("-"),
-        ready["reason"].as_str().unwrap_or(""),
-        ready["message"].as_str().unwrap_or("")
-    );
+fn cluster_yaml(name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+         spec:\n  replicas: {replicas}\n  version: v1.18.3\n  cluster: {{enabled: true}}\n  persistence: {{size: 1Gi}}\n\
+         \x20 apiKey: {{secretRef: {{name: qdrant-api-key, key: api-key}}}}\n"
+    )
 }
 
-#[tokio::main]
+fn storage(bucket: &str, endpoint: &str) -> String {
+    format!(
+        "  storage:\n    s3: {{bucket: {bucket}, prefix: prod, region: us-east-1, endpoint: \"{endpoint}\", \
+         credentialsSecretRef: {{name: backup-s3-credentials}}}}\n"
+    )
+}
+
+fn seed(base: &str) {
+    for (name, shards, rf, n, dim) in DATA {
+        need(call(
+            "PUT",
+            base,
+            &format!("/collections/{name}?wait=true"),
+            Some(KEY),
+            Some(
+                json!({"vectors": {"size": dim, "distance": "Cosine"}, "shard_number": shards,
+                        "replication_factor": rf, "write_consistency_factor": rf}),
+            ),
+        ));
+        for batch in (1..=n).collect::<Vec<_>>().chunks(1000) {
+            let points: Vec<Value> = batch
+                .iter()
+                .map(|&i| {
+                    let v: Vec<f32> = (0..dim).map(|d| ((i as usize * 31 + d * 7) % 97) as f32 / 97.0).collect();
+                    json!({"id": i, "vector": v, "payload": {"n": i, "title": format!("{name} #{i}")}})
+                })
+                .collect();
+            need(call(
+                "PUT",
+                base,
+                &format!("/collections/{name}/points?wait=true"),
+                Some(KEY),
+                Some(json!({"points": points})),
+            ));
+        }
+    }
+    need(call(
+        "POST",
+        base,
+        "/collections/aliases",
+        Some(KEY),
+        Some(
+            json!({"actions": [{"create_alias": {"collection_name": "docs", "alias_name": "docs-current"}}]}),
+        ),
+    ));
+}
+
+/// (point count, sha256 of every point's id, vector and payload in id order)
+fn digest(base: &str, name: &str) -> (usize, String) {
+    let points = need(all_points(base, name, Some(KEY)));
+    let mut h = sha2::Sha256::new();
+    for p in &points {
+        h.update(p.to_string().as_bytes());
+    }
+    (points.len(), hex::encode(h.finalize())[..16].to_string())
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1} KiB", b as f64 / 1024.0),
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let s3 = test_support::s3_server::S3Server::start().expect("S3 server");
-    let bucket = s3.bucket("demo").unwrap();
-    let kube = kube_double::KubeDouble::default();
-    let client = kube.client(pods::NS);
-    pods::s3_secret(&kube, "s3-creds");
-
+    let t0 = Instant::now();
+    println!("== a real Kubernetes 1.36 control plane on 127.0.0.1; kubectl apply -k manifests/");
+    let w = World::start().await;
+    let operator = w.operator("qdrant-operator-0");
+    let kubelet = w.kubelet(NS);
+    let diag = || {
+        operator
+            .log_text()
+            .lines()
+            .rev()
+            .take(20)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
     println!(
-        "== a 3-node QdrantCluster 'vectors': docs (4 shards x3 replicas), images (2 shards x2)"
+        "   the operator runs as ServiceAccount qdrant-operator/qdrant-operator (RBAC as in manifests/)"
     );
-    let source = pods::Cluster::start("vectors", 3, 40, "1.18.3").await;
-    source.register(&kube, "1.18.3");
-    let d = &source.doubles[0];
-    d.add_replicated_collection("docs", 384, &[16 * MIB, 8 * MIB, 8 * MIB, 4 * MIB], 3);
-    d.add_replicated_collection("images", 512, &[8 * MIB, 8 * MIB], 2);
-    d.add_alias("docs-current", "docs");
 
-    println!("== kubectl apply QdrantBackup 'nightly-1'");
-    let storage = json!({"s3": {"bucket": bucket, "endpoint": s3.endpoint, "region": "us-east-1",
-                                "credentialsSecretRef": {"name": "s3-creds"}}});
-    kube.create(
-        pods::QB,
-        &json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackup",
-            "metadata": {"name": "nightly-1", "namespace": pods::NS},
-            "spec": {"clusterRef": {"name": "vectors"}, "storage": storage}}),
-    );
-    let mut ctx = backup_controller::Context::new(
-        client.clone(),
-        Arc::new(ClientIdentity::fixed(source.tls.clone())),
-    );
-    ctx.follow_window = Duration::from_millis(500);
-    let ctx = Arc::new(ctx);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut last = String::new();
-    let backup = loop {
-        let v = kube.get(pods::QB, "nightly-1").expect("backup");
-        let line = v["status"].to_string();
-        if line != last {
-            show("backup", &v["status"]);
-            last = line;
-        }
-        if matches!(v["status"]["phase"].as_str(), Some("Completed" | "Failed")) {
-            break v;
-        }
-        assert!(Instant::now() < deadline, "the backup did not end");
-        let b: QdrantBackup = serde_json::from_value(v).unwrap();
-        if let Err(e) = backup_controller::reconcile(Arc::new(b), ctx.clone()).await {
-            eprintln!("  reconcile error (retried): {e}");
+    w.kubectl(&["create", "namespace", NS]);
+    w.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "qdrant-api-key",
+        &format!("--from-literal=api-key={KEY}"),
+    ]);
+    let s3 = need(S3Server::start());
+    let bucket = need(s3.bucket("demo"));
+    w.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "backup-s3-credentials",
+        "--from-literal=AWS_ACCESS_KEY_ID=demo",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=demo",
+    ]);
+
+    println!("== kubectl apply QdrantCluster vectors (3 nodes, distributed)");
+    w.apply(&cluster_yaml("vectors", 3));
+    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
+    let running = |name: &'static str, n: i32| {
+        let clusters = clusters.clone();
+        async move {
+            let st = clusters.get(name).await.ok()?.status?;
+            (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == n).then_some(())
         }
     };
-    let st = &backup["status"];
+    eventually(300, "vectors Running", &diag, || running("vectors", 3)).await;
+    print!("{}", w.kubectl(&["-n", NS, "get", "qc,pods"]));
+
+    let ip = kubelet.pod_ip("vectors-0").await.unwrap();
+    let source = format!("http://{ip}:6333");
+    println!("== writing points through {source}");
+    seed(&source);
+    for (name, shards, rf, n, dim) in DATA {
+        println!("   {name}: {n} points x {dim} dims, {shards} shards x {rf} replicas");
+    }
+
+    println!("== kubectl apply QdrantBackup before-migration");
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: before-migration, namespace: {NS}}}\n\
+         spec:\n  clusterRef: {{name: vectors}}\n{}",
+        storage(&bucket, &s3.endpoint)
+    ));
+    let backups: Api<QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
+    let b = eventually(300, "backup Completed", &diag, || async {
+        let b = backups.get("before-migration").await.ok()?;
+        let phase = b.status.as_ref()?.phase?;
+        assert_ne!(
+            phase,
+            OperationPhase::Failed,
+            "backup failed: {:#?}",
+            b.status
+        );
+        (phase == OperationPhase::Completed).then_some(b)
+    })
+    .await;
+    let st = b.status.unwrap();
     println!(
-        "  {} bytes in {}; one upload per shard, from these pods:",
-        st["sizeBytes"], st["s3Path"]
+        "   Completed: {} in {}, each shard once, from the pod holding an Active replica:",
+        human(st.size_bytes.unwrap_or(0)),
+        st.s3_path.clone().unwrap_or_default()
     );
-    for c in st["collections"].as_array().into_iter().flatten() {
-        for s in c["shards"].as_array().into_iter().flatten() {
+    for c in &st.collections {
+        for s in &c.shards {
             println!(
-                "    {}/{} <- {} sha256 {}..",
-                c["name"].as_str().unwrap_or(""),
-                s["shardId"],
-                s["pod"].as_str().unwrap_or(""),
-                &s["sha256"].as_str().unwrap_or("")[..12]
+                "     {:<7} shard {}  from {:<10} {:>9}",
+                c.name,
+                s.shard_id.unwrap_or(0),
+                s.pod,
+                human(s.size)
             );
         }
     }
 
     println!(
-        "== a 2-node QdrantCluster 'staging'; kubectl apply QdrantRestore (docs as docs-restored)"
+        "== kubectl apply QdrantCluster vectors-restored (2 nodes) and QdrantRestore restore-all"
     );
-    let target = pods::Cluster::start("staging", 2, 44, "1.18.3").await;
-    target.register(&kube, "1.18.3");
-    kube.create(
-        pods::QR,
-        &json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantRestore",
-            "metadata": {"name": "to-staging", "namespace": pods::NS},
-            "spec": {"backupRef": {"name": "nightly-1"}, "targetClusterRef": {"name": "staging"},
-                     "collectionMapping": {"docs": "docs-restored"}}}),
+    w.apply(&cluster_yaml("vectors-restored", 2));
+    eventually(300, "vectors-restored Running", &diag, || {
+        running("vectors-restored", 2)
+    })
+    .await;
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: restore-all, namespace: {NS}}}\n\
+         spec:\n  backupRef: {{name: before-migration}}\n  targetClusterRef: {{name: vectors-restored}}\n"
+    ));
+    let restores: Api<QdrantRestore> = Api::namespaced(w.admin.clone(), NS);
+    eventually(300, "restore Completed", &diag, || async {
+        let r = restores.get("restore-all").await.ok()?;
+        let phase = r.status.as_ref()?.phase?;
+        assert_ne!(
+            phase,
+            OperationPhase::Failed,
+            "restore failed: {:#?}",
+            r.status
+        );
+        (phase == OperationPhase::Completed).then_some(())
+    })
+    .await;
+    print!("{}", w.kubectl(&["-n", NS, "get", "qb,qr"]));
+
+    let ip = kubelet.pod_ip("vectors-restored-0").await.unwrap();
+    let target = format!("http://{ip}:6333");
+    println!("== proof: every point, vector and payload, source against restored");
+    println!(
+        "   {:<8} {:>8} {:>8}  {:<16}  {:<16}  ",
+        "", "source", "restored", "source digest", "restored digest"
     );
-    let mut rctx = restore_controller::Context::new(
-        client.clone(),
-        Arc::new(ClientIdentity::fixed(target.tls.clone())),
-    );
-    rctx.follow_window = Duration::from_millis(500);
-    let rctx = Arc::new(rctx);
-    let mut last = String::new();
-    loop {
-        let v = kube.get(pods::QR, "to-staging").expect("restore");
-        let line = format!("{}{}", v["status"]["stage"], v["status"]["phase"]);
-        if line != last {
-            println!("  stage {}", v["status"]["stage"].as_str().unwrap_or("-"));
-            show("restore", &v["status"]);
-            last = line;
-        }
-        if matches!(v["status"]["phase"].as_str(), Some("Completed" | "Failed")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the restore did not end");
-        let r: QdrantRestore = serde_json::from_value(v).unwrap();
-        if let Err(e) = restore_controller::reconcile(Arc::new(r), rctx.clone()).await {
-            eprintln!("  reconcile error (retried): {e}");
-        }
-    }
-    for (i, d) in target.doubles.iter().enumerate() {
-        let shards: Vec<String> = d
-            .collection_names()
-            .iter()
-            .map(|c| {
-                let col = d.collection(c).unwrap();
-                format!("{c} shards {:?}", col.shards.keys().collect::<Vec<_>>())
-            })
-            .collect();
+    let mut all = true;
+    for (name, ..) in DATA {
+        let (n1, d1) = digest(&source, name);
+        let (n2, d2) = digest(&target, name);
+        let ok = n1 == n2 && d1 == d2;
+        all &= ok;
         println!(
-            "  staging-{i}: {} ({} uploads)",
-            shards.join(", "),
-            d.uploads().len()
+            "   {name:<8} {n1:>8} {n2:>8}  {d1}  {d2}  {}",
+            if ok { "match" } else { "DIFFER" }
         );
     }
-    println!("  aliases: {:?}", target.doubles[0].aliases());
-    println!("== events");
-    for (reason, note) in kube.events(pods::NS) {
-        println!("  {reason}: {note}");
+    let aliases = need(call("GET", &target, "/aliases", Some(KEY), None));
+    let alias = aliases["aliases"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["alias_name"] == "docs-current");
+    println!(
+        "   alias docs-current -> docs on the restored cluster: {}",
+        if alias { "yes" } else { "MISSING" }
+    );
+    println!("== done in {:.0}s", t0.elapsed().as_secs_f64());
+    if !(all && alias) {
+        std::process::exit(1);
     }
 }

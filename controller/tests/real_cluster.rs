@@ -3,20 +3,17 @@
 //! ServiceAccount, and a test kubelet running each pod with the real Qdrant
 //! 1.18.3 and the real `qdrant-agent`.
 
-#[path = "common/real.rs"]
-mod real;
-
 use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::Api;
 use qdrant_agent::store::ObjectStore;
 use qdrant_operator::crd::{
     ClusterPhase, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore,
 };
-use real::{World, eventually, need, repo};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use test_support::real_qdrant::{all_points, call};
 use test_support::s3_server::S3Server;
+use test_support::stack::{World, eventually, need, repo};
 
 const NS: &str = "search";
 const API_KEY: &str = "real-cluster-api-key-7f3e";

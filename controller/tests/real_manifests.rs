@@ -2,10 +2,7 @@
 //! accepted, every example applies as it is, and the CRDs' schemas and CEL
 //! rules refuse invalid resources with their messages.
 
-#[path = "common/real.rs"]
-mod real;
-
-use real::{World, need, repo};
+use test_support::stack::{World, need, repo};
 
 fn apply(w: &World, yaml: &str) -> Result<(), String> {
     let out = need(w.cp.kubectl_stdin(&["apply", "-f", "-"], Some(yaml)));

@@ -12,3 +12,4 @@ pub mod process;
 pub mod qdrant_double;
 pub mod real_qdrant;
 pub mod s3_server;
+pub mod stack;

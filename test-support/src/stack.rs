@@ -1,35 +1,36 @@
-//! The real systems for end-to-end tests: a Kubernetes control plane with
-//! `manifests/` installed as `kubectl apply -k manifests/` does, the
-//! `qdrant-operator` binary running as its own ServiceAccount (so RBAC is
-//! enforced exactly as rbac.yaml grants), and a test kubelet that runs the
-//! pods with the real Qdrant and the real `qdrant-agent`.
-#![allow(dead_code)]
+//! The whole stack on real systems, for end-to-end tests and the demo: a
+//! Kubernetes control plane with `manifests/` installed as `kubectl apply -k
+//! manifests/` does, the `qdrant-operator` binary running as its own
+//! ServiceAccount (so RBAC is enforced exactly as rbac.yaml grants), and a
+//! test kubelet that runs the pods with the real Qdrant and the real
+//! `qdrant-agent`.
 
-use std::path::{Path, PathBuf};
+use crate::control_plane::{ControlPlane, OPERATOR_NS, OPERATOR_SA};
+use crate::kubelet::{Image, ImageKind, Kubelet};
+use crate::process::Guarded;
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use test_support::control_plane::{ControlPlane, OPERATOR_NS, OPERATOR_SA};
-use test_support::kubelet::{Image, ImageKind, Kubelet};
-use test_support::process::Guarded;
 
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    crate::bins::workspace_root()
 }
 
-/// A binary of the workspace, built beside this test by the workspace test run.
+/// A binary of the workspace, built beside the running test or example
+/// (`target/<profile>/`, one or two levels up from it).
 pub fn workspace_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join(name);
-    assert!(
-        bin.exists(),
-        "{} is missing: `cargo build --workspace --bins` (the workspace test run builds it)",
-        bin.display()
-    );
-    bin
+    let exe = std::env::current_exe().expect("own path");
+    let found = exe
+        .ancestors()
+        .skip(1)
+        .take(3)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} is not built: cargo build --workspace --bins (the workspace test run builds it)"
+        )
+    })
 }
 
 /// Fails the test with one line when a real component is missing.
@@ -103,7 +104,7 @@ impl World {
     /// ServiceAccount, with leader election.
     pub fn operator(&self, pod_name: &str) -> Operator {
         let log = self.dir.path().join(format!("{pod_name}.log"));
-        let port = test_support::s3_server::free_port().unwrap();
+        let port = crate::s3_server::free_port().unwrap();
         let process = Guarded::spawn(
             pod_name,
             Command::new(workspace_bin("qdrant-operator"))
@@ -138,7 +139,7 @@ impl World {
             Image {
                 matches: "qdrant/qdrant".into(),
                 kind: ImageKind::Qdrant {
-                    bin: need(test_support::bins::qdrant()),
+                    bin: need(crate::bins::qdrant()),
                 },
             },
         ];
