@@ -572,3 +572,67 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
         "an upload is left open"
     );
 }
+
+/// Two operator replicas (the Deployment runs two): one holds the Lease and
+/// reconciles, the other waits; when the leader dies the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_operator_replicas_one_reconciles_and_the_other_takes_over_when_it_dies() {
+    let w = World::start().await;
+    let mut a = w.operator("qdrant-operator-a");
+    let mut b = w.operator("qdrant-operator-b");
+    let _kubelet = w.kubelet(NS);
+    w.kubectl(&["create", "namespace", NS]);
+    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
+    let single = |name: &str| {
+        format!(
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+             spec: {{replicas: 1, version: v1.18.3, persistence: {{size: 1Gi}}}}\n"
+        )
+    };
+    let running = |name: &'static str| {
+        let clusters = clusters.clone();
+        async move {
+            let st = clusters.get(name).await.ok()?.status?;
+            (st.phase == Some(ClusterPhase::Running)).then_some(())
+        }
+    };
+    let leads = |o: &test_support::stack::Operator| o.log_text().contains("became leader");
+    let diag = || {
+        format!(
+            "a:\n{}\nb:\n{}",
+            tail(&a.log_text(), 15),
+            tail(&b.log_text(), 15)
+        )
+    };
+    w.apply(&single("first"));
+    eventually(120, "QdrantCluster first Running", &diag, || {
+        running("first")
+    })
+    .await;
+    let (leader, standby) = match (leads(&a), leads(&b)) {
+        (true, false) => (&mut a, &mut b),
+        (false, true) => (&mut b, &mut a),
+        other => panic!("exactly one replica must lead, got {other:?}\n{}", diag()),
+    };
+    assert!(
+        !standby.log_text().contains("reconciling"),
+        "the standby reconciles: {}",
+        standby.log_text()
+    );
+    leader.process().kill();
+    w.apply(&single("second"));
+    let standby_log = standby.log.clone();
+    eventually(
+        90,
+        "the standby takes over and runs QdrantCluster second",
+        || {
+            tail(
+                &std::fs::read_to_string(&standby_log).unwrap_or_default(),
+                20,
+            )
+        },
+        || running("second"),
+    )
+    .await;
+    assert!(leads(standby));
+}
