@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: the Kubernetes manifests against Kubernetes' own
-# schemas, then unit and end-to-end tests against one shared local S3 server
-# (moto) and in-process Qdrant doubles.
+# schemas, then unit and end-to-end tests against the real servers (Qdrant,
+# a Kubernetes control plane each test starts, one shared local S3 server),
+# and the Qdrant double where a fault must be made on request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . scripts/lib.sh
+
+scripts/tools.sh   # the real Qdrant and Kubernetes servers into .tools/bin
 
 command -v kubernetes-validate >/dev/null || {
   echo "kubernetes-validate not found: pip install kubernetes-validate" >&2
@@ -24,6 +27,6 @@ echo "manifests valid for Kubernetes 1.33"
 
 port=$(free_port)
 start_moto "$port"
-trap 'kill $MOTO_PID 2>/dev/null || true' EXIT
+trap 'kill $MOTO_PID 2>/dev/null || true; rm -f "${TMPDIR:-/tmp}/moto-$port.log"' EXIT
 export TEST_S3_ENDPOINT="http://127.0.0.1:$port"
 cargo nextest run --workspace --no-fail-fast "$@"
