@@ -427,10 +427,16 @@ fn tail(s: &str, n: usize) -> String {
 }
 
 fn backup_yaml(name: &str, bucket: &str, endpoint: &str) -> String {
+    backup_yaml_with(name, bucket, endpoint, "backup-s3-credentials", "")
+}
+
+/// A QdrantBackup of `vectors` with the credentials Secret `secret` and
+/// `extra` spec lines.
+fn backup_yaml_with(name: &str, bucket: &str, endpoint: &str, secret: &str, extra: &str) -> String {
     format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-         spec:\n  clusterRef: {{name: vectors}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: int, region: us-east-1, \
-         endpoint: \"{endpoint}\", credentialsSecretRef: {{name: backup-s3-credentials}}}}\n"
+         spec:\n  clusterRef: {{name: vectors}}\n{extra}  storage:\n    s3: {{bucket: {bucket}, prefix: int, region: us-east-1, \
+         endpoint: \"{endpoint}\", credentialsSecretRef: {{name: {secret}}}}}\n"
     )
 }
 
@@ -570,6 +576,95 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     assert!(
         store.list_multipart("").await.unwrap().is_empty(),
         "an upload is left open"
+    );
+
+    // Bad input: an unknown collection fails, naming it.
+    let ended = |name: &'static str| {
+        let backups = backups.clone();
+        async move {
+            let b = backups.get(name).await.ok()?;
+            matches!(
+                b.status.as_ref()?.phase?,
+                OperationPhase::Completed | OperationPhase::Failed
+            )
+            .then_some(b)
+        }
+    };
+    w.apply(&backup_yaml_with(
+        "typo",
+        &bucket,
+        &s3.endpoint,
+        "backup-s3-credentials",
+        "  collections: [docs, dcos]\n",
+    ));
+    let st = eventually(60, "backup typo ends", &diag, || ended("typo"))
+        .await
+        .status
+        .unwrap();
+    assert_eq!(st.phase, Some(OperationPhase::Failed));
+    assert_eq!(st.conditions[0].reason, "QdrantNotFound", "{st:#?}");
+    assert!(st.error.unwrap_or_default().contains("dcos"));
+    // A missing credentials Secret keeps the backup Pending, saying which,
+    // and a newer backup waits behind it; both run once the Secret exists.
+    w.apply(&backup_yaml_with(
+        "waiting",
+        &bucket,
+        &s3.endpoint,
+        "not-yet",
+        "",
+    ));
+    let reason = |name: &'static str, want: &'static str| {
+        let backups = backups.clone();
+        async move {
+            let st = backups.get(name).await.ok()?.status?;
+            (st.phase == Some(OperationPhase::Pending)
+                && st.conditions.iter().any(|c| c.reason == want))
+            .then_some(st)
+        }
+    };
+    let st = eventually(60, "waiting is Pending: SecretNotFound", &diag, || {
+        reason("waiting", "SecretNotFound")
+    })
+    .await;
+    assert!(st.conditions[0].message.contains("not-yet"), "{st:#?}");
+    w.apply(&backup_yaml("x-later", &bucket, &s3.endpoint));
+    eventually(60, "x-later is Pending: WaitingForBackup", &diag, || {
+        reason("x-later", "WaitingForBackup")
+    })
+    .await;
+    w.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        "not-yet",
+        "--from-literal=AWS_ACCESS_KEY_ID=AKIAREALE2E",
+        "--from-literal=AWS_SECRET_ACCESS_KEY=real-e2e-secret-Zq81",
+    ]);
+    for name in ["waiting", "x-later"] {
+        let st = eventually(120, &format!("backup {name} ends"), &diag, || ended(name))
+            .await
+            .status
+            .unwrap();
+        assert_eq!(st.phase, Some(OperationPhase::Completed), "{name}: {st:#?}");
+    }
+    let events = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "events",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ]);
+    for r in ["SecretNotFound", "WaitingForBackup", "Failed", "Completed"] {
+        assert!(events.lines().any(|l| l == r), "no {r} event in {events}");
+    }
+    // The S3 secret appears in no log of any pod's containers or the operator.
+    let logs = kubelet.all_logs() + &std::fs::read_to_string(&*log.borrow()).unwrap_or_default();
+    assert!(
+        !logs.contains("real-e2e-secret-Zq81"),
+        "the S3 secret is in a log"
     );
 }
 
