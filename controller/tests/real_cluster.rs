@@ -578,6 +578,63 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
         "an upload is left open"
     );
 
+    // A node lost mid-backup holding the only replica of a shard: the
+    // backup fails, naming the shard and the pod, and leaves nothing.
+    gate.close();
+    w.apply(&backup_yaml("orphaned", &bucket, &gate.url));
+    let b = in_progress(&backups, "orphaned", &diag).await;
+    let (pod, shard) = b
+        .status
+        .unwrap()
+        .tasks
+        .iter()
+        .find_map(|t| {
+            let s = t.shards.iter().find(|s| s.collection == "images")?;
+            Some((t.pod.clone(), s.shard_id))
+        })
+        .expect("a task with an images shard");
+    kubelet.fail_node(&pod).await;
+    gate.open();
+    let b = eventually(120, "backup orphaned ends", &diag, || async {
+        let b = backups.get("orphaned").await.ok()?;
+        matches!(
+            b.status.as_ref()?.phase?,
+            OperationPhase::Completed | OperationPhase::Failed
+        )
+        .then_some(b)
+    })
+    .await;
+    let st = b.status.unwrap();
+    assert_eq!(st.phase, Some(OperationPhase::Failed));
+    // The surviving nodes' Qdrant cannot read the collection either (its
+    // GET /collections/{c} answers 500 while a peer holding a shard is
+    // down), so either the agents fail on it or the lost task finds no
+    // replica; both end the backup with the cause.
+    let error = st.error.clone().unwrap_or_default();
+    match st.conditions[0].reason.as_str() {
+        "NoActiveReplica" => {
+            assert!(
+                error.contains(&format!("shard {shard} of collection \"images\"")),
+                "{error}"
+            );
+            assert!(error.contains(&pod), "{error}");
+        }
+        "QdrantError" => assert!(error.contains("Connection refused"), "{error}"),
+        other => panic!("unexpected reason {other}: {st:#?}"),
+    }
+    let left = store.list("int/search/vectors/orphaned/").await.unwrap();
+    assert!(left.is_empty(), "objects left: {left:?}");
+    assert!(
+        store.list_multipart("").await.unwrap().is_empty(),
+        "an upload is left open"
+    );
+    kubelet.recover_node(&pod).await;
+    eventually(180, "vectors Running again", &diag, || async {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 3).then_some(())
+    })
+    .await;
+
     // Bad input: an unknown collection fails, naming it.
     let ended = |name: &'static str| {
         let backups = backups.clone();
