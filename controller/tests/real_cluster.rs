@@ -635,6 +635,82 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     })
     .await;
 
+    // A restore whose agent is lost after the collections exist deletes
+    // them again on every node.
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: target, namespace: {NS}}}\n\
+         spec:\n  replicas: 2\n  version: v1.18.3\n  cluster: {{enabled: true}}\n  persistence: {{size: 1Gi}}\n\
+         \x20 apiKey: {{secretRef: {{name: qdrant-api-key, key: api-key}}}}\n"
+    ));
+    eventually(180, "target Running", &diag, || async {
+        let st = clusters.get("target").await.ok()?.status?;
+        (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 2).then_some(())
+    })
+    .await;
+    let target0 = format!("http://{}:6333", kubelet.pod_ip("target-0").await.unwrap());
+    let collections = |base: &str| {
+        need(call("GET", base, "/collections", Some(API_KEY), None))["collections"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: rolled-back, namespace: {NS}}}\n\
+         spec:\n  targetClusterRef: {{name: target}}\n  source:\n    s3: {{bucket: {bucket}, region: us-east-1, \
+         endpoint: \"{}\", credentialsSecretRef: {{name: backup-s3-credentials}}, path: int/{NS}/vectors/interrupted}}\n",
+        gate.url
+    ));
+    // The Verify stage reads every object, then creates the collections:
+    // once they appear, holding S3 still keeps the uploads from finishing.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while collections(&target0) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no collection created\n{}",
+            diag()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    gate.close();
+    let restores: Api<QdrantRestore> = Api::namespaced(w.admin.clone(), NS);
+    let r = eventually(120, "restore rolled-back uploading", &diag, || async {
+        let r = restores.get("rolled-back").await.ok()?;
+        let st = r.status.as_ref()?;
+        (st.stage == Some(qdrant_operator::crd::RestoreStage::Upload)
+            && !st.tasks.is_empty()
+            && st.tasks.iter().all(|t| !t.instance_id.is_empty()))
+        .then_some(r)
+    })
+    .await;
+    let victim = r.status.unwrap().tasks[0].pod.clone();
+    kubelet.kill_container(&victim, "agent").await;
+    gate.open();
+    let st = eventually(120, "restore rolled-back ends", &diag, || async {
+        let st = restores.get("rolled-back").await.ok()?.status?;
+        matches!(
+            st.phase?,
+            OperationPhase::Completed | OperationPhase::Failed
+        )
+        .then_some(st)
+    })
+    .await;
+    assert_eq!(st.phase, Some(OperationPhase::Failed), "{st:#?}");
+    assert_eq!(st.conditions[0].reason, "AgentLost", "{st:#?}");
+    assert!(
+        st.error
+            .clone()
+            .unwrap_or_default()
+            .contains("deleted again"),
+        "{st:#?}"
+    );
+    for pod in ["target-0", "target-1"] {
+        let base = format!("http://{}:6333", kubelet.pod_ip(pod).await.unwrap());
+        assert_eq!(
+            collections(&base),
+            0,
+            "{pod} keeps a half-restored collection"
+        );
+    }
+
     // Bad input: an unknown collection fails, naming it.
     let ended = |name: &'static str| {
         let backups = backups.clone();
