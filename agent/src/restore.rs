@@ -691,8 +691,11 @@ async fn wait_green(
             .await?
             .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_string));
         match status.as_deref() {
-            Some("green") if all_replicas_active(node, name).await? => return Ok(()),
-            Some("green") => {}
+            // Grey: optimizations pending until the next update (common after
+            // a restart, and so in a restore of such a collection). Every point
+            // is there; waiting for green would wait forever.
+            Some("green" | "grey") if all_replicas_active(node, name).await? => return Ok(()),
+            Some("green" | "grey") => {}
             Some("red") => {
                 return Err(Error::Qdrant {
                     what: format!("collection {name} after restore"),
@@ -704,7 +707,7 @@ async fn wait_green(
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
-                "collection {name} did not turn green within {}s (status {status:?})",
+                "collection {name} did not turn green (or grey) with every replica Active within {}s (status {status:?})",
                 timeout.as_secs()
             )));
         }

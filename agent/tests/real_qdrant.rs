@@ -318,3 +318,46 @@ async fn a_three_node_cluster_backs_up_from_one_node_and_restores_with_every_rep
         assert!(local.iter().all(|s| s["state"] == "Active"), "{placement}");
     }
 }
+
+/// A collection whose optimizer has work pending is `grey` after a restart
+/// (checked on Qdrant 1.18.3), and so is a restore of it: the restore ends
+/// with every point back instead of waiting for a green that never comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grey_collection_backs_up_and_restores() {
+    let env = Env::new("real-grey");
+    let mut source = need(RealQdrant::start(1, None));
+    let target = need(RealQdrant::start(1, None));
+    let src = source.nodes[0].url.clone();
+    // No optimizer thread: indexing stays pending, as on a busy node.
+    create(
+        &src,
+        "pending",
+        json!({"vectors": {"size": 4, "distance": "Dot"},
+               "optimizers_config": {"indexing_threshold": 10, "max_optimization_threads": 0}}),
+    );
+    upsert(&src, "pending", 3000, None);
+    source.stop_node(0);
+    need(source.start_node(0));
+    let status = |base: &str, c: &str| {
+        need(call("GET", base, &format!("/collections/{c}"), None, None))["status"].clone()
+    };
+    assert_eq!(status(&src, "pending"), json!("grey"));
+
+    let to = env.url("grey");
+    assert_ok(&env.run(&["backup", "--qdrant-url", &src, "--to", &to, "--name", "g"]));
+    let dst = target.nodes[0].url.clone();
+    let o = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst,
+        "--from",
+        &to,
+        "--name",
+        "g",
+        "--green-timeout",
+        "60",
+    ]);
+    assert_ok(&o);
+    same_points(&src, "pending", &dst, "pending");
+    assert_eq!(status(&dst, "pending"), json!("grey"));
+}
