@@ -864,3 +864,48 @@ async fn of_two_operator_replicas_one_reconciles_and_the_other_takes_over_when_i
     .await;
     assert!(leads(standby));
 }
+
+/// All pods of a distributed cluster restart at once (a node pool upgrade,
+/// a namespace-wide rollout): they come back with their volumes, form the
+/// cluster again and hold every point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
+    let w = World::start().await;
+    let operator = w.operator("qdrant-operator-0");
+    let kubelet = w.kubelet(NS);
+    first_cluster(&w);
+    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
+    let diag = || tail(&operator.log_text(), 20);
+    let running = || async {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 3).then_some(())
+    };
+    eventually(240, "QdrantCluster vectors Running", &diag, running).await;
+    let ip = kubelet.pod_ip("vectors-0").await.unwrap();
+    seed(&format!("http://{ip}:6333"));
+    w.kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "pods",
+        "-l",
+        "app.kubernetes.io/instance=vectors",
+        "--wait=false",
+    ]);
+    eventually(30, "the pods are replaced", &diag, || async {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        (st.ready_replicas < 3).then_some(())
+    })
+    .await;
+    eventually(180, "QdrantCluster vectors Running again", &diag, running).await;
+    let ip = kubelet.pod_ip("vectors-0").await.unwrap();
+    for (name, ..) in COLLECTIONS {
+        let n = need(all_points(
+            &format!("http://{ip}:6333"),
+            name,
+            Some(API_KEY),
+        ))
+        .len();
+        assert_eq!(n as u64, POINTS, "{name} after the restart");
+    }
+}
