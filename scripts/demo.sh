@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . scripts/lib.sh
 
-scripts/tools.sh >/dev/null   # the real Qdrant and Kubernetes servers into .tools/bin
+scripts/setup.sh   # everything the demo needs, into .tools/ (once)
 echo "== building the agent, the operator and the demo (the first build takes several minutes)"
 cargo build -p qdrant-agent -p qdrant-operator --bins --example operator_demo
 bin=target/debug

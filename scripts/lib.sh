@@ -1,11 +1,14 @@
-# Shared helpers for the scripts: start a local moto S3 server.
+# Shared helpers for the scripts: the tools scripts/setup.sh put in .tools/
+# come first on PATH; start a local moto S3 server.
 # shellcheck shell=bash
+
+export PATH="$PWD/.tools/bin:$PWD/.tools/venv/bin:$PATH"
 
 # start_moto PORT: starts moto_server on 127.0.0.1:PORT, waits until it answers.
 start_moto() {
   local port=$1
   command -v moto_server >/dev/null || {
-    echo "moto_server not found: pip install 'moto[server]==5.2.5'" >&2
+    echo "moto_server not found: run scripts/setup.sh" >&2
     return 1
   }
   moto_server -H 127.0.0.1 -p "$port" >"${TMPDIR:-/tmp}/moto-$port.log" 2>&1 &

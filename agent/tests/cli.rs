@@ -416,7 +416,7 @@ async fn denied_credentials_fail_clearly_without_printing_the_secret() {
     // A moto server that checks credentials: every request must be signed
     // with a key it knows, and ours is not one of them.
     let port = test_support::s3_server::free_port().unwrap();
-    let mut moto = std::process::Command::new("moto_server")
+    let mut moto = std::process::Command::new(test_support::bins::tool("moto_server"))
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .env("INITIAL_NO_AUTH_ACTION_COUNT", "0")
         .stdout(std::process::Stdio::null())

