@@ -7,30 +7,19 @@
 //! cluster of 2 nodes; the proof is printed side by side. Run by
 //! `scripts/demo.sh`.
 
-use kube::api::Api;
-use qdrant_operator::crd::{
-    ClusterPhase, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore,
-};
+use qdrant_operator::crd::{QdrantBackupStatus, QdrantRestoreStatus};
 use serde_json::{Value, json};
 use sha2::Digest;
 use std::time::Instant;
 use test_support::real_qdrant::{all_points, call};
 use test_support::s3_server::S3Server;
-use test_support::stack::{World, eventually, need};
+use test_support::stack::{World, cluster_yaml, need};
 
 const NS: &str = "search";
 const KEY: &str = "demo-api-key-0c5e";
 /// (collection, shards, replication factor, points, dimensions)
 const DATA: [(&str, u32, u32, u64, usize); 2] =
     [("docs", 4, 2, 20_000, 128), ("images", 2, 1, 5_000, 256)];
-
-fn cluster_yaml(name: &str, replicas: u32) -> String {
-    format!(
-        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-         spec:\n  replicas: {replicas}\n  version: v1.18.3\n  cluster: {{enabled: true}}\n  persistence: {{size: 1Gi}}\n\
-         \x20 apiKey: {{secretRef: {{name: qdrant-api-key, key: api-key}}}}\n"
-    )
-}
 
 fn storage(bucket: &str, endpoint: &str) -> String {
     format!(
@@ -141,16 +130,8 @@ async fn main() {
     ]);
 
     println!("== kubectl apply QdrantCluster vectors (3 nodes, distributed)");
-    w.apply(&cluster_yaml("vectors", 3));
-    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
-    let running = |name: &'static str, n: i32| {
-        let clusters = clusters.clone();
-        async move {
-            let st = clusters.get(name).await.ok()?.status?;
-            (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == n).then_some(())
-        }
-    };
-    eventually(300, "vectors Running", &diag, || running("vectors", 3)).await;
+    w.apply(&cluster_yaml(NS, "vectors", 3));
+    w.running(NS, "vectors", 3, 300, &diag).await;
     print!("{}", w.kubectl(&["-n", NS, "get", "qc,pods"]));
 
     let ip = kubelet.pod_ip("vectors-0").await.unwrap();
@@ -167,20 +148,9 @@ async fn main() {
          spec:\n  clusterRef: {{name: vectors}}\n{}",
         storage(&bucket, &s3.endpoint)
     ));
-    let backups: Api<QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
-    let b = eventually(300, "backup Completed", &diag, || async {
-        let b = backups.get("before-migration").await.ok()?;
-        let phase = b.status.as_ref()?.phase?;
-        assert_ne!(
-            phase,
-            OperationPhase::Failed,
-            "backup failed: {:#?}",
-            b.status
-        );
-        (phase == OperationPhase::Completed).then_some(b)
-    })
-    .await;
-    let st = b.status.unwrap();
+    let st = w
+        .completed::<QdrantBackupStatus>(NS, "qdrantbackups", "before-migration", 300, &diag)
+        .await;
     println!(
         "   Completed: {} in {}, each shard once, from the pod holding an Active replica:",
         human(st.size_bytes.unwrap_or(0)),
@@ -201,28 +171,15 @@ async fn main() {
     println!(
         "== kubectl apply QdrantCluster vectors-restored (2 nodes) and QdrantRestore restore-all"
     );
-    w.apply(&cluster_yaml("vectors-restored", 2));
-    eventually(300, "vectors-restored Running", &diag, || {
-        running("vectors-restored", 2)
-    })
-    .await;
+    w.apply(&cluster_yaml(NS, "vectors-restored", 2));
+    w.running(NS, "vectors-restored", 2, 300, &diag).await;
     w.apply(&format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: restore-all, namespace: {NS}}}\n\
          spec:\n  backupRef: {{name: before-migration}}\n  targetClusterRef: {{name: vectors-restored}}\n"
     ));
-    let restores: Api<QdrantRestore> = Api::namespaced(w.admin.clone(), NS);
-    eventually(300, "restore Completed", &diag, || async {
-        let r = restores.get("restore-all").await.ok()?;
-        let phase = r.status.as_ref()?.phase?;
-        assert_ne!(
-            phase,
-            OperationPhase::Failed,
-            "restore failed: {:#?}",
-            r.status
-        );
-        (phase == OperationPhase::Completed).then_some(())
-    })
-    .await;
+    let _ = w
+        .completed::<QdrantRestoreStatus>(NS, "qdrantrestores", "restore-all", 300, &diag)
+        .await;
     print!("{}", w.kubectl(&["-n", NS, "get", "qb,qr"]));
 
     let ip = kubelet.pod_ip("vectors-restored-0").await.unwrap();

@@ -7,13 +7,14 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::Api;
 use qdrant_agent::store::ObjectStore;
 use qdrant_operator::crd::{
-    ClusterPhase, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore,
+    ClusterPhase, OperationPhase, QdrantBackup, QdrantBackupStatus, QdrantCluster, QdrantRestore,
+    QdrantRestoreStatus,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use test_support::real_qdrant::{all_points, call};
 use test_support::s3_server::S3Server;
-use test_support::stack::{World, eventually, need, repo};
+use test_support::stack::{World, cluster_yaml, eventually, need, repo};
 
 const NS: &str = "search";
 const API_KEY: &str = "real-cluster-api-key-7f3e";
@@ -84,7 +85,6 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     let kubelet = w.kubelet(NS);
     first_cluster(&w);
 
-    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
     let diag = || {
         format!(
             "operator log:\n{}\nkube-controller-manager:\n{}",
@@ -104,18 +104,11 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     .await;
     // Pods come from the real StatefulSet controller, one at a time
     // (OrderedReady), each Ready only once its Qdrant and agent answer.
-    let c = eventually(
-        240,
-        "QdrantCluster vectors Running with 3 ready",
-        &diag,
-        || async {
-            let c = clusters.get("vectors").await.ok()?;
-            let st = c.status.clone()?;
-            (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 3).then_some(c)
-        },
-    )
-    .await;
-    assert_eq!(c.status.unwrap().observed_generation, c.metadata.generation);
+    let c = w.running(NS, "vectors", 3, 240, &diag).await;
+    assert_eq!(
+        c["status"]["observedGeneration"],
+        c["metadata"]["generation"]
+    );
 
     // The three Qdrant nodes formed one cluster through the rendered start
     // script and headless-Service names.
@@ -145,16 +138,7 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     seed(&source);
     let s3 = need(S3Server::start());
     let bucket = need(s3.bucket("real"));
-    w.kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "secret",
-        "generic",
-        "backup-s3-credentials",
-        "--from-literal=AWS_ACCESS_KEY_ID=AKIAREALE2E",
-        "--from-literal=AWS_SECRET_ACCESS_KEY=real-e2e-secret-Zq81",
-    ]);
+    s3_secret(&w, "backup-s3-credentials");
     w.apply(&format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: before-migration, namespace: {NS}}}\n\
          spec:\n  clusterRef: {{name: vectors}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: prod, region: us-east-1, \
@@ -172,24 +156,9 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         s3.endpoint
     ));
     let backups: Api<QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
-    let b = eventually(
-        180,
-        "QdrantBackup before-migration Completed",
-        &diag,
-        || async {
-            let b = backups.get("before-migration").await.ok()?;
-            let phase = b.status.as_ref()?.phase?;
-            assert_ne!(
-                phase,
-                OperationPhase::Failed,
-                "backup failed: {:#?}",
-                b.status
-            );
-            (phase == OperationPhase::Completed).then_some(b)
-        },
-    )
-    .await;
-    let st = b.status.unwrap();
+    let st = w
+        .completed::<QdrantBackupStatus>(NS, "qdrantbackups", "before-migration", 180, &diag)
+        .await;
     for (name, shards, _) in COLLECTIONS {
         let c = st
             .collections
@@ -210,43 +179,15 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     }
 
     // A restore into a 2-node cluster brings every point back.
-    w.apply(&format!(
-        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: vectors-staging, namespace: {NS}}}\n\
-         spec:\n  replicas: 2\n  version: v1.18.3\n  cluster: {{enabled: true}}\n  persistence: {{size: 1Gi}}\n\
-         \x20 apiKey: {{secretRef: {{name: qdrant-api-key, key: api-key}}}}\n"
-    ));
-    eventually(
-        240,
-        "QdrantCluster vectors-staging Running",
-        &diag,
-        || async {
-            let st = clusters.get("vectors-staging").await.ok()?.status?;
-            (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 2).then_some(())
-        },
-    )
-    .await;
+    w.apply(&cluster_yaml(NS, "vectors-staging", 2));
+    w.running(NS, "vectors-staging", 2, 240, &diag).await;
     w.apply(&format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: restore-all, namespace: {NS}}}\n\
          spec:\n  backupRef: {{name: before-migration}}\n  targetClusterRef: {{name: vectors-staging}}\n"
     ));
-    let restores: Api<QdrantRestore> = Api::namespaced(w.admin.clone(), NS);
-    eventually(
-        240,
-        "QdrantRestore restore-all Completed",
-        &diag,
-        || async {
-            let r = restores.get("restore-all").await.ok()?;
-            let phase = r.status.as_ref()?.phase?;
-            assert_ne!(
-                phase,
-                OperationPhase::Failed,
-                "restore failed: {:#?}",
-                r.status
-            );
-            (phase == OperationPhase::Completed).then_some(())
-        },
-    )
-    .await;
+    let _ = w
+        .completed::<QdrantRestoreStatus>(NS, "qdrantrestores", "restore-all", 240, &diag)
+        .await;
     let staging_ip = kubelet.pod_ip("vectors-staging-0").await.unwrap();
     let target = format!("http://{staging_ip}:6333");
     for (name, shards, rf) in COLLECTIONS {
@@ -426,6 +367,23 @@ fn tail(s: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// The S3 credentials Secret `name`; its secret key is distinctive, so a
+/// test can tell it appears in no log.
+fn s3_secret(w: &World, name: &str) {
+    w.kubectl(&[
+        "-n",
+        NS,
+        "create",
+        "secret",
+        "generic",
+        name,
+        "--from-literal=AWS_ACCESS_KEY_ID=AKIAREALE2E",
+        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={S3_SECRET}"),
+    ]);
+}
+
+const S3_SECRET: &str = "real-e2e-secret-Zq81";
+
 fn backup_yaml(name: &str, bucket: &str, endpoint: &str) -> String {
     backup_yaml_with(name, bucket, endpoint, "backup-s3-credentials", "")
 }
@@ -473,7 +431,6 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     let mut first = w.operator("qdrant-operator-a");
     let kubelet = w.kubelet(NS);
     first_cluster(&w);
-    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
     let log = std::cell::RefCell::new(first.log.clone());
     let diag = || {
         tail(
@@ -481,27 +438,14 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
             40,
         )
     };
-    eventually(240, "QdrantCluster vectors Running", &diag, || async {
-        let st = clusters.get("vectors").await.ok()?.status?;
-        (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 3).then_some(())
-    })
-    .await;
+    w.running(NS, "vectors", 3, 240, &diag).await;
     let ip = kubelet.pod_ip("vectors-0").await.unwrap();
     seed(&format!("http://{ip}:6333"));
     let s3 = need(S3Server::start());
     let bucket = need(s3.bucket("interrupted"));
     let store = store(&s3, &bucket).await;
     let gate = need(test_support::gate::Gate::start(&s3.endpoint).await);
-    w.kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "secret",
-        "generic",
-        "backup-s3-credentials",
-        "--from-literal=AWS_ACCESS_KEY_ID=AKIAREALE2E",
-        "--from-literal=AWS_SECRET_ACCESS_KEY=real-e2e-secret-Zq81",
-    ]);
+    s3_secret(&w, "backup-s3-credentials");
     let backups: Api<QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
 
     gate.close();
@@ -515,19 +459,9 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     let victim = b.status.as_ref().unwrap().tasks[0].pod.clone();
     kubelet.kill_container(&victim, "agent").await;
     gate.open();
-    let b = eventually(180, "backup interrupted Completed", &diag, || async {
-        let b = backups.get("interrupted").await.ok()?;
-        let phase = b.status.as_ref()?.phase?;
-        assert_ne!(
-            phase,
-            OperationPhase::Failed,
-            "backup failed: {:#?}",
-            b.status
-        );
-        (phase == OperationPhase::Completed).then_some(b)
-    })
-    .await;
-    let st = b.status.unwrap();
+    let st = w
+        .completed::<QdrantBackupStatus>(NS, "qdrantbackups", "interrupted", 180, &diag)
+        .await;
     assert!(
         st.tasks
             .iter()
@@ -629,24 +563,12 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
         "an upload is left open"
     );
     kubelet.recover_node(&pod).await;
-    eventually(180, "vectors Running again", &diag, || async {
-        let st = clusters.get("vectors").await.ok()?.status?;
-        (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 3).then_some(())
-    })
-    .await;
+    w.running(NS, "vectors", 3, 180, &diag).await;
 
     // A restore whose agent is lost after the collections exist deletes
     // them again on every node.
-    w.apply(&format!(
-        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: target, namespace: {NS}}}\n\
-         spec:\n  replicas: 2\n  version: v1.18.3\n  cluster: {{enabled: true}}\n  persistence: {{size: 1Gi}}\n\
-         \x20 apiKey: {{secretRef: {{name: qdrant-api-key, key: api-key}}}}\n"
-    ));
-    eventually(180, "target Running", &diag, || async {
-        let st = clusters.get("target").await.ok()?.status?;
-        (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 2).then_some(())
-    })
-    .await;
+    w.apply(&cluster_yaml(NS, "target", 2));
+    w.running(NS, "target", 2, 180, &diag).await;
     let target0 = format!("http://{}:6333", kubelet.pod_ip("target-0").await.unwrap());
     let collections = |base: &str| {
         need(call("GET", base, "/collections", Some(API_KEY), None))["collections"]
@@ -765,16 +687,7 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
         reason("x-later", "WaitingForBackup")
     })
     .await;
-    w.kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "secret",
-        "generic",
-        "not-yet",
-        "--from-literal=AWS_ACCESS_KEY_ID=AKIAREALE2E",
-        "--from-literal=AWS_SECRET_ACCESS_KEY=real-e2e-secret-Zq81",
-    ]);
+    s3_secret(&w, "not-yet");
     for name in ["waiting", "x-later"] {
         let st = eventually(120, &format!("backup {name} ends"), &diag, || ended(name))
             .await
@@ -796,7 +709,7 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     // The S3 secret appears in no log of any pod's containers or the operator.
     let logs = kubelet.all_logs() + &std::fs::read_to_string(&*log.borrow()).unwrap_or_default();
     assert!(
-        !logs.contains("real-e2e-secret-Zq81"),
+        !logs.contains(S3_SECRET),
         "the S3 secret is in a log"
     );
 }

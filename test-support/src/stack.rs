@@ -186,3 +186,94 @@ where
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+impl World {
+    /// Waits until the qdrant.io resource `plural/name` in `ns` has ended
+    /// (`status.phase` Completed or Failed) and returns it as JSON.
+    pub async fn ended(
+        &self,
+        ns: &str,
+        plural: &str,
+        name: &str,
+        secs: u64,
+        diag: impl Fn() -> String,
+    ) -> serde_json::Value {
+        let api = qdrant_api(&self.admin, ns, plural);
+        eventually(secs, &format!("{plural}/{name} ends"), diag, || async {
+            let o = api.get(name).await.ok()?;
+            let v = serde_json::to_value(o).ok()?;
+            matches!(v["status"]["phase"].as_str(), Some("Completed" | "Failed")).then_some(v)
+        })
+        .await
+    }
+
+    /// As `ended`, and it must have Completed: its status, typed.
+    pub async fn completed<S: serde::de::DeserializeOwned>(
+        &self,
+        ns: &str,
+        plural: &str,
+        name: &str,
+        secs: u64,
+        diag: impl Fn() -> String,
+    ) -> S {
+        let v = self.ended(ns, plural, name, secs, diag).await;
+        assert_eq!(
+            v["status"]["phase"], "Completed",
+            "{plural}/{name} did not complete: {:#}",
+            v["status"]
+        );
+        serde_json::from_value(v["status"].clone()).expect("status")
+    }
+}
+
+impl World {
+    /// Waits until QdrantCluster `ns/name` is Running with `replicas` ready
+    /// pods; returns it as JSON.
+    pub async fn running(
+        &self,
+        ns: &str,
+        name: &str,
+        replicas: i64,
+        secs: u64,
+        diag: impl Fn() -> String,
+    ) -> serde_json::Value {
+        let api = qdrant_api(&self.admin, ns, "qdrantclusters");
+        eventually(
+            secs,
+            &format!("QdrantCluster {name} Running with {replicas} ready"),
+            diag,
+            || async {
+                let v = serde_json::to_value(api.get(name).await.ok()?).ok()?;
+                let st = &v["status"];
+                (st["phase"] == "Running" && st["readyReplicas"] == replicas).then_some(v)
+            },
+        )
+        .await
+    }
+}
+
+/// A QdrantCluster of `replicas` nodes (distributed when more than one)
+/// with its API key from Secret `qdrant-api-key`, small volumes.
+pub fn cluster_yaml(ns: &str, name: &str, replicas: u32) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: {name}, namespace: {ns}}}\n\
+         spec:\n  replicas: {replicas}\n  version: v1.18.3\n  cluster: {{enabled: {}}}\n  persistence: {{size: 1Gi}}\n\
+         \x20 apiKey: {{secretRef: {{name: qdrant-api-key, key: api-key}}}}\n",
+        replicas > 1
+    )
+}
+
+fn qdrant_api(
+    client: &kube::Client,
+    ns: &str,
+    plural: &str,
+) -> kube::Api<kube::api::DynamicObject> {
+    let ar = kube::api::ApiResource {
+        group: "qdrant.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "qdrant.io/v1alpha1".into(),
+        kind: String::new(),
+        plural: plural.into(),
+    };
+    kube::Api::namespaced_with(client.clone(), ns, &ar)
+}
