@@ -73,8 +73,10 @@ pub struct S3Args {
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    #[arg(long, default_value = "0.0.0.0:50051")]
-    pub listen: SocketAddr,
+    /// Address of the gRPC API [default: 0.0.0.0:50051, or 127.0.0.1:50051
+    /// with --insecure].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
     #[command(flatten)]
     pub qdrant: QdrantArgs,
     #[command(flatten)]
@@ -97,6 +99,19 @@ pub struct ServeArgs {
     /// kubelet probes, which cannot present TLS).
     #[arg(long)]
     pub health_listen: Option<SocketAddr>,
+}
+
+impl ServeArgs {
+    /// Where to listen: as given, else every interface, but only loopback
+    /// when serving without authentication.
+    pub fn listen_addr(&self) -> SocketAddr {
+        let host = if self.insecure {
+            std::net::Ipv4Addr::LOCALHOST
+        } else {
+            std::net::Ipv4Addr::UNSPECIFIED
+        };
+        self.listen.unwrap_or(SocketAddr::from((host, 50051)))
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

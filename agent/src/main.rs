@@ -71,13 +71,21 @@ async fn run(cmd: Command) -> Result<()> {
                 }
                 _ => None,
             };
-            let listener = tokio::net::TcpListener::bind(a.listen)
+            let auth = Auth {
+                token,
+                tls,
+                client_certs: a.tls_client_ca.is_some(),
+                insecure: a.insecure,
+            };
+            auth.check()?;
+            let listen = a.listen_addr();
+            let listener = tokio::net::TcpListener::bind(listen)
                 .await
-                .map_err(|e| Error::io(a.listen.to_string(), e))?;
+                .map_err(|e| Error::io(listen.to_string(), e))?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| Error::io("listener", e))?;
-            tracing::info!(%addr, qdrant = %node.qdrant.url(), node = %node.name, token = token.is_some(), tls = tls.is_some(), "agent serving");
+            tracing::info!(%addr, qdrant = %node.qdrant.url(), node = %node.name, token = auth.token.is_some(), tls = auth.tls.is_some(), "agent serving");
             let health_listener = match a.health_listen {
                 Some(h) => Some(
                     tokio::net::TcpListener::bind(h)
@@ -87,11 +95,6 @@ async fn run(cmd: Command) -> Result<()> {
                 None => None,
             };
             let service = AgentService::new(node, s3_config(&a.s3));
-            let auth = Auth {
-                token,
-                tls,
-                insecure: a.insecure,
-            };
             serve(listener, health_listener, service, auth, shutdown_signal()).await
         }
         Command::Backup(a) => {

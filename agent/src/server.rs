@@ -514,7 +514,28 @@ fn log_end(p: &Progress, result: &crate::Result<()>) {
 pub struct Auth {
     pub token: Option<String>,
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// TLS verifies client certificates (mutual TLS). TLS alone encrypts
+    /// but authenticates nobody.
+    pub client_certs: bool,
     pub insecure: bool,
+}
+
+impl Auth {
+    /// Refuses to serve when no caller would have to prove anything.
+    pub fn check(&self) -> Result<(), Error> {
+        let authenticated = self.token.is_some() || (self.tls.is_some() && self.client_certs);
+        if authenticated || self.insecure {
+            return Ok(());
+        }
+        let why = if self.tls.is_some() {
+            "TLS without --tls-client-ca lets any caller in"
+        } else {
+            "no authentication given"
+        };
+        Err(Error::Invalid(format!(
+            "refusing to serve: {why}; give --tls-client-ca (mutual TLS) and/or --token-file, or --insecure for local use"
+        )))
+    }
 }
 
 #[derive(Clone)]
@@ -553,11 +574,7 @@ pub async fn serve(
     auth: Auth,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
-    if auth.token.is_none() && auth.tls.is_none() && !auth.insecure {
-        return Err(Error::Invalid(
-            "refusing to serve without authentication: give --token-file and/or --tls-cert/--tls-key/--tls-client-ca, or --insecure for local use".into(),
-        ));
-    }
+    auth.check()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
     let reflection = || {

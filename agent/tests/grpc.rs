@@ -589,6 +589,55 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     assert_eq!(plain.code(), tonic::Code::Unimplemented);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_without_client_verification_or_token_is_refused_and_insecure_binds_loopback() {
+    let env = Env::new("noauth");
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki();
+    let write = |n: &str, s: &str| {
+        let path = dir.path().join(n);
+        std::fs::write(&path, s).unwrap();
+        path.display().to_string()
+    };
+    let (cert, key) = (write("tls.crt", &p.server.0), write("tls.key", &p.server.1));
+    // TLS encrypts, but without a client CA anyone could start, cancel and
+    // delete: the agent does not start.
+    let o = env.run(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--qdrant-url",
+        "http://127.0.0.1:9",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("--tls-client-ca"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    // Without authentication (--insecure) it listens on loopback only.
+    let log = dir.path().join("insecure.log");
+    let mut child = env
+        .agent(&["serve", "--insecure", "--qdrant-url", "http://127.0.0.1:9"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("agent serving") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(text.contains("127.0.0.1:50051"), "{text}");
+}
+
 /// Runs a backup task on one agent with its shards and waits for its end.
 async fn part(c: &mut AgentClient<Channel>, env: &Env, id: &str, shards: &[u32]) -> Task {
     let req = StartBackupRequest {

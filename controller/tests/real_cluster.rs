@@ -708,10 +708,7 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     }
     // The S3 secret appears in no log of any pod's containers or the operator.
     let logs = kubelet.all_logs() + &std::fs::read_to_string(&*log.borrow()).unwrap_or_default();
-    assert!(
-        !logs.contains(S3_SECRET),
-        "the S3 secret is in a log"
-    );
+    assert!(!logs.contains(S3_SECRET), "the S3 secret is in a log");
 }
 
 /// Two operator replicas (the Deployment runs two): one holds the Lease and
