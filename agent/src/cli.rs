@@ -95,6 +95,10 @@ pub struct ServeArgs {
     /// Serve plaintext without authentication (local diagnostics only).
     #[arg(long)]
     pub insecure: bool,
+    /// Accept `file://` storage targets in tasks. Off by default: a caller
+    /// could otherwise write to or delete from the node's own disks.
+    #[arg(long)]
+    pub allow_local_targets: bool,
     /// Also serve gRPC health alone, in plaintext, on this address (for
     /// kubelet probes, which cannot present TLS).
     #[arg(long)]

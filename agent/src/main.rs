@@ -94,7 +94,8 @@ async fn run(cmd: Command) -> Result<()> {
                 ),
                 None => None,
             };
-            let service = AgentService::new(node, s3_config(&a.s3));
+            let service = AgentService::new(node, s3_config(&a.s3))
+                .allow_local_targets(a.allow_local_targets);
             serve(listener, health_listener, service, auth, shutdown_signal()).await
         }
         Command::Backup(a) => {

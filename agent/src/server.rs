@@ -37,6 +37,7 @@ pub struct AgentService {
     instance_id: String,
     tasks: Mutex<HashMap<String, Entry>>,
     seq: std::sync::atomic::AtomicU64,
+    allow_local_targets: bool,
 }
 
 impl AgentService {
@@ -47,7 +48,14 @@ impl AgentService {
             instance_id: format!("{:016x}", rand::random::<u64>()),
             tasks: Mutex::default(),
             seq: Default::default(),
+            allow_local_targets: false,
         }
+    }
+
+    /// Accept `file://` storage targets over gRPC (a trusted local setup).
+    pub fn allow_local_targets(mut self, allow: bool) -> Self {
+        self.allow_local_targets = allow;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
@@ -139,7 +147,7 @@ impl AgentService {
     where
         Fut: std::future::Future<Output = crate::Result<()>> + Send + 'static,
     {
-        check_input(backup_name, storage)?;
+        check_input(backup_name, storage, self.allow_local_targets)?;
         let (progress, cancel) =
             self.register(id, kind, backup_name, fingerprint(storage, rest))?;
         let Some(cancel) = cancel else {
@@ -239,11 +247,23 @@ fn to_status(e: Error) -> Status {
 }
 
 /// Input errors are answered at once rather than as a failed task.
-fn check_input(backup_name: &str, storage: Option<&StorageTarget>) -> Result<(), Status> {
+/// A directory target (`file://`) would let a caller fill or delete the
+/// node's own disks: over gRPC it is refused unless `serve` was started
+/// with `--allow-local-targets`.
+fn check_input(
+    backup_name: &str,
+    storage: Option<&StorageTarget>,
+    allow_local: bool,
+) -> Result<(), Status> {
     crate::keys::validate_segment("backup", backup_name)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let url = storage.map(|s| s.url.as_str()).unwrap_or_default();
-    Location::parse(url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    let loc = Location::parse(url).map_err(|e| Status::invalid_argument(e.to_string()))?;
+    if matches!(loc, Location::Local { .. }) && !allow_local {
+        return Err(Status::invalid_argument(
+            "local directory targets (file://) are refused over gRPC; use an object store, or start the agent with --allow-local-targets [InvalidRequest]",
+        ));
+    }
     Ok(())
 }
 
@@ -414,7 +434,7 @@ impl Agent for AgentService {
         req: Request<WriteManifestRequest>,
     ) -> Result<Response<WriteManifestResponse>, Status> {
         let r = req.into_inner();
-        check_input(&r.backup_name, r.storage.as_ref())?;
+        check_input(&r.backup_name, r.storage.as_ref(), self.allow_local_targets)?;
         let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
         let mut m = crate::manifest::assemble(&r.backup_name, &r.started_at, &now(), &r.parts)
             .map_err(to_status)?;
@@ -435,7 +455,7 @@ impl Agent for AgentService {
         req: Request<ReadManifestRequest>,
     ) -> Result<Response<ReadManifestResponse>, Status> {
         let r = req.into_inner();
-        check_input(&r.backup_name, r.storage.as_ref())?;
+        check_input(&r.backup_name, r.storage.as_ref(), self.allow_local_targets)?;
         let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
         let m = crate::manifest::read(&*target.store, &target.prefix, &r.backup_name)
             .await
@@ -450,7 +470,7 @@ impl Agent for AgentService {
         req: Request<DeleteBackupRequest>,
     ) -> Result<Response<DeleteBackupResponse>, Status> {
         let r = req.into_inner();
-        check_input(&r.backup_name, r.storage.as_ref())?;
+        check_input(&r.backup_name, r.storage.as_ref(), self.allow_local_targets)?;
         let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
         let n = crate::manifest::delete_backup(&*target.store, &target.prefix, &r.backup_name)
             .await

@@ -638,6 +638,56 @@ async fn tls_without_client_verification_or_token_is_refused_and_insecure_binds_
     assert!(text.contains("127.0.0.1:50051"), "{text}");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_directory_target_is_refused_over_grpc_unless_allowed() {
+    let env = Env::new("local");
+    let dir = tempfile::tempdir().unwrap();
+    // A directory on the node, with something the caller should not reach.
+    let victim = dir.path().join("node-disk");
+    std::fs::create_dir_all(victim.join("precious/b1")).unwrap();
+    std::fs::write(victim.join("precious/b1/manifest.json"), "{}").unwrap();
+    let local = StorageTarget {
+        url: format!("file://{}", victim.join("precious").display()),
+        ..Default::default()
+    };
+    let (_d, q) = double("1.18.3", |d| d.add_collection("docs", 8, &[MIB])).await;
+    let agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+    let err = c
+        .delete_backup(DeleteBackupRequest {
+            storage: Some(local.clone()),
+            backup_name: "b1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("--allow-local-targets"), "{err:?}");
+    let mut req = backup_req(&env, "t-local", "b2");
+    req.storage = Some(local.clone());
+    assert_eq!(
+        c.start_backup(req).await.unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    assert!(victim.join("precious/b1/manifest.json").exists());
+    assert!(!victim.join("precious/b2").exists());
+
+    // An operator who means it can allow them.
+    let allowed = serve(
+        &env,
+        &q,
+        "pod-0",
+        &["--insecure", "--allow-local-targets"],
+        dir.path(),
+    );
+    let mut c = AgentClient::new(channel(&allowed.addr).await);
+    let mut req = backup_req(&env, "t-allowed", "b3");
+    req.storage = Some(local);
+    c.start_backup(req).await.unwrap();
+    let last = watch(&mut c, "t-allowed").await.pop().unwrap();
+    assert_eq!(last.phase(), TaskPhase::Succeeded, "{last:?}");
+    assert!(victim.join("precious/b3/manifest.json").exists());
+}
+
 /// Runs a backup task on one agent with its shards and waits for its end.
 async fn part(c: &mut AgentClient<Channel>, env: &Env, id: &str, shards: &[u32]) -> Task {
     let req = StartBackupRequest {
