@@ -4,6 +4,7 @@
 //! channel; snapshot data never does.
 
 use qdrant_agent_proto::v1::agent_client::AgentClient;
+use std::time::Duration;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -36,12 +37,49 @@ pub enum ConnectError {
     BadToken,
 }
 
+/// How long the controller waits on an agent. Without them one black-holed
+/// agent (a frozen process, a dropped network path) would hang the
+/// reconcile of its resource forever.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    /// TCP connect and TLS handshake.
+    pub connect: Duration,
+    /// Each call until its response starts (a stream may then go on).
+    pub call: Duration,
+    /// HTTP/2 pings: a connection whose peer does not answer a ping within
+    /// `keepalive_timeout` is closed, failing every call and stream on it.
+    pub keepalive: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            // A backstop: WriteManifest checks every object of a backup, so
+            // it is generous; a silent peer is caught by keepalive first.
+            call: Duration::from_secs(300),
+            keepalive: Duration::from_secs(20),
+            keepalive_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 /// A TLS channel to `addr` (host:port, e.g. the pod IP) verifying the agent
 /// as `server_name` (its DNS name under the headless Service).
 pub async fn channel(
     addr: &str,
     server_name: &str,
     tls: &AgentTls,
+) -> Result<Channel, ConnectError> {
+    channel_with(addr, server_name, tls, Deadlines::default()).await
+}
+
+pub async fn channel_with(
+    addr: &str,
+    server_name: &str,
+    tls: &AgentTls,
+    d: Deadlines,
 ) -> Result<Channel, ConnectError> {
     let err = |e: tonic::transport::Error| ConnectError::Transport {
         addr: addr.to_string(),
@@ -54,17 +92,27 @@ pub async fn channel(
             &tls.client_key_pem,
         ))
         .domain_name(server_name);
-    Channel::from_shared(format!("https://{addr}"))
+    let endpoint = Channel::from_shared(format!("https://{addr}"))
         .map_err(|e| ConnectError::Transport {
             addr: addr.to_string(),
             detail: e.to_string(),
         })?
-        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect_timeout(d.connect)
+        .timeout(d.call)
+        .http2_keep_alive_interval(d.keepalive)
+        .keep_alive_timeout(d.keepalive_timeout)
+        .keep_alive_while_idle(true)
         .tls_config(cfg)
-        .map_err(err)?
-        .connect()
-        .await
-        .map_err(err)
+        .map_err(err)?;
+    // tonic's connect timeout stops at TCP: a peer that accepts but never
+    // finishes the TLS handshake (a frozen agent) would hang here for good.
+    match tokio::time::timeout(d.connect, endpoint.connect()).await {
+        Ok(r) => r.map_err(err),
+        Err(_) => Err(ConnectError::Transport {
+            addr: addr.to_string(),
+            detail: format!("no TLS handshake within {}s", d.connect.as_secs()),
+        }),
+    }
 }
 
 pub async fn connect(
