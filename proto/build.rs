@@ -10,6 +10,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out.join("agent_descriptor.bin"), fds.encode_to_vec())?;
     tonic_prost_build::configure()
+        // Credentials get a Debug that prints no secret (lib.rs).
+        .skip_debug([".qdrant.agent.v1.S3Credentials"])
         .build_client(true)
         .build_server(true)
         .compile_fds(fds)?;

@@ -2,8 +2,47 @@
 
 pub mod v1 {
     tonic::include_proto!("qdrant.agent.v1");
+
+    /// Requests carrying credentials are logged with `{:?}` here and there:
+    /// the key id is shown, the secret and session token never are.
+    impl std::fmt::Debug for S3Credentials {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            let set = |s: &str| if s.is_empty() { "" } else { "<redacted>" };
+            f.debug_struct("S3Credentials")
+                .field("access_key_id", &self.access_key_id)
+                .field("secret_access_key", &set(&self.secret_access_key))
+                .field("session_token", &set(&self.session_token))
+                .finish()
+        }
+    }
 }
 
 /// Encoded `FileDescriptorSet` of agent.proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agent_descriptor.bin"));
+
+#[cfg(test)]
+mod tests {
+    use super::v1::*;
+
+    #[test]
+    fn debug_output_of_a_request_never_shows_the_s3_secret() {
+        let req = StartBackupRequest {
+            storage: Some(StorageTarget {
+                url: "s3://bucket/prefix".into(),
+                credentials: Some(S3Credentials {
+                    access_key_id: "AKIAEXAMPLE".into(),
+                    secret_access_key: "wJalrXUtnFEMI-secret".into(),
+                    session_token: "FwoGZXIvYXdzE-token".into(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let text = format!("{req:?} {req:#?}");
+        assert!(text.contains("AKIAEXAMPLE"), "{text}");
+        assert!(!text.contains("wJalrXUtnFEMI-secret"), "{text}");
+        assert!(!text.contains("FwoGZXIvYXdzE-token"), "{text}");
+        assert!(text.contains("<redacted>"));
+    }
+}
