@@ -145,8 +145,8 @@ pub struct BackupArgs {
     /// Parts in flight per shard upload.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// First part size in bytes; grows to stay under 10,000 parts.
-    #[arg(long, default_value_t = 8 << 20)]
+    /// First part size (8MiB, 16MiB, or bytes); grows to stay under 10,000 parts.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
     pub part_size: u64,
     /// Shards streamed at once.
     #[arg(long, default_value_t = 2)]
@@ -213,6 +213,48 @@ pub fn parse_selection(s: &str) -> Result<(String, Vec<u32>), String> {
     }
 }
 
+/// Every `--rename OLD=NEW`; two collections may not get the same new
+/// name (the second would fail half-way, after data was uploaded).
+pub fn parse_renames(all: &[String]) -> Result<std::collections::HashMap<String, String>, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut targets = std::collections::HashMap::new();
+    for r in all {
+        let (old, new) = parse_rename(r)?;
+        if let Some(other) = targets.insert(new.clone(), old.clone())
+            && other != old
+        {
+            return Err(format!(
+                "--rename gives {other:?} and {old:?} the same new name {new:?}"
+            ));
+        }
+        out.insert(old, new);
+    }
+    Ok(out)
+}
+
+/// A size in bytes, or with a unit: 8MiB, 16 MiB, 512KiB, 1GiB (also MB, KB, GB as binary).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 8MiB or 8388608)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use KiB, MiB or GiB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
 pub fn parse_rename(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
@@ -233,6 +275,18 @@ mod tests {
         );
         assert_eq!(parse_selection("a:b").unwrap(), ("a:b".into(), vec![]));
         assert_eq!(parse_rename("a=b").unwrap(), ("a".into(), "b".into()));
+        let two = |a: &str, b: &str| parse_renames(&[a.to_string(), b.to_string()]);
+        assert!(two("a=x", "b=y").is_ok());
+        let err = two("a=x", "b=x").unwrap_err();
+        assert!(
+            err.contains("same new name") && err.contains("\"x\""),
+            "{err}"
+        );
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("16 MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("8388608"), Ok(8 << 20));
+        assert!(parse_size("8 parsecs").unwrap_err().contains("unit"));
         assert!(parse_rename("a=").is_err());
         assert!(parse_rename("ab").is_err());
     }

@@ -147,12 +147,7 @@ async fn run(cmd: Command) -> Result<()> {
                 .map(|c| cli::parse_selection(c))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(Error::Invalid)?;
-            let rename = a
-                .rename
-                .iter()
-                .map(|r| cli::parse_rename(r))
-                .collect::<Result<_, _>>()
-                .map_err(Error::Invalid)?;
+            let rename = cli::parse_renames(&a.rename).map_err(Error::Invalid)?;
             let req = RestoreRequest {
                 backup_name: a.name.clone(),
                 collections,
@@ -176,7 +171,13 @@ async fn run(cmd: Command) -> Result<()> {
         }
         Command::List(a) => {
             let (target, _) = target(&a.from, &a.s3).await?;
-            for name in manifest::list_complete(&*target.store, &target.prefix).await? {
+            let names = manifest::list_complete(&*target.store, &target.prefix).await?;
+            if names.is_empty() {
+                println!("no backups under {}", a.from);
+                return Ok(());
+            }
+            println!("NAME\tCOMPLETED\tQDRANT\tCOLLECTIONS\tBYTES");
+            for name in names {
                 match manifest::read(&*target.store, &target.prefix, &name).await {
                     Ok(m) => println!(
                         "{name}\t{}\tqdrant {}\t{} collections\t{} bytes",
@@ -197,7 +198,12 @@ fn node(a: &QdrantArgs) -> Result<Node> {
     let key = match &a.qdrant_api_key_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
-                .map_err(|e| Error::io(p, e))?
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "cannot read the Qdrant API key file {} (--qdrant-api-key-file): {e}",
+                        p.display()
+                    ))
+                })?
                 .trim()
                 .to_string(),
         ),

@@ -93,6 +93,12 @@ const LONG: Duration = Duration::from_secs(6 * 3600);
 
 impl Qdrant {
     pub fn new(url: &str, api_key: Option<String>) -> Result<Self> {
+        // "localhost:6333" parses as scheme "localhost": say what was meant.
+        if !url.contains("://") {
+            return Err(Error::Invalid(format!(
+                "Qdrant URL {url:?} has no scheme: use http://{url} (or https://)"
+            )));
+        }
         let mut base =
             url::Url::parse(url).map_err(|e| Error::Invalid(format!("Qdrant URL {url:?}: {e}")))?;
         if !matches!(base.scheme(), "http" | "https") || base.cannot_be_a_base() {

@@ -105,7 +105,16 @@ async fn backup_stores_every_shard_with_a_manifest_and_restore_brings_it_back() 
 
     let listed = env.run(&["list", "--from", &url]);
     assert_ok(&listed);
-    assert!(String::from_utf8_lossy(&listed.stdout).starts_with("nightly\t"));
+    let out = String::from_utf8_lossy(&listed.stdout).to_string();
+    let mut lines = out.lines();
+    assert!(
+        lines.next().is_some_and(|h| h.starts_with("NAME\t")),
+        "{out}"
+    );
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("nightly\t")),
+        "{out}"
+    );
 
     // Restore into an empty Qdrant of the same minor version, renaming one.
     let (dst, dst_url) = double("1.18.0", |_| {}).await;
@@ -277,9 +286,10 @@ async fn restore_refuses_another_minor_version_and_a_missing_manifest() {
     );
     assert!(dst.collection_names().is_empty());
     let listed = env.run(&["list", "--from", &url]);
+    let out = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(
-        listed.stdout.is_empty(),
-        "an incomplete backup is not offered"
+        out.starts_with("no backups under"),
+        "an incomplete backup is not offered: {out}"
     );
 }
 
@@ -757,4 +767,62 @@ async fn a_qdrant_without_live_shard_snapshots_gets_a_hint_and_file_mode_works()
         "--snapshots-dir",
         &snaps_arg,
     ]));
+}
+
+/// Mistakes a new user makes get one line saying what to do, before
+/// anything is read or written.
+#[tokio::test(flavor = "multi_thread")]
+async fn common_mistakes_get_one_line_that_names_the_fix() {
+    let env = Env::new("mistakes");
+    let dir = tempfile::tempdir().unwrap();
+    let to = format!("file://{}", dir.path().display());
+    let one_line = |o: &std::process::Output, want: &str| {
+        assert!(!o.status.success());
+        let err = stderr(o);
+        let last = err.trim().lines().last().unwrap_or_default().to_string();
+        assert!(
+            last.starts_with("error: ") && last.contains(want),
+            "want {want:?} in {err}"
+        );
+    };
+    one_line(
+        &env.run(&["backup", "--qdrant-url", "localhost:6333", "--to", &to]),
+        "use http://localhost:6333",
+    );
+    one_line(
+        &env.run(&[
+            "backup",
+            "--qdrant-url",
+            "http://127.0.0.1:9",
+            "--to",
+            &to,
+            "--qdrant-api-key-file",
+            "/nonexistent/api-key",
+        ]),
+        "API key file /nonexistent/api-key",
+    );
+    one_line(
+        &env.run(&[
+            "restore",
+            "--qdrant-url",
+            "http://127.0.0.1:9",
+            "--from",
+            &to,
+            "--name",
+            "b",
+            "--rename",
+            "a=x",
+            "--rename",
+            "b=x",
+        ]),
+        "the same new name \"x\"",
+    );
+    // Listing where there is nothing says so.
+    let o = env.run(&["list", "--from", &to]);
+    assert_ok(&o);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(out.contains("no backups under"), "{out}");
+    // Part sizes take units.
+    let o = env.run(&["backup", "--help"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("8MiB"));
 }
