@@ -38,6 +38,7 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct QdrantArgs {
+    /// Qdrant's REST URL, http:// or https://.
     #[arg(long, env = "QDRANT_URL", default_value = "http://localhost:6333")]
     pub qdrant_url: String,
     /// File holding Qdrant's API key (or set QDRANT_API_KEY).
@@ -62,11 +63,13 @@ pub struct S3Args {
     /// Region (or AWS_REGION); us-east-1 when none is set anywhere.
     #[arg(long)]
     pub s3_region: Option<String>,
+    /// Virtual-hosted-style addressing (bucket.endpoint) with --s3-endpoint.
     #[arg(long)]
     pub s3_virtual_hosted: bool,
     /// Server-side encryption: AES256 or aws:kms.
     #[arg(long)]
     pub s3_sse: Option<String>,
+    /// KMS key for --s3-sse aws:kms (default: the bucket's AWS-managed key).
     #[arg(long)]
     pub s3_sse_kms_key_id: Option<String>,
 }
@@ -87,6 +90,7 @@ pub struct ServeArgs {
     /// Server certificate (PEM) for TLS.
     #[arg(long, requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert.
     #[arg(long, requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// CA (PEM) that client certificates must chain to: mutual TLS.
@@ -167,6 +171,7 @@ pub struct RestoreArgs {
     /// s3://BUCKET/PREFIX or file:///DIR
     #[arg(long)]
     pub from: String,
+    /// The backup to restore, as `list` shows it.
     #[arg(long)]
     pub name: String,
     /// Collection to restore (NAME or NAME:0,2). Repeatable; default all.
@@ -232,6 +237,17 @@ pub fn parse_renames(all: &[String]) -> Result<std::collections::HashMap<String,
     Ok(out)
 }
 
+/// Bytes as a person reads them: 512 B, 47.9 MiB, 1.20 GiB.
+pub fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        n if n >= 1 << 30 => format!("{:.2} GiB", b / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", b / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", b / 1024.0),
+        n => format!("{n} B"),
+    }
+}
+
 /// A size in bytes, or with a unit: 8MiB, 16 MiB, 512KiB, 1GiB (also MB, KB, GB as binary).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
@@ -287,6 +303,9 @@ mod tests {
         assert_eq!(parse_size("1GiB"), Ok(1 << 30));
         assert_eq!(parse_size("8388608"), Ok(8 << 20));
         assert!(parse_size("8 parsecs").unwrap_err().contains("unit"));
+        assert_eq!(human(50331648), "48.0 MiB");
+        assert_eq!(human(3 << 30), "3.00 GiB");
+        assert_eq!(human(900), "900 B");
         assert!(parse_rename("a=").is_err());
         assert!(parse_rename("ab").is_err());
     }

@@ -130,10 +130,10 @@ async fn run(cmd: Command) -> Result<()> {
             })
             .await?;
             println!(
-                "backup {} complete: {} objects, {} bytes, manifest {}",
+                "backup {} complete: {} objects, {}, manifest {}",
                 m.backup_name,
                 m.objects().count(),
-                m.total_bytes(),
+                cli::human(m.total_bytes()),
                 task.manifest_key
             );
             Ok(())
@@ -164,8 +164,10 @@ async fn run(cmd: Command) -> Result<()> {
             })
             .await?;
             println!(
-                "restore of {} complete: {} objects, {} bytes",
-                a.name, t.shards_done, t.bytes_done
+                "restore of {} complete: {} objects, {}",
+                a.name,
+                t.shards_done,
+                cli::human(t.bytes_done)
             );
             Ok(())
         }
@@ -176,15 +178,15 @@ async fn run(cmd: Command) -> Result<()> {
                 println!("no backups under {}", a.from);
                 return Ok(());
             }
-            println!("NAME\tCOMPLETED\tQDRANT\tCOLLECTIONS\tBYTES");
+            println!("NAME\tCOMPLETED\tQDRANT\tCOLLECTIONS\tSIZE");
             for name in names {
                 match manifest::read(&*target.store, &target.prefix, &name).await {
                     Ok(m) => println!(
-                        "{name}\t{}\tqdrant {}\t{} collections\t{} bytes",
+                        "{name}\t{}\t{}\t{}\t{}",
                         m.completed_at,
                         m.qdrant_version,
                         m.collections.len(),
-                        m.total_bytes()
+                        cli::human(m.total_bytes())
                     ),
                     Err(e) => println!("{name}\tunreadable manifest: {e}"),
                 }
