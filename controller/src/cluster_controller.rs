@@ -13,7 +13,7 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
@@ -289,20 +289,21 @@ async fn write_status(
             _ if !ok && reason == "ReplicasNotReady" => EventType::Warning,
             _ => EventType::Normal,
         };
-        let ev = Event {
-            type_,
-            reason: format!("{:?}", d.phase),
-            note: Some(if msg.is_empty() {
-                reason.to_string()
-            } else {
-                format!("{reason}: {msg}")
-            }),
-            action: "Reconcile".into(),
-            secondary: None,
+        let note = if msg.is_empty() {
+            reason.to_string()
+        } else {
+            format!("{reason}: {msg}")
         };
-        if let Err(e) = ctx.recorder.publish(&ev, &c.object_ref(&())).await {
-            tracing::warn!(error = %e, "could not record an event");
-        }
+        let reason = format!("{:?}", d.phase);
+        crate::report::event(
+            &ctx.recorder,
+            &c.object_ref(&()),
+            type_,
+            &reason,
+            "Reconcile",
+            note,
+        )
+        .await;
     }
     Ok(())
 }
@@ -311,20 +312,20 @@ async fn write_status(
 /// follow `persistence.deleteClaimsOnDelete` (StatefulSet retention policy).
 async fn cleanup(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     let keep = !c.spec.persistence.delete_claims_on_delete;
-    let ev = Event {
-        type_: EventType::Normal,
-        reason: "Deleting".into(),
-        note: Some(if keep {
-            "volumes are kept (persistence.deleteClaimsOnDelete is false)".into()
-        } else {
-            "volumes are deleted with the pods".into()
-        }),
-        action: "Delete".into(),
-        secondary: None,
+    let note = if keep {
+        "volumes are kept (persistence.deleteClaimsOnDelete is false)"
+    } else {
+        "volumes are deleted with the pods"
     };
-    if let Err(e) = ctx.recorder.publish(&ev, &c.object_ref(&())).await {
-        tracing::warn!(error = %e, "could not record an event");
-    }
+    crate::report::event(
+        &ctx.recorder,
+        &c.object_ref(&()),
+        EventType::Normal,
+        "Deleting",
+        "Delete",
+        note.into(),
+    )
+    .await;
     Ok(Action::await_change())
 }
 

@@ -48,13 +48,27 @@ pub async fn event(
     let ev = Event {
         type_,
         reason: reason.into(),
-        note: Some(note),
+        note: Some(event_note(note)),
         action: action.into(),
         secondary: None,
     };
     if let Err(e) = recorder.publish(&ev, obj).await {
         tracing::warn!(error = %e, "could not record an event");
     }
+}
+
+/// The API server refuses an Event whose note is over 1 KiB: a long error
+/// (Qdrant's can be) is cut at a character boundary, marked with an ellipsis.
+pub fn event_note(note: String) -> String {
+    const MAX: usize = 1024;
+    if note.len() <= MAX {
+        return note;
+    }
+    let mut end = MAX - '…'.len_utf8();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &note[..end])
 }
 
 /// Writes `status` when it differs from `current`, with server-side apply.
@@ -87,4 +101,18 @@ where
     )
     .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_event_notes_are_cut_to_what_the_api_server_takes() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = "é".repeat(700); // 1,400 bytes, two per character
+        let cut = event_note(long.clone());
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{}", cut.len());
+        assert!(long.starts_with(cut.trim_end_matches('…')));
+    }
 }

@@ -74,3 +74,62 @@ async fn every_example_applies_and_invalid_resources_are_refused_with_their_reas
         }
     }
 }
+
+/// The API server refuses an Event whose note is over 1 KiB; the operator's
+/// long messages (a Qdrant error can be) are cut so the Event is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_event_note_is_recorded_cut_to_what_the_api_server_takes() {
+    use kube::runtime::events::{EventType, Recorder, Reporter};
+    let w = World::start().await;
+    w.kubectl(&["create", "namespace", "search"]);
+    let cm = w.kubectl(&[
+        "-n",
+        "search",
+        "create",
+        "configmap",
+        "anchor",
+        "-o",
+        "json",
+    ]);
+    let cm: k8s_openapi::api::core::v1::ConfigMap = serde_json::from_str(&cm).unwrap();
+    let recorder = Recorder::new(
+        w.admin.clone(),
+        Reporter {
+            controller: "qdrant-operator".into(),
+            instance: None,
+        },
+    );
+    let long = format!("QdrantError: {}", "x".repeat(3000));
+    // Unchanged, the API server refuses it.
+    let raw = kube::runtime::events::Event {
+        type_: EventType::Warning,
+        reason: "Failed".into(),
+        note: Some(long.clone()),
+        action: "Backup".into(),
+        secondary: None,
+    };
+    let refs = kube::Resource::object_ref(&cm, &());
+    assert!(recorder.publish(&raw, &refs).await.is_err());
+    qdrant_operator::report::event(
+        &recorder,
+        &refs,
+        EventType::Warning,
+        "Failed",
+        "Backup",
+        long,
+    )
+    .await;
+    let notes = w.kubectl(&[
+        "-n",
+        "search",
+        "get",
+        "events.events.k8s.io",
+        "-o",
+        "jsonpath={.items[*].note}",
+    ]);
+    assert!(
+        notes.starts_with("QdrantError: xxx") && notes.ends_with('…'),
+        "{notes}"
+    );
+    assert!(notes.len() <= 1024, "{}", notes.len());
+}
