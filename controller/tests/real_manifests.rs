@@ -61,6 +61,18 @@ async fn every_example_applies_and_invalid_resources_are_refused_with_their_reas
             "Unsupported value: \"Sometimes\"",
         ),
         (
+            "a cluster name its pods' labels cannot carry",
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: a-cluster-name-that-is-long-enough-to-break-pod-labels, namespace: search}\n\
+             spec: {replicas: 1, version: v1.18.3}\n",
+            "at most 52 characters",
+        ),
+        (
+            "a schedule name its backups' label cannot carry",
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackupSchedule\nmetadata: {name: a-schedule-name-that-is-far-too-long-for-the-label-its-backups-carry, namespace: search}\n\
+             spec: {schedule: '@daily', clusterRef: {name: vectors}, storage: {s3: {bucket: some-bucket}}}\n",
+            "at most 63 characters",
+        ),
+        (
             "an endpoint without a scheme",
             "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {name: bad, namespace: search}\n\
              spec:\n  clusterRef: {name: vectors}\n  storage: {s3: {bucket: some-bucket, endpoint: minio:9000}}\n",

@@ -21,12 +21,44 @@ pub const GROUP: &str = "qdrant.io";
 
 /// Every CRD of the operator, in a stable order.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
-        QdrantCluster::crd(),
-        QdrantBackup::crd(),
-        QdrantBackupSchedule::crd(),
-        QdrantRestore::crd(),
-    ]
+    let mut cluster = QdrantCluster::crd();
+    // Pods carry `<name>-<revision hash>` and `<name>-<ordinal>` in labels
+    // of at most 63 characters; the Service is `<name>-headless`.
+    name_rule(
+        &mut cluster,
+        52,
+        "a QdrantCluster name has at most 52 characters: its pods carry it in labels of at most 63",
+    );
+    let mut schedule = QdrantBackupSchedule::crd();
+    // Its backups carry the name in the label qdrant.io/schedule.
+    name_rule(
+        &mut schedule,
+        63,
+        "a QdrantBackupSchedule name has at most 63 characters: its backups carry it in a label",
+    );
+    vec![cluster, QdrantBackup::crd(), schedule, QdrantRestore::crd()]
+}
+
+/// A CEL rule on `metadata.name`, which the API server checks only for
+/// being a DNS subdomain (253 characters).
+fn name_rule(crd: &mut CustomResourceDefinition, max: usize, message: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    for v in &mut crd.spec.versions {
+        if let Some(schema) = v
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema
+                .x_kubernetes_validations
+                .get_or_insert_with(Vec::new)
+                .push(ValidationRule {
+                    rule: format!("size(self.metadata.name) <= {max}"),
+                    message: Some(message.into()),
+                    ..Default::default()
+                });
+        }
+    }
 }
 
 /// A reference to an object in the same namespace.
