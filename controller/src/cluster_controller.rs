@@ -14,7 +14,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -23,6 +22,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The finalizer earlier versions set; removed wherever it is found.
 pub const FINALIZER: &str = "qdrant.io/cluster";
 pub const MANAGER: &str = "qdrant-operator";
 
@@ -30,8 +30,6 @@ pub const MANAGER: &str = "qdrant-operator";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
 }
@@ -41,7 +39,6 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Kube(_) => "KubeApi",
-            Error::Finalizer(_) => "Finalizer",
             Error::Pki(_) => "Certificate",
         }
     }
@@ -112,14 +109,14 @@ pub async fn reconcile(c: Arc<QdrantCluster>, ctx: Arc<Context>) -> Result<Actio
     let ns = c.namespace().unwrap_or_else(|| "default".into());
     let api: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = c.uid().unwrap_or_default();
-    let result = finalizer(&api, FINALIZER, c, |ev| async {
-        match ev {
-            Finalizer::Apply(c) => apply(c, &ctx).await,
-            Finalizer::Cleanup(c) => cleanup(c, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = if c.finalizers().iter().any(|f| f == FINALIZER) {
+        drop_legacy_finalizer(&api, &c).await
+    } else if c.metadata.deletion_timestamp.is_some() {
+        // Owned objects go with it through owner references.
+        Ok(Action::await_change())
+    } else {
+        apply(c, &ctx).await
+    };
     ctx.metrics
         .duration
         .get_or_create(&kind)
@@ -308,24 +305,26 @@ async fn write_status(
     Ok(())
 }
 
-/// Owned objects go with the cluster through owner references; volumes
-/// follow `persistence.deleteClaimsOnDelete` (StatefulSet retention policy).
-async fn cleanup(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
-    let keep = !c.spec.persistence.delete_claims_on_delete;
-    let note = if keep {
-        "volumes are kept (persistence.deleteClaimsOnDelete is false)"
-    } else {
-        "volumes are deleted with the pods"
-    };
-    crate::report::event(
-        &ctx.recorder,
-        &c.object_ref(&()),
-        EventType::Normal,
-        "Deleting",
-        "Delete",
-        note.into(),
+/// Earlier versions put a finalizer on every QdrantCluster, though nothing
+/// needs cleaning up (owned objects go through owner references, volumes
+/// follow `persistence.deleteClaimsOnDelete`): it only blocked deleting a
+/// cluster, or its namespace, while the operator was down. It is removed;
+/// the resourceVersion makes the write conditional on what was read.
+async fn drop_legacy_finalizer(
+    api: &Api<QdrantCluster>,
+    c: &QdrantCluster,
+) -> Result<Action, Error> {
+    let keep: Vec<&String> = c.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": keep,
+        "resourceVersion": c.resource_version(),
+    }});
+    api.patch(
+        &c.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
     )
-    .await;
+    .await?;
     Ok(Action::await_change())
 }
 

@@ -58,15 +58,20 @@ const NS: &str = "/api/v1/namespaces/search";
 const CLUSTERS: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantclusters";
 
 #[tokio::test]
-async fn a_new_cluster_gets_the_finalizer_before_anything_else() {
+async fn a_cluster_left_with_the_old_finalizer_loses_it_before_anything_else() {
     let (ctx, mut api) = setup();
-    let c = cluster(false, true);
-    let answer = serde_json::to_value(cluster(true, true)).unwrap();
+    let mut c = cluster(true, true);
+    c.metadata.resource_version = Some("42".into());
+    let answer = serde_json::to_value(cluster(false, true)).unwrap();
     let server = tokio::spawn(async move {
         let (_, patch) = api
             .expect("PATCH", &format!("{CLUSTERS}/vectors"), |_| (200, answer))
             .await;
-        assert!(patch.to_string().contains(FINALIZER), "{patch}");
+        assert_eq!(
+            patch,
+            json!({"metadata": {"finalizers": [], "resourceVersion": "42"}}),
+            "{patch}"
+        );
         api.nothing_more().await;
     });
     let action = reconcile(Arc::new(c), ctx).await.unwrap();
@@ -75,7 +80,7 @@ async fn a_new_cluster_gets_the_finalizer_before_anything_else() {
 }
 
 #[tokio::test]
-async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
+async fn a_cluster_applies_every_object_and_reports_its_phase() {
     let (ctx, mut api) = setup();
     let server = tokio::spawn(async move {
         api.expect("GET", &format!("{NS}/secrets/qdrant-api-key"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "qdrant-api-key"}}))).await;
@@ -140,7 +145,7 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
             .expect(
                 "PATCH",
                 &format!("{CLUSTERS}/vectors/status"),
-                with_status(&cluster(true, true)),
+                with_status(&cluster(false, true)),
             )
             .await;
         assert_eq!(status["status"]["phase"], "Pending");
@@ -170,7 +175,9 @@ async fn a_finalized_cluster_applies_every_object_and_reports_its_phase() {
         assert_eq!(event["reason"], "Pending");
         api.nothing_more().await;
     });
-    let action = reconcile(Arc::new(cluster(true, true)), ctx).await.unwrap();
+    let action = reconcile(Arc::new(cluster(false, true)), ctx)
+        .await
+        .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(15)));
     server.await.unwrap();
 }
@@ -187,7 +194,7 @@ async fn a_missing_api_key_secret_fails_the_cluster_and_applies_nothing() {
             .expect(
                 "PATCH",
                 &format!("{CLUSTERS}/vectors/status"),
-                with_status(&cluster(true, true)),
+                with_status(&cluster(false, true)),
             )
             .await;
         assert_eq!(status["status"]["phase"], "Failed");
@@ -212,7 +219,9 @@ async fn a_missing_api_key_secret_fails_the_cluster_and_applies_nothing() {
         );
         api.nothing_more().await;
     });
-    let action = reconcile(Arc::new(cluster(true, true)), ctx).await.unwrap();
+    let action = reconcile(Arc::new(cluster(false, true)), ctx)
+        .await
+        .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
     server.await.unwrap();
 }
@@ -228,7 +237,7 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         (200, b)
     };
     // The status a previous reconcile wrote for exactly this state.
-    let mut c = cluster(true, false);
+    let mut c = cluster(false, false);
     let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(
         ready_sts(&serde_json::to_value(qdrant_operator::render::statefulset(&c)).unwrap()).1,
     )

@@ -34,6 +34,14 @@ fn first_cluster(w: &World) {
     ]);
     let example =
         std::fs::read_to_string(repo().join("manifests/examples/qdrantcluster.yaml")).unwrap();
+    // As an earlier operator version left it: with a finalizer that only
+    // blocked deletion. The operator removes it.
+    let example = example.replacen(
+        "  namespace: search\n",
+        "  namespace: search\n  finalizers: [qdrant.io/cluster]\n",
+        1,
+    );
+    assert!(example.contains("finalizers"));
     w.apply(&example);
 }
 
@@ -109,6 +117,16 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         c["status"]["observedGeneration"],
         c["metadata"]["generation"]
     );
+    let finalizers = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "qc",
+        "vectors",
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
+    assert_eq!(finalizers.trim(), "", "the old finalizer is removed");
 
     // The three Qdrant nodes formed one cluster through the rendered start
     // script and headless-Service names.
@@ -773,6 +791,11 @@ async fn of_two_operator_replicas_one_reconciles_and_the_other_takes_over_when_i
     )
     .await;
     assert!(leads(standby));
+    // With no operator running at all, a cluster can still be deleted: no
+    // finalizer waits for one.
+    standby.process().kill();
+    let out = w.kubectl(&["-n", NS, "delete", "qc", "second", "--timeout=30s"]);
+    assert!(out.contains("deleted"), "{out}");
 }
 
 /// All pods of a distributed cluster restart at once (a node pool upgrade,
