@@ -152,6 +152,11 @@ pub async fn read(store: &dyn ObjectStore, prefix: &str, backup: &str) -> Result
     keys::validate_segment("backup", backup)?;
     let key = keys::manifest_key(prefix, backup);
     if store.head(&key).await?.is_none() {
+        // A HEAD cannot tell a missing bucket from a missing key (no body):
+        // a listing can, and says NoSuchBucket when that is the mistake.
+        store
+            .list(&format!("{}/", keys::backup_root(prefix, backup)))
+            .await?;
         return Err(Error::ManifestMissing(backup.to_string()));
     }
     let body = get_all(store, &key).await?;

@@ -817,6 +817,17 @@ async fn common_mistakes_get_one_line_that_names_the_fix() {
         ]),
         "the same new name \"x\"",
     );
+    // A bucket that does not exist is named as the problem, not the manifest.
+    let o = env.run(&[
+        "restore",
+        "--qdrant-url",
+        "http://127.0.0.1:9",
+        "--from",
+        "s3://no-such-bucket-here/prod",
+        "--name",
+        "b",
+    ]);
+    one_line(&o, "S3BucketNotFound");
     // Listing where there is nothing says so.
     let o = env.run(&["list", "--from", &to]);
     assert_ok(&o);
