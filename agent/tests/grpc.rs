@@ -509,16 +509,19 @@ async fn tls_channel(
         .await
 }
 
+/// Writes `text` to `dir/name`; returns the path, for a flag.
+fn write_file(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     let env = Env::new("mtls");
     let dir = tempfile::tempdir().unwrap();
     let p = pki();
-    let write = |n: &str, s: &str| {
-        let path = dir.path().join(n);
-        std::fs::write(&path, s).unwrap();
-        path.display().to_string()
-    };
+    let write = |n: &str, s: &str| write_file(dir.path(), n, s);
     let (ca, cert, key) = (
         write("ca.pem", &p.ca),
         write("tls.crt", &p.server.0),
@@ -594,11 +597,7 @@ async fn tls_without_client_verification_or_token_is_refused_and_insecure_binds_
     let env = Env::new("noauth");
     let dir = tempfile::tempdir().unwrap();
     let p = pki();
-    let write = |n: &str, s: &str| {
-        let path = dir.path().join(n);
-        std::fs::write(&path, s).unwrap();
-        path.display().to_string()
-    };
+    let write = |n: &str, s: &str| write_file(dir.path(), n, s);
     let (cert, key) = (write("tls.crt", &p.server.0), write("tls.key", &p.server.1));
     // TLS encrypts, but without a client CA anyone could start, cancel and
     // delete: the agent does not start.

@@ -107,27 +107,17 @@ async fn main() {
     );
 
     w.kubectl(&["create", "namespace", NS]);
-    w.kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "secret",
-        "generic",
-        "qdrant-api-key",
-        &format!("--from-literal=api-key={KEY}"),
-    ]);
+    w.secret(NS, "qdrant-api-key", &[("api-key", KEY)]);
     let s3 = need(S3Server::start());
     let bucket = need(s3.bucket("demo"));
-    w.kubectl(&[
-        "-n",
+    w.secret(
         NS,
-        "create",
-        "secret",
-        "generic",
         "backup-s3-credentials",
-        "--from-literal=AWS_ACCESS_KEY_ID=demo",
-        "--from-literal=AWS_SECRET_ACCESS_KEY=demo",
-    ]);
+        &[
+            ("AWS_ACCESS_KEY_ID", "demo"),
+            ("AWS_SECRET_ACCESS_KEY", "demo"),
+        ],
+    );
 
     println!("== kubectl apply QdrantCluster vectors (3 nodes, distributed)");
     w.apply(&cluster_yaml(NS, "vectors", 3));

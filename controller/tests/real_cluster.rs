@@ -23,15 +23,7 @@ const API_KEY: &str = "real-cluster-api-key-7f3e";
 /// nodes, distributed) in namespace `search` with its API key Secret.
 fn first_cluster(w: &World) {
     w.kubectl(&["create", "namespace", NS]);
-    w.kubectl(&[
-        "-n",
-        NS,
-        "create",
-        "secret",
-        "generic",
-        "qdrant-api-key",
-        &format!("--from-literal=api-key={API_KEY}"),
-    ]);
+    w.secret(NS, "qdrant-api-key", &[("api-key", API_KEY)]);
     let example =
         std::fs::read_to_string(repo().join("manifests/examples/qdrantcluster.yaml")).unwrap();
     // As an earlier operator version left it: with a finalizer that only
@@ -388,16 +380,14 @@ fn tail(s: &str, n: usize) -> String {
 /// The S3 credentials Secret `name`; its secret key is distinctive, so a
 /// test can tell it appears in no log.
 fn s3_secret(w: &World, name: &str) {
-    w.kubectl(&[
-        "-n",
+    w.secret(
         NS,
-        "create",
-        "secret",
-        "generic",
         name,
-        "--from-literal=AWS_ACCESS_KEY_ID=AKIAREALE2E",
-        &format!("--from-literal=AWS_SECRET_ACCESS_KEY={S3_SECRET}"),
-    ]);
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIAREALE2E"),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET),
+        ],
+    );
 }
 
 const S3_SECRET: &str = "real-e2e-secret-Zq81";

@@ -156,6 +156,17 @@ impl World {
         );
     }
 
+    /// `kubectl create secret generic` in `ns` with the given key/values.
+    pub fn secret(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        let literals: Vec<String> = data
+            .iter()
+            .map(|(k, v)| format!("--from-literal={k}={v}"))
+            .collect();
+        let mut args = vec!["-n", ns, "create", "secret", "generic", name];
+        args.extend(literals.iter().map(String::as_str));
+        self.kubectl(&args);
+    }
+
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = need(self.cp.kubectl(args));
         assert!(
