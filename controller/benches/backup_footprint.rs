@@ -16,8 +16,9 @@ mod kube_double;
 mod pods;
 
 use qdrant_operator::agent_client::ClientIdentity;
-use qdrant_operator::backup_controller::{Context, reconcile};
+use qdrant_operator::backup::reconcile;
 use qdrant_operator::crd::{OperationPhase, QdrantBackup};
+use qdrant_operator::runtime::{Context, metrics::Metrics};
 use serde_json::json;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -96,7 +97,9 @@ async fn main() {
     );
     let ctx = Arc::new(Context::new(
         kube.client(pods::NS),
+        Arc::new(qdrant_operator::pki::Ca::generate().unwrap()),
         Arc::new(ClientIdentity::fixed(cluster.tls.clone())),
+        Arc::new(Metrics::new(&mut Default::default())),
     ));
 
     let io_before = io_bytes();

@@ -4,10 +4,11 @@
 //! built from a resource's S3 settings and credentials Secret.
 
 use crate::agent_client::{self, AgentTls, Client};
-use crate::backup_plan::AgentPod;
+use crate::backup::plan::AgentPod;
+use crate::cluster::render;
 use crate::crd::{AgentTask, AgentTaskState};
 use crate::crd::{QdrantCluster, S3Storage};
-use crate::render;
+use crate::runtime::Halt;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
@@ -17,45 +18,6 @@ use qdrant_agent_proto::v1::{
     StorageTarget, TaskPhase, TaskRef,
 };
 use std::time::Duration;
-
-/// Why an operation cannot go on now.
-#[derive(Debug)]
-pub enum Halt {
-    /// Waiting can help (a Secret or an agent may appear): stay, retry later.
-    Wait {
-        reason: &'static str,
-        message: String,
-    },
-    /// It cannot succeed: end as Failed.
-    Fail {
-        reason: String,
-        message: String,
-    },
-    Kube(kube::Error),
-}
-
-impl From<kube::Error> for Halt {
-    fn from(e: kube::Error) -> Self {
-        Halt::Kube(e)
-    }
-}
-
-impl Halt {
-    pub fn fail(reason: impl Into<String>, message: impl Into<String>) -> Self {
-        Halt::Fail {
-            reason: reason.into(),
-            message: message.into(),
-        }
-    }
-
-    /// Once an operation has started, waiting is no longer an option.
-    pub fn into_fail(self) -> Self {
-        match self {
-            Halt::Wait { reason, message } => Halt::fail(reason, message),
-            other => other,
-        }
-    }
-}
 
 /// An agent's gRPC error as (reason, message). The agent ends its messages
 /// with `[Reason]`; other errors are named by their gRPC code.
@@ -349,15 +311,6 @@ pub fn is_terminal(t: &pb::Task) -> bool {
         t.phase(),
         TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
     )
-}
-
-impl Halt {
-    pub fn text(self) -> String {
-        match self {
-            Halt::Wait { message, .. } | Halt::Fail { message, .. } => message,
-            Halt::Kube(e) => e.to_string(),
-        }
-    }
 }
 
 impl Agents {

@@ -7,10 +7,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::PostParams;
 use kube::api::{Api, ListParams};
-use qdrant_operator::cluster_controller::{self, Context};
 use qdrant_operator::crd::QdrantCluster;
 use qdrant_operator::pki::{CA_SECRET, Ca};
-use qdrant_operator::{backup_controller, http, lease, metrics::Metrics, restore_controller};
+use qdrant_operator::runtime::{Context, http, lease, metrics::Metrics};
+use qdrant_operator::{backup, cluster, restore, schedule};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -103,23 +103,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let identity = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(
         ca.clone(),
     )?);
-    let ctx = Arc::new(Context::new(client.clone(), ca, metrics));
+    let ctx = Arc::new(Context::new(client, ca, identity, metrics));
     tracing::info!(
         "reconciling QdrantClusters, QdrantBackups, QdrantRestores and QdrantBackupSchedules"
     );
-    let schedules = Arc::new(qdrant_operator::schedule_controller::Context::new(
-        client.clone(),
-    ));
-    let backups = Arc::new(backup_controller::Context::new(
-        client.clone(),
-        identity.clone(),
-    ));
-    let restores = Arc::new(restore_controller::Context::new(client.clone(), identity));
     tokio::join!(
-        cluster_controller::run(client.clone(), ctx),
-        backup_controller::run_controller(client.clone(), backups),
-        restore_controller::run_controller(client.clone(), restores),
-        qdrant_operator::schedule_controller::run(client, schedules),
+        cluster::run(ctx.clone()),
+        backup::run(ctx.clone()),
+        restore::run(ctx.clone()),
+        schedule::run(ctx),
     );
     Ok(())
 }

@@ -7,9 +7,10 @@ mod common;
 use common::{ApiServer, with_status};
 use kube::Resource;
 use kube::runtime::controller::Action;
-use qdrant_operator::cluster_controller::{Context, FINALIZER, backoff, reconcile};
+use qdrant_operator::cluster::{FINALIZER, reconcile};
 use qdrant_operator::crd::QdrantCluster;
-use qdrant_operator::metrics::Metrics;
+use qdrant_operator::runtime::Context;
+use qdrant_operator::runtime::metrics::Metrics;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,8 @@ fn setup() -> (Arc<Context>, ApiServer) {
         &mut prometheus_client::registry::Registry::default(),
     ));
     let ca = Arc::new(qdrant_operator::pki::Ca::generate().unwrap());
-    (Arc::new(Context::new(client, ca, metrics)), api)
+    let tls = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(ca.clone()).unwrap());
+    (Arc::new(Context::new(client, ca, tls, metrics)), api)
 }
 
 fn cluster(finalized: bool, api_key: bool) -> QdrantCluster {
@@ -229,7 +231,7 @@ async fn a_missing_api_key_secret_fails_the_cluster_and_applies_nothing() {
 #[tokio::test]
 async fn a_running_cluster_whose_status_is_current_writes_no_status() {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use qdrant_operator::decide::{Observed, conditions, decide};
+    use qdrant_operator::cluster::decide::{Observed, conditions, decide};
     let ready_sts = |body: &Value| {
         let mut b = body.clone();
         b["metadata"]["generation"] = json!(1);
@@ -239,7 +241,10 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
     // The status a previous reconcile wrote for exactly this state.
     let mut c = cluster(false, false);
     let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(
-        ready_sts(&serde_json::to_value(qdrant_operator::render::statefulset(&c)).unwrap()).1,
+        ready_sts(
+            &serde_json::to_value(qdrant_operator::cluster::render::statefulset(&c)).unwrap(),
+        )
+        .1,
     )
     .unwrap();
     let d = decide(
@@ -297,19 +302,4 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
     let action = reconcile(Arc::new(c), ctx).await.unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     server.await.unwrap();
-}
-
-#[test]
-fn failures_back_off_exponentially_up_to_five_minutes() {
-    let secs: Vec<u64> = (1..=8).map(|n| backoff(n).as_secs()).collect();
-    assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300]);
-    // Per object: counted separately, reset by a success.
-    let b = qdrant_operator::cluster_controller::Backoff::default();
-    assert_eq!(b.next("a"), Duration::from_secs(5));
-    assert_eq!(b.failed("a"), (1, Duration::from_secs(5)));
-    assert_eq!(b.failed("a"), (2, Duration::from_secs(10)));
-    assert_eq!(b.next("a"), Duration::from_secs(20));
-    assert_eq!(b.failed("b").0, 1);
-    b.reset("a");
-    assert_eq!(b.failed("a").0, 1);
 }

@@ -17,9 +17,10 @@ use pods::{Cluster, NS, QB, QR, s3_secret};
 use qdrant_agent::manifest;
 use qdrant_agent::store::{ObjectStore, S3Config, S3Store, get_all};
 use qdrant_operator::agent_client::ClientIdentity;
-use qdrant_operator::backup_controller::{Context, reconcile};
+use qdrant_operator::backup::reconcile;
 use qdrant_operator::crd::{AgentTaskState, OperationPhase, QdrantBackup, QdrantRestore};
-use qdrant_operator::restore_controller;
+use qdrant_operator::restore;
+use qdrant_operator::runtime::Context;
 use serde_json::json;
 use sha2::Digest;
 use std::collections::BTreeSet;
@@ -54,10 +55,7 @@ impl Env {
     }
 
     fn ctx(&self, c: &Cluster) -> Arc<Context> {
-        let mut ctx = Context::new(
-            self.client.clone(),
-            Arc::new(ClientIdentity::fixed(c.tls.clone())),
-        );
+        let mut ctx = context(self.client.clone(), &c.tls);
         ctx.follow_window = Duration::from_millis(300);
         Arc::new(ctx)
     }
@@ -109,11 +107,8 @@ impl Env {
         }
     }
 
-    fn restore_ctx(&self, c: &Cluster) -> Arc<restore_controller::Context> {
-        let mut ctx = restore_controller::Context::new(
-            self.client.clone(),
-            Arc::new(ClientIdentity::fixed(c.tls.clone())),
-        );
+    fn restore_ctx(&self, c: &Cluster) -> Arc<Context> {
+        let mut ctx = context(self.client.clone(), &c.tls);
         ctx.follow_window = Duration::from_millis(300);
         Arc::new(ctx)
     }
@@ -129,7 +124,7 @@ impl Env {
     /// Reconciles restore `name` until `done` holds.
     async fn drive_restore_until(
         &self,
-        ctx: &Arc<restore_controller::Context>,
+        ctx: &Arc<Context>,
         name: &str,
         secs: u64,
         done: impl Fn(&QdrantRestore) -> bool,
@@ -146,7 +141,7 @@ impl Env {
                 "restore {name} did not get there: {:#?}",
                 r.status
             );
-            if let Err(e) = restore_controller::reconcile(Arc::new(r), ctx.clone()).await {
+            if let Err(e) = restore::reconcile(Arc::new(r), ctx.clone()).await {
                 eprintln!("reconcile error (retried): {e}");
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -154,12 +149,7 @@ impl Env {
     }
 
     /// Reconciles restore `name` until it ends.
-    async fn drive_restore(
-        &self,
-        ctx: &Arc<restore_controller::Context>,
-        name: &str,
-        secs: u64,
-    ) -> QdrantRestore {
+    async fn drive_restore(&self, ctx: &Arc<Context>, name: &str, secs: u64) -> QdrantRestore {
         self.drive_restore_until(ctx, name, secs, |r| {
             matches!(
                 r.status.as_ref().and_then(|s| s.phase),
@@ -211,6 +201,18 @@ impl Env {
         };
         Arc::new(S3Store::new(self.bucket.clone(), &cfg).await.unwrap())
     }
+}
+
+/// A reconcile context presenting the test agents' client certificate.
+fn context(client: kube::Client, tls: &qdrant_operator::agent_client::AgentTls) -> Context {
+    Context::new(
+        client,
+        Arc::new(qdrant_operator::pki::Ca::generate().unwrap()),
+        Arc::new(ClientIdentity::fixed(tls.clone())),
+        Arc::new(qdrant_operator::runtime::metrics::Metrics::new(
+            &mut prometheus_client::registry::Registry::default(),
+        )),
+    )
 }
 
 fn phase(b: &QdrantBackup) -> Option<OperationPhase> {
@@ -493,10 +495,7 @@ async fn deleting_a_running_backup_cancels_its_tasks_and_an_expired_one_takes_it
             .is_ok()
     );
     let later = {
-        let mut c = Context::new(
-            env.client.clone(),
-            Arc::new(ClientIdentity::fixed(cluster.tls.clone())),
-        );
+        let mut c = context(env.client.clone(), &cluster.tls);
         c.now = far_future;
         Arc::new(c)
     };

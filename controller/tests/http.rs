@@ -3,8 +3,8 @@
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use qdrant_operator::http::{Shared, router};
-use qdrant_operator::metrics::Metrics;
+use qdrant_operator::runtime::http::{Shared, router};
+use qdrant_operator::runtime::metrics::Metrics;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tower::ServiceExt;

@@ -122,7 +122,7 @@ async fn a_long_event_note_is_recorded_cut_to_what_the_api_server_takes() {
     };
     let refs = kube::Resource::object_ref(&cm, &());
     assert!(recorder.publish(&raw, &refs).await.is_err());
-    qdrant_operator::report::event(
+    qdrant_operator::runtime::report::event(
         &recorder,
         &refs,
         EventType::Warning,

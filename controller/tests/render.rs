@@ -2,8 +2,8 @@
 //! StatefulSet (run with UPDATE_SNAPSHOTS=1 to rewrite it on purpose) and
 //! the properties that matter, asserted one by one.
 
+use qdrant_operator::cluster::render::*;
 use qdrant_operator::crd::QdrantCluster;
-use qdrant_operator::render::*;
 use std::path::PathBuf;
 
 fn cluster(yaml: &str) -> QdrantCluster {

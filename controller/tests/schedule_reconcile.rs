@@ -5,9 +5,9 @@ mod common;
 
 use common::{ApiServer, echo, with_status};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Recorder, Reporter};
 use qdrant_operator::crd::QdrantBackupSchedule;
-use qdrant_operator::schedule_controller::{Context, reconcile};
+use qdrant_operator::runtime::Context;
+use qdrant_operator::schedule::reconcile;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,21 +26,14 @@ fn now_1130() -> jiff::Timestamp {
 
 fn setup(now: fn() -> jiff::Timestamp) -> (Arc<Context>, ApiServer) {
     let (client, api) = ApiServer::pair("search");
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "qdrant-operator".into(),
-            instance: None,
-        },
-    );
-    (
-        Arc::new(Context {
-            client,
-            recorder,
-            now,
-        }),
-        api,
-    )
+    let ca = Arc::new(qdrant_operator::pki::Ca::generate().unwrap());
+    let tls = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(ca.clone()).unwrap());
+    let metrics = Arc::new(qdrant_operator::runtime::metrics::Metrics::new(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
+    let mut ctx = Context::new(client, ca, tls, metrics);
+    ctx.now = now;
+    (Arc::new(ctx), api)
 }
 
 fn schedule(extra: &str, last: Option<&str>) -> QdrantBackupSchedule {

@@ -1,7 +1,7 @@
 //! What the reconcilers tell people: status (written only on change), the
 //! `Ready` condition and Events.
 
-use crate::cluster_controller::MANAGER;
+use super::MANAGER;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

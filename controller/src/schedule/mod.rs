@@ -3,53 +3,29 @@
 //! schedule keeps its backups), applies the concurrency policy, prunes by
 //! retention, and requeues itself exactly for the next fire.
 
-use crate::cluster_controller::MANAGER;
 use crate::crd::{
     ConcurrencyPolicy, OperationPhase, QdrantBackup, QdrantBackupSchedule,
     QdrantBackupScheduleStatus, QdrantBackupSpec, SchedulePhase,
 };
-use crate::schedule::{self, Cron, KEEP_FAILED, Kept};
-use futures::StreamExt;
+use crate::runtime::{self, Context, Error, report};
+use cron::Cron;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
+use retention::{KEEP_FAILED, Kept};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod cron;
+pub mod retention;
+
 /// Label on each backup a schedule creates: the schedule's name.
 pub const SCHEDULE_LABEL: &str = "qdrant.io/schedule";
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-}
-
-pub struct Context {
-    pub client: Client,
-    pub recorder: Recorder,
-    /// The time; fixed in tests.
-    pub now: fn() -> jiff::Timestamp,
-}
-
-impl Context {
-    pub fn new(client: Client) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            now: jiff::Timestamp::now,
-        }
-    }
-}
 
 fn phase(b: &QdrantBackup) -> Option<OperationPhase> {
     b.status.as_ref().and_then(|s| s.phase)
@@ -69,7 +45,7 @@ async fn event(
     reason: &str,
     note: String,
 ) {
-    crate::report::event(
+    report::event(
         &ctx.recorder,
         &s.object_ref(&()),
         type_,
@@ -92,14 +68,14 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
     let parsed = Cron::parse(&s.spec.schedule)
         .map_err(|e| ("InvalidSchedule", format!("spec.schedule: {e}")))
         .and_then(|c| {
-            schedule::time_zone(&s.spec.time_zone)
+            cron::time_zone(&s.spec.time_zone)
                 .map(|tz| (c, tz))
                 .map_err(|e| ("InvalidTimeZone", e))
         });
     let (cron, tz) = match parsed {
         Ok(x) => x,
         Err((reason, message)) => {
-            status.conditions = vec![crate::report::ready(
+            status.conditions = vec![report::ready(
                 false,
                 reason,
                 message.clone(),
@@ -108,7 +84,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
                 s.metadata.generation,
             )];
             status.next_backup_time = None;
-            crate::report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
+            report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
             if previous.conditions.first().map(|c| c.reason.as_str()) != Some(reason) {
                 event(&ctx, &s, EventType::Warning, reason, message).await;
             }
@@ -121,7 +97,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
         .await?
         .items;
     let jitter = jiff::SignedDuration::from_secs(
-        schedule::jitter_seconds(
+        cron::jitter_seconds(
             &s.uid().unwrap_or_default(),
             s.spec.jitter_seconds.unwrap_or(0),
         )
@@ -133,7 +109,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
         .map(|t| t.0)
         .or_else(|| s.metadata.creation_timestamp.as_ref().map(|t| t.0))
         .unwrap_or(now);
-    let due = schedule::due(&cron, &tz, since, now, s.spec.starting_deadline_seconds);
+    let due = cron::due(&cron, &tz, since, now, s.spec.starting_deadline_seconds);
 
     if !s.spec.suspend {
         if let Some(skipped) = due.skipped {
@@ -153,7 +129,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
             let start_at = fire + jitter;
             if now < start_at {
                 // Jitter: come back when this schedule's slot starts.
-                crate::report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
+                report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
                 return Ok(Action::requeue(until(now, start_at)));
             }
             fire_once(&ctx, &s, &backups, &mine, fire, &mut status).await?;
@@ -183,7 +159,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
                 .unwrap_or_else(|| "never".into())
         )
     };
-    status.conditions = vec![crate::report::ready(
+    status.conditions = vec![report::ready(
         true,
         if s.spec.suspend {
             "Suspended"
@@ -195,7 +171,7 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
         &previous.conditions,
         s.metadata.generation,
     )];
-    crate::report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
+    report::write_status(&ctx.client, &*s, Some(&previous), &status).await?;
     Ok(match status.next_backup_time.as_ref() {
         Some(t) => Action::requeue(until(now, t.0)),
         None => Action::await_change(),
@@ -254,7 +230,7 @@ async fn fire_once(
         }
         _ => {}
     }
-    let name = schedule::backup_name(&s.name_any(), fire);
+    let name = cron::backup_name(&s.name_any(), fire);
     let b = backup_for(s, &name);
     match backups.create(&PostParams::default(), &b).await {
         Ok(_) => {
@@ -321,7 +297,7 @@ async fn prune(
                 .unwrap_or(jiff::Timestamp::UNIX_EPOCH),
         })
         .collect();
-    let keep = schedule::retain(&completed, &s.spec.retention_policy, tz);
+    let keep = retention::retain(&completed, &s.spec.retention_policy, tz);
     status.last_successful_backup_time = completed.iter().map(|k| k.completed_at).max().map(Time);
     let mut failed: Vec<&QdrantBackup> = mine
         .iter()
@@ -353,34 +329,18 @@ async fn prune(
     Ok(())
 }
 
-pub fn error_policy(s: Arc<QdrantBackupSchedule>, err: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(schedule = %s.name_any(), error = %err, "schedule reconcile failed");
-    Action::requeue(Duration::from_secs(30))
-}
-
 /// Runs the schedule controller; a change to any labelled backup wakes its schedule.
-pub async fn run(client: Client, ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>) {
     let by_label = |b: QdrantBackup| {
         let ns = b.namespace()?;
         b.labels()
             .get(SCHEDULE_LABEL)
             .map(|s| ObjectRef::<QdrantBackupSchedule>::new(s).within(&ns))
     };
-    Controller::new(
-        Api::<QdrantBackupSchedule>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .watches(
-        Api::<QdrantBackup>::all(client),
+    let controller = runtime::controller::<QdrantBackupSchedule>(&ctx.client).watches(
+        Api::<QdrantBackup>::all(ctx.client.clone()),
         watcher::Config::default().labels(SCHEDULE_LABEL),
         by_label,
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "schedule controller event");
-        }
-    })
-    .await;
+    );
+    runtime::run(controller, ctx.clone(), reconcile).await;
 }

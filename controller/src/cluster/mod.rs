@@ -3,141 +3,40 @@
 //! status when it changed, and record an Event on each phase transition.
 
 use crate::crd::{ClusterPhase, QdrantCluster, QdrantClusterStatus};
-use crate::decide::{Observed, conditions, decide};
-use crate::metrics::Metrics;
-use crate::render;
-use futures::StreamExt;
+use crate::runtime::{self, Context, Error, MANAGER, report};
+use decide::{Observed, conditions, decide};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// The finalizer earlier versions set; removed wherever it is found.
 pub const FINALIZER: &str = "qdrant.io/cluster";
-pub const MANAGER: &str = "qdrant-operator";
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error(transparent)]
-    Pki(#[from] crate::pki::PkiError),
-}
+pub mod decide;
+pub mod render;
 
-impl Error {
-    /// A short label for metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "KubeApi",
-            Error::Pki(_) => "Certificate",
-        }
-    }
-}
-
-pub struct Context {
-    pub client: Client,
-    /// The operator's CA, which signs the agents' certificates.
-    pub ca: Arc<crate::pki::Ca>,
-    pub recorder: Recorder,
-    pub metrics: Arc<Metrics>,
-    failures: Backoff,
-}
-
-impl Context {
-    pub fn new(client: Client, ca: Arc<crate::pki::Ca>, metrics: Arc<Metrics>) -> Self {
-        let reporter = Reporter {
-            controller: MANAGER.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        };
-        Self {
-            recorder: Recorder::new(client.clone(), reporter),
-            client,
-            ca,
-            metrics,
-            failures: Backoff::default(),
-        }
-    }
-}
-
-/// Seconds to wait after the `n`-th consecutive failure: 5, 10, 20, ... 300.
-pub fn backoff(n: u32) -> Duration {
-    Duration::from_secs((5u64 << n.saturating_sub(1).min(6)).min(300))
-}
-
-/// Consecutive failures per object UID, for exponential backoff; every
-/// reconciler keeps one.
-#[derive(Default)]
-pub struct Backoff(Mutex<HashMap<String, u32>>);
-
-impl Backoff {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Counts a failure of `uid`; returns the count and the delay to wait.
-    pub fn failed(&self, uid: &str) -> (u32, Duration) {
-        let mut m = self.map();
-        let n = m.entry(uid.to_string()).or_insert(0);
-        *n += 1;
-        (*n, backoff(*n))
-    }
-
-    /// The delay after one more failure, without counting it (for waits).
-    pub fn next(&self, uid: &str) -> Duration {
-        backoff(self.map().get(uid).copied().unwrap_or(0) + 1)
-    }
-
-    pub fn reset(&self, uid: &str) {
-        self.map().remove(uid);
-    }
-}
-
+/// Reconciles one QdrantCluster. It has no finalizer: owned objects go with
+/// it through owner references.
 pub async fn reconcile(c: Arc<QdrantCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let started = Instant::now();
-    let kind = Metrics::kind("QdrantCluster");
-    ctx.metrics.reconciles.get_or_create(&kind).inc();
     let ns = c.namespace().unwrap_or_else(|| "default".into());
     let api: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let uid = c.uid().unwrap_or_default();
-    let result = if c.finalizers().iter().any(|f| f == FINALIZER) {
+    if c.finalizers().iter().any(|f| f == FINALIZER) {
         drop_legacy_finalizer(&api, &c).await
     } else if c.metadata.deletion_timestamp.is_some() {
-        // Owned objects go with it through owner references.
         Ok(Action::await_change())
     } else {
         apply(c, &ctx).await
-    };
-    ctx.metrics
-        .duration
-        .get_or_create(&kind)
-        .observe(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.failures.reset(&uid);
     }
-    result
-}
-
-pub fn error_policy(c: Arc<QdrantCluster>, err: &Error, ctx: Arc<Context>) -> Action {
-    let (n, delay) = ctx.failures.failed(&c.uid().unwrap_or_default());
-    ctx.metrics
-        .failures
-        .get_or_create(&crate::metrics::ErrorLabel {
-            kind: "QdrantCluster".into(),
-            reason: err.reason().into(),
-        })
-        .inc();
-    tracing::warn!(cluster = %c.name_any(), error = %err, failures = n, "reconcile failed");
-    Action::requeue(delay)
 }
 
 async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
@@ -252,7 +151,7 @@ async fn ensure_agent_tls(
 async fn write_status(
     c: &QdrantCluster,
     ctx: &Context,
-    d: &crate::decide::Decision,
+    d: &decide::Decision,
     sts: Option<&StatefulSet>,
 ) -> Result<(), Error> {
     let previous = c.status.clone().unwrap_or_default();
@@ -274,7 +173,7 @@ async fn write_status(
     if status == previous {
         return Ok(());
     }
-    crate::report::write_status(&ctx.client, c, Some(&previous), &status).await?;
+    report::write_status(&ctx.client, c, Some(&previous), &status).await?;
     if previous.phase != Some(d.phase) {
         let (reason, ok, msg) = d
             .conditions
@@ -292,7 +191,7 @@ async fn write_status(
             format!("{reason}: {msg}")
         };
         let reason = format!("{:?}", d.phase);
-        crate::report::event(
+        report::event(
             &ctx.recorder,
             &c.object_ref(&()),
             type_,
@@ -329,26 +228,17 @@ async fn drop_legacy_finalizer(
 }
 
 /// Runs the QdrantCluster controller until shutdown.
-pub async fn run(client: Client, ctx: Arc<Context>) {
+pub async fn run(ctx: Arc<Context>) {
+    let client = &ctx.client;
     let managed = watcher::Config::default().labels("app.kubernetes.io/managed-by=qdrant-operator");
-    Controller::new(
-        Api::<QdrantCluster>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .owns(Api::<StatefulSet>::all(client.clone()), managed.clone())
-    .owns(Api::<Service>::all(client.clone()), managed.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
-    .owns(
-        Api::<PodDisruptionBudget>::all(client.clone()),
-        managed.clone(),
-    )
-    .owns(Api::<ServiceAccount>::all(client), managed)
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+    let controller = runtime::controller::<QdrantCluster>(client)
+        .owns(Api::<StatefulSet>::all(client.clone()), managed.clone())
+        .owns(Api::<Service>::all(client.clone()), managed.clone())
+        .owns(Api::<ConfigMap>::all(client.clone()), managed.clone())
+        .owns(
+            Api::<PodDisruptionBudget>::all(client.clone()),
+            managed.clone(),
+        )
+        .owns(Api::<ServiceAccount>::all(client.clone()), managed);
+    runtime::run(controller, ctx.clone(), reconcile).await;
 }

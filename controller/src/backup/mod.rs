@@ -1,10 +1,10 @@
 //! The QdrantBackup reconciler. Each reconcile decides the next step
-//! (`backup_decide`), and while the backup runs it follows the agents'
+//! (`decide`), and while the backup runs it follows the agents'
 //! tasks for a short window (`WatchTask`), then writes progress: status is
 //! written at most once per window, never per part.
 //!
 //! Start: every ready pod's agent reports its Qdrant peer and the shard
-//! placement; `backup_plan` picks one Active replica per shard; the plan
+//! placement; `plan` picks one Active replica per shard; the plan
 //! goes to status first, then each pod's agent gets its `StartBackup` with
 //! a task id derived from the backup's UID, so a restarted controller
 //! attaches to the running tasks instead of starting again.
@@ -16,21 +16,19 @@
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
 use crate::agent_client::Client;
-use crate::agents::{Agents, Halt, Observed, Seen, agent_pods, status_reason, storage_target};
-use crate::backup_decide::{Step, cluster_prefix, next_step};
-use crate::backup_plan::{self, from_agent, plan};
+use crate::agents::{Agents, Observed, Seen, agent_pods, status_reason, storage_target};
 use crate::crd::{
     AgentTask, AgentTaskState, BackupMode, CollectionResult, DeletionPolicy, OperationPhase,
     QdrantBackup, QdrantBackupStatus, QdrantCluster, ShardObject, TaskProgress, TaskShard,
 };
-use crate::report;
-use futures::StreamExt;
+use crate::runtime::{self, Context, Error, Halt, operation, report};
+use decide::{Step, cluster_prefix, next_step};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
+use plan::from_agent;
 use qdrant_agent_proto::v1::{
     self as pb, CollectionSelection, DeleteBackupRequest, StartBackupRequest, StorageTarget,
     TaskPhase, TaskRef, WriteManifestRequest,
@@ -39,17 +37,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod decide;
+pub mod plan;
+
 pub const FINALIZER: &str = "qdrant.io/backup";
 /// Tries per shard: the first plus re-plans after a lost task.
 pub const MAX_ATTEMPTS: u32 = 3;
 
-use crate::operation;
-pub use crate::operation::{Context, Error, error_policy};
-
 pub async fn reconcile(b: Arc<QdrantBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
-    crate::operation::reconcile(
+    runtime::finalized(
         b,
-        ctx,
+        &ctx,
         FINALIZER,
         async |o: Arc<QdrantBackup>, ctx: &Context| apply(&o, ctx).await,
         async |o: Arc<QdrantBackup>, ctx: &Context| cleanup(&o, ctx).await,
@@ -125,7 +123,7 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
         Step::Fail { reason, message } => fail(b, ctx, cluster.as_ref(), reason, message).await,
         Step::Run => {
             let cluster = cluster.expect("next_step runs only with a cluster");
-            match run(b, ctx, &cluster).await {
+            match drive(b, ctx, &cluster).await {
                 Ok(a) => Ok(a),
                 Err(Halt::Wait { reason, message }) => {
                     operation::wait(b, ctx, reason, message).await?;
@@ -140,7 +138,7 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-async fn run(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
+async fn drive(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
     let status = status_of(b);
     let started = !status.tasks.is_empty();
     let ns = b.namespace().unwrap_or_default();
@@ -199,19 +197,20 @@ async fn survey_and_plan(
             ),
         ));
     }
-    let planned = plan(&placements, &agent_pods(&seen), &Default::default()).map_err(|e| {
-        let why = if unreachable.is_empty() {
-            String::new()
-        } else {
-            format!(" (out of reach: {})", unreachable.join("; "))
-        };
-        Halt::fail(e.reason(), format!("{e}{why}"))
-    })?;
+    let planned =
+        plan::plan(&placements, &agent_pods(&seen), &Default::default()).map_err(|e| {
+            let why = if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(" (out of reach: {})", unreachable.join("; "))
+            };
+            Halt::fail(e.reason(), format!("{e}{why}"))
+        })?;
     let uid = b.uid().unwrap_or_default();
     let tasks = planned
         .into_iter()
         .map(|(pod, shards)| AgentTask {
-            task_id: backup_plan::task_id(&uid, &pod, attempt),
+            task_id: plan::task_id(&uid, &pod, attempt),
             instance_id: seen
                 .iter()
                 .find(|s| s.pod == pod)
@@ -686,17 +685,7 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Runs the QdrantBackup controller until shutdown.
-pub async fn run_controller(client: kube::Client, ctx: Arc<Context>) {
-    Controller::new(
-        Api::<QdrantBackup>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+pub async fn run(ctx: Arc<Context>) {
+    let controller = runtime::controller::<QdrantBackup>(&ctx.client);
+    runtime::run(controller, ctx.clone(), reconcile).await;
 }

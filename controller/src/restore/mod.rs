@@ -16,21 +16,20 @@
 //! half-restored collection never passes for a restored one.
 
 use crate::agent_client::Client;
-use crate::agents::{Agents, Halt, Observed, agent_pods, status_reason, storage_target};
-use crate::backup_decide::cluster_prefix;
-use crate::backup_plan::{from_agent, plan};
+use crate::agents::{Agents, Observed, agent_pods, status_reason, storage_target};
+use crate::backup::decide::cluster_prefix;
+use crate::backup::plan::{from_agent, plan};
 use crate::crd::{
     AgentTask, AgentTaskState, ClusterPhase, CollectionResult, OperationPhase, QdrantBackup,
     QdrantCluster, QdrantRestore, QdrantRestoreStatus, RestoreStage, S3Storage, ShardObject,
     TaskProgress, TaskShard,
 };
-use crate::report;
+use crate::runtime::{self, Context, Error, Halt, operation, report};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use qdrant_agent_proto::v1::{
     self as pb, CollectionSelection, GetPlacementRequest, ReadManifestRequest, StartRestoreRequest,
@@ -42,13 +41,10 @@ use std::time::Duration;
 
 pub const FINALIZER: &str = "qdrant.io/restore";
 
-use crate::operation;
-pub use crate::operation::{Context, Error, error_policy};
-
 pub async fn reconcile(r: Arc<QdrantRestore>, ctx: Arc<Context>) -> Result<Action, Error> {
-    crate::operation::reconcile(
+    runtime::finalized(
         r,
-        ctx,
+        &ctx,
         FINALIZER,
         async |o: Arc<QdrantRestore>, ctx: &Context| apply(&o, ctx).await,
         async |o: Arc<QdrantRestore>, ctx: &Context| cleanup(&o, ctx).await,
@@ -204,7 +200,7 @@ async fn apply(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
                 message: format!("QdrantCluster {} is not Running", c.name_any()),
             })
         }
-        Some(c) => run(r, ctx, c).await,
+        Some(c) => drive(r, ctx, c).await,
     };
     match result {
         Ok(a) => Ok(a),
@@ -219,7 +215,7 @@ async fn apply(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-async fn run(r: &QdrantRestore, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
+async fn drive(r: &QdrantRestore, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
     let status = status_of(r);
     let started = status.stage.is_some();
     let src = source(r, ctx).await;
@@ -857,19 +853,9 @@ async fn cleanup(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
 }
 
 /// Runs the QdrantRestore controller until shutdown.
-pub async fn run_controller(client: kube::Client, ctx: Arc<Context>) {
-    Controller::new(
-        Api::<QdrantRestore>::all(client.clone()),
-        watcher::Config::default().any_semantic(),
-    )
-    .shutdown_on_signal()
-    .run(reconcile, error_policy, ctx)
-    .for_each(|r| async move {
-        if let Err(e) = r {
-            tracing::debug!(error = %e, "controller event");
-        }
-    })
-    .await;
+pub async fn run(ctx: Arc<Context>) {
+    let controller = runtime::controller::<QdrantRestore>(&ctx.client);
+    runtime::run(controller, ctx.clone(), reconcile).await;
 }
 
 #[cfg(test)]

@@ -1,0 +1,204 @@
+//! What every reconciler shares: one [`Context`], one [`Error`], per-object
+//! backoff, the finalizer wrapper, metrics per kind, status and Events, and
+//! the loop that runs a controller. The reconcilers (`cluster`, `backup`,
+//! `restore`, `schedule`) hold only their own decisions and I/O.
+
+mod backoff;
+mod error;
+pub mod http;
+pub mod lease;
+pub mod metrics;
+pub mod operation;
+pub mod report;
+
+pub use backoff::{Backoff, backoff};
+pub use error::{Error, Halt};
+
+use crate::agent_client::ClientIdentity;
+use crate::pki::Ca;
+use futures::StreamExt;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use metrics::Metrics;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The field manager of every write, and the Events' reporting controller.
+pub const MANAGER: &str = "qdrant-operator";
+
+/// What a reconcile of any kind can reach.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    /// The operator's CA, which signs the agents' server certificates.
+    pub ca: Arc<Ca>,
+    /// The controller's client certificate for the agents' mutual TLS.
+    pub tls: Arc<ClientIdentity>,
+    /// The time; fixed in tests.
+    pub now: fn() -> jiff::Timestamp,
+    /// How long one reconcile follows running agent tasks before it writes
+    /// progress and yields.
+    pub follow_window: Duration,
+    /// Consecutive failures per object UID (UIDs are unique across kinds).
+    failures: Backoff,
+}
+
+impl Context {
+    pub fn new(
+        client: kube::Client,
+        ca: Arc<Ca>,
+        tls: Arc<ClientIdentity>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            ca,
+            tls,
+            now: jiff::Timestamp::now,
+            follow_window: Duration::from_secs(10),
+            failures: Backoff::default(),
+        }
+    }
+
+    /// The delay before looking again at an object that waits: grows with
+    /// its consecutive failures like the error backoff.
+    pub fn wait_delay<K: Resource>(&self, obj: &K) -> Duration {
+        self.failures.next(&obj.uid().unwrap_or_default())
+    }
+}
+
+/// The kinds the operator reconciles, as the runtime needs them.
+pub trait Kind:
+    Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Kind for K where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Runs one reconcile of `obj`: counts it and its duration under its kind,
+/// and resets the object's backoff on success.
+pub async fn measured<K: Kind>(
+    obj: &K,
+    ctx: &Context,
+    reconcile: impl Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let started = Instant::now();
+    let kind = Metrics::kind(&K::kind(&()));
+    ctx.metrics.reconciles.get_or_create(&kind).inc();
+    let result = reconcile.await;
+    ctx.metrics
+        .duration
+        .get_or_create(&kind)
+        .observe(started.elapsed().as_secs_f64());
+    if result.is_ok() {
+        ctx.failures.reset(&obj.uid().unwrap_or_default());
+    }
+    result
+}
+
+/// Runs `apply` or, once the object is being deleted, `cleanup`, under the
+/// finalizer `name`.
+pub async fn finalized<K, A, C>(
+    obj: Arc<K>,
+    ctx: &Context,
+    name: &str,
+    apply: A,
+    cleanup: C,
+) -> Result<Action, Error>
+where
+    K: Kind,
+    A: AsyncFnOnce(Arc<K>, &Context) -> Result<Action, Error>,
+    C: AsyncFnOnce(Arc<K>, &Context) -> Result<Action, Error>,
+{
+    let ns = obj.namespace().unwrap_or_else(|| "default".into());
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, name, obj, |ev| async {
+        match ev {
+            Finalizer::Apply(o) => apply(o, ctx).await,
+            Finalizer::Cleanup(o) => cleanup(o, ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// After a failed reconcile: count it by kind and reason, back off per object.
+pub fn error_policy<K: Kind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Action {
+    let (n, delay) = ctx.failures.failed(&obj.uid().unwrap_or_default());
+    ctx.metrics
+        .failures
+        .get_or_create(&metrics::ErrorLabel {
+            kind: K::kind(&()).into(),
+            reason: err.reason().into(),
+        })
+        .inc();
+    tracing::warn!(kind = %K::kind(&()), name = %obj.name_any(), error = %err, failures = n, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// A controller for every namespace's objects of kind `K`.
+pub fn controller<K: Kind>(client: &kube::Client) -> Controller<K> {
+    Controller::new(
+        Api::<K>::all(client.clone()),
+        kube::runtime::watcher::Config::default().any_semantic(),
+    )
+}
+
+/// Runs `controller` until shutdown with `reconcile`, measured and backed off.
+pub async fn run<K, R, F>(controller: Controller<K>, ctx: Arc<Context>, reconcile: R)
+where
+    K: Kind,
+    R: Fn(Arc<K>, Arc<Context>) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    let reconcile = Arc::new(reconcile);
+    controller
+        .shutdown_on_signal()
+        .run(
+            move |obj: Arc<K>, ctx: Arc<Context>| {
+                let reconcile = reconcile.clone();
+                async move {
+                    let fut = reconcile(obj.clone(), ctx.clone());
+                    measured(&*obj, &ctx, fut).await
+                }
+            },
+            error_policy,
+            ctx,
+        )
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
