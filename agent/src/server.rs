@@ -231,19 +231,22 @@ fn shard_placements(p: &crate::qdrant::Placement) -> Vec<ShardPlacement> {
 }
 
 /// An agent error as a gRPC status: the code says what kind of problem it
-/// is, the message (never holding a credential) ends with the reason.
+/// is, the message (never holding a credential) what happened, and the
+/// `ErrorInfo` detail its reason.
 fn to_status(e: Error) -> Status {
-    let msg = format!("{e} [{}]", e.reason());
-    match e.reason() {
-        "InvalidRequest" => Status::invalid_argument(msg),
+    use tonic::Code;
+    let reason = e.reason();
+    let code = match reason {
+        "InvalidRequest" => Code::InvalidArgument,
         "ManifestMissing" | "ObjectNotFound" | "S3BucketNotFound" | "QdrantNotFound" => {
-            Status::not_found(msg)
+            Code::NotFound
         }
-        "S3AccessDenied" => Status::permission_denied(msg),
-        "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Status::unavailable(msg),
-        "ChecksumMismatch" | "VersionMismatch" => Status::failed_precondition(msg),
-        _ => Status::internal(msg),
-    }
+        "S3AccessDenied" => Code::PermissionDenied,
+        "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Code::Unavailable,
+        "ChecksumMismatch" | "VersionMismatch" => Code::FailedPrecondition,
+        _ => Code::Internal,
+    };
+    qdrant_agent_proto::errors::status(code, e.to_string(), reason)
 }
 
 /// Input errors are answered at once rather than as a failed task.

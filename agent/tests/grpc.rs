@@ -770,6 +770,20 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         .unwrap()
         .into_inner()
         .manifest_json;
+    // An error names its reason in the standard ErrorInfo detail, not in the text.
+    let missing = cb
+        .read_manifest(ReadManifestRequest {
+            storage: Some(storage(&env, "multi")),
+            backup_name: "never-written".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    assert_eq!(
+        qdrant_agent_proto::errors::reason(&missing).as_deref(),
+        Some("ManifestMissing")
+    );
+    assert!(!missing.message().contains('['), "{}", missing.message());
     let m: serde_json::Value = serde_json::from_str(&json).unwrap();
     let nodes: Vec<(&str, u64)> = m["nodes"]
         .as_array()

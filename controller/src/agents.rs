@@ -9,6 +9,7 @@ use crate::cluster::render;
 use crate::crd::{AgentTask, AgentTaskState};
 use crate::crd::{QdrantCluster, S3Storage};
 use crate::runtime::Halt;
+use crate::tasks::Observed;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
@@ -19,19 +20,12 @@ use qdrant_agent_proto::v1::{
 };
 use std::time::Duration;
 
-/// An agent's gRPC error as (reason, message). The agent ends its messages
-/// with `[Reason]`; other errors are named by their gRPC code.
+/// An agent's gRPC error as (reason, message): the reason the agent gave,
+/// or for errors that are not the agent's (transport, auth) the gRPC code.
 pub fn status_reason(s: &tonic::Status) -> (String, String) {
-    let msg = s.message().trim();
-    if let Some(open) = msg.rfind(" [")
-        && msg.ends_with(']')
-    {
-        return (
-            msg[open + 2..msg.len() - 1].to_string(),
-            msg[..open].to_string(),
-        );
-    }
-    (format!("Agent{:?}", s.code()), msg.to_string())
+    let reason =
+        qdrant_agent_proto::errors::reason(s).unwrap_or_else(|| format!("Agent{:?}", s.code()));
+    (reason, s.message().trim().to_string())
 }
 
 /// The storage target the agents get: `s3://bucket/<prefix>` with the
@@ -97,6 +91,24 @@ pub async fn storage_target(
         sse_kms_key_id: s3.sse_kms_key_id.clone().unwrap_or_default(),
         virtual_hosted_style: false,
     })
+}
+
+/// The request that starts a task: starting is idempotent per task id, so
+/// it is also how a task the agent does not know yet gets started.
+#[derive(Debug, Clone)]
+pub enum Start {
+    Backup(pb::StartBackupRequest),
+    Restore(pb::StartRestoreRequest),
+}
+
+impl Start {
+    pub async fn send(self, c: &mut Client) -> Result<pb::Task, tonic::Status> {
+        let r = match self {
+            Start::Backup(r) => c.start_backup(r).await?,
+            Start::Restore(r) => c.start_restore(r).await?,
+        };
+        Ok(r.into_inner())
+    }
 }
 
 /// A ready pod of the cluster and its IP.
@@ -247,6 +259,45 @@ impl Agents {
         Ok((seen, unreachable))
     }
 
+    /// [`Agents::survey`], waiting while no agent of `cluster` answers at all.
+    pub async fn survey_some(
+        &self,
+        collections: &[String],
+        cluster: &str,
+    ) -> Result<(Vec<Seen>, Vec<String>), Halt> {
+        let (seen, unreachable) = self.survey(collections).await?;
+        if seen.is_empty() {
+            return Err(Halt::wait(
+                "AgentUnreachable",
+                if unreachable.is_empty() {
+                    format!("cluster {cluster} has no ready pod")
+                } else {
+                    unreachable.join("; ")
+                },
+            ));
+        }
+        Ok((seen, unreachable))
+    }
+
+    /// Starts each task on its pod's agent. A task that does not start now
+    /// is started by the next reconcile, which finds it unknown to a same
+    /// agent instance (see [`Agents::observe`]).
+    pub async fn start_each(&self, starts: Vec<(&AgentTask, Start)>) {
+        for (t, req) in starts {
+            let started = match self.connect(&t.pod).await {
+                Ok(mut c) => req
+                    .send(&mut c)
+                    .await
+                    .map(|_| ())
+                    .map_err(|s| status_reason(&s).1),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = started {
+                tracing::warn!(task = %t.task_id, pod = %t.pod, error = %e, "could not start a task; the next reconcile retries");
+            }
+        }
+    }
+
     async fn ask(&self, pod: &str, collections: &[String]) -> Result<Seen, Ask> {
         let mut c = self.connect(pod).await.map_err(Ask::Unreachable)?;
         let unreachable =
@@ -300,12 +351,6 @@ pub fn agent_pods(seen: &[Seen]) -> Vec<AgentPod> {
         .collect()
 }
 
-/// What following one task found.
-pub enum Observed {
-    Task(Box<pb::Task>),
-    Lost(String),
-}
-
 pub fn is_terminal(t: &pb::Task) -> bool {
     matches!(
         t.phase(),
@@ -319,12 +364,7 @@ impl Agents {
     /// if the agent is still the instance it was planned on (the controller
     /// stopped between writing the plan and starting the task); another
     /// instance means the agent restarted and the task is gone.
-    pub async fn observe(
-        &self,
-        t: &AgentTask,
-        window: Duration,
-        start: impl AsyncFnOnce(&mut Client) -> Result<pb::Task, tonic::Status>,
-    ) -> Observed {
+    pub async fn observe(&self, t: &AgentTask, window: Duration, start: Start) -> Observed {
         let lost =
             |s: tonic::Status| Observed::Lost(format!("agent of pod {}: {}", t.pod, s.message()));
         let mut c = match self.connect(&t.pod).await {
@@ -347,7 +387,7 @@ impl Agents {
                         t.pod, t.instance_id
                     ));
                 }
-                return match start(&mut c).await {
+                return match start.send(&mut c).await {
                     Ok(task) => Observed::Task(Box::new(task)),
                     Err(s) => lost(s),
                 };

@@ -17,6 +17,49 @@ pub mod v1 {
     }
 }
 
+/// An agent's errors carry a stable, machine-readable reason (e.g.
+/// `S3AccessDenied`) as the standard `google.rpc.ErrorInfo` detail, next
+/// to a message meant for people: callers branch on the reason, never on
+/// the text, and `grpcurl` prints both.
+pub mod errors {
+    use std::collections::HashMap;
+    use tonic::{Code, Status};
+    use tonic_types::{ErrorDetails, StatusExt};
+
+    /// `ErrorInfo.domain` of the agent's errors.
+    pub const DOMAIN: &str = "agent.qdrant.io";
+
+    /// A status with `message` for people and `reason` for programs.
+    pub fn status(code: Code, message: impl Into<String>, reason: &str) -> Status {
+        let details = ErrorDetails::with_error_info(reason, DOMAIN, HashMap::new());
+        Status::with_error_details(code, message, details)
+    }
+
+    /// The reason an agent gave, if the status came from one.
+    pub fn reason(s: &Status) -> Option<String> {
+        s.get_details_error_info()
+            .filter(|i| i.domain == DOMAIN && !i.reason.is_empty())
+            .map(|i| i.reason)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_reason_travels_beside_the_message() {
+            let s = status(
+                Code::NotFound,
+                "no manifest.json under s3://b/p",
+                "ManifestMissing",
+            );
+            assert_eq!(s.message(), "no manifest.json under s3://b/p");
+            assert_eq!(reason(&s).as_deref(), Some("ManifestMissing"));
+            assert_eq!(reason(&Status::unavailable("connection refused")), None);
+        }
+    }
+}
+
 /// Encoded `FileDescriptorSet` of agent.proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agent_descriptor.bin"));

@@ -2,28 +2,11 @@
 //! its cluster, the other backups of the namespace and the time. Terminal
 //! phases never change; one backup runs per cluster at a time.
 
-use crate::crd::{ClusterPhase, OperationPhase, QdrantBackup, QdrantCluster};
+use crate::crd::{OperationPhase, QdrantBackup, QdrantCluster};
+use crate::operation::cluster_gate;
 use kube::ResourceExt;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Step {
-    /// Plan and start the agents' tasks, or follow the running ones.
-    Run,
-    /// Stay Pending, say why, and look again later.
-    Wait {
-        reason: &'static str,
-        message: String,
-    },
-    /// End the backup as Failed (deleting what it uploaded).
-    Fail {
-        reason: &'static str,
-        message: String,
-    },
-    /// Retention expired: delete the resource (its deletionPolicy applies).
-    Expire,
-    /// Terminal: nothing to do.
-    Done,
-}
+pub use crate::operation::Step;
 
 fn phase(b: &QdrantBackup) -> Option<OperationPhase> {
     b.status.as_ref().and_then(|s| s.phase)
@@ -73,46 +56,9 @@ pub fn next_step(
         };
     }
     let ns = b.namespace().unwrap_or_default();
-    let Some(cluster) = cluster else {
-        if phase(b) == Some(OperationPhase::InProgress) {
-            return Step::Fail {
-                reason: "ClusterNotFound",
-                message: format!(
-                    "QdrantCluster {} was deleted during the backup",
-                    b.spec.cluster_ref.name
-                ),
-            };
-        }
-        return Step::Wait {
-            reason: "ClusterNotFound",
-            message: format!(
-                "QdrantCluster {} not found in namespace {ns}",
-                b.spec.cluster_ref.name
-            ),
-        };
-    };
-    if !cluster.spec.agent.enabled {
-        return Step::Fail {
-            reason: "AgentDisabled",
-            message: format!(
-                "QdrantCluster {} runs without the backup agent; set spec.agent.enabled: true",
-                cluster.name_any()
-            ),
-        };
-    }
-    let cluster_phase = cluster.status.as_ref().and_then(|s| s.phase);
-    if phase(b) != Some(OperationPhase::InProgress) && cluster_phase != Some(ClusterPhase::Running)
-    {
-        return Step::Wait {
-            reason: "ClusterNotReady",
-            message: format!(
-                "QdrantCluster {} is {}, not Running",
-                cluster.name_any(),
-                cluster_phase
-                    .map(|p| format!("{p:?}"))
-                    .unwrap_or_else(|| "not yet reconciled".into())
-            ),
-        };
+    let running = phase(b) == Some(OperationPhase::InProgress);
+    if let Some(step) = cluster_gate("backup", &b.spec.cluster_ref.name, &ns, cluster, running) {
+        return step;
     }
     if phase(b) == Some(OperationPhase::InProgress) {
         return Step::Run;
@@ -162,6 +108,7 @@ pub fn cluster_prefix(storage_prefix: Option<&str>, namespace: &str, cluster: &s
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crd::ClusterPhase;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     fn t(s: i64) -> jiff::Timestamp {

@@ -15,13 +15,14 @@
 //! `manifest.json` last (`WriteManifest`); a failure cancels the tasks and
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
-use crate::agent_client::Client;
-use crate::agents::{Agents, Observed, Seen, agent_pods, status_reason, storage_target};
+use crate::agents::{Agents, Seen, Start, agent_pods, status_reason, storage_target};
 use crate::crd::{
-    AgentTask, AgentTaskState, BackupMode, CollectionResult, DeletionPolicy, OperationPhase,
-    QdrantBackup, QdrantBackupStatus, QdrantCluster, ShardObject, TaskProgress, TaskShard,
+    AgentTask, AgentTaskState, BackupMode, DeletionPolicy, OperationPhase, QdrantBackup,
+    QdrantBackupStatus, QdrantCluster, TaskProgress, TaskShard,
 };
-use crate::runtime::{self, Context, Error, Halt, operation, report};
+use crate::runtime::operation::{self, Settled};
+use crate::runtime::{self, Context, Error, Halt, report};
+use crate::tasks::{self, Outcome};
 use decide::{Step, cluster_prefix, next_step};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -31,9 +32,8 @@ use kube::{Resource, ResourceExt};
 use plan::from_agent;
 use qdrant_agent_proto::v1::{
     self as pb, CollectionSelection, DeleteBackupRequest, StartBackupRequest, StorageTarget,
-    TaskPhase, TaskRef, WriteManifestRequest,
+    TaskRef, WriteManifestRequest,
 };
-use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +47,7 @@ pub const MAX_ATTEMPTS: u32 = 3;
 pub async fn reconcile(b: Arc<QdrantBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
     runtime::finalized(
         b,
-        &ctx,
+        ctx,
         FINALIZER,
         async |o: Arc<QdrantBackup>, ctx: &Context| apply(&o, ctx).await,
         async |o: Arc<QdrantBackup>, ctx: &Context| cleanup(&o, ctx).await,
@@ -123,41 +123,31 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
         Step::Fail { reason, message } => fail(b, ctx, cluster.as_ref(), reason, message).await,
         Step::Run => {
             let cluster = cluster.expect("next_step runs only with a cluster");
-            match drive(b, ctx, &cluster).await {
-                Ok(a) => Ok(a),
-                Err(Halt::Wait { reason, message }) => {
-                    operation::wait(b, ctx, reason, message).await?;
-                    Ok(Action::requeue(ctx.wait_delay(b)))
-                }
-                Err(Halt::Fail { reason, message }) => {
+            let outcome = drive(b, ctx, &cluster).await;
+            match operation::settle(b, ctx, outcome).await? {
+                Settled::Action(a) => Ok(a),
+                Settled::Fail { reason, message } => {
                     fail(b, ctx, Some(&cluster), &reason, message).await
                 }
-                Err(Halt::Kube(e)) => Err(e.into()),
             }
         }
     }
 }
 
 async fn drive(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
-    let status = status_of(b);
-    let started = !status.tasks.is_empty();
+    let started = !status_of(b).tasks.is_empty();
     let ns = b.namespace().unwrap_or_default();
-    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b)).await;
-    let storage = if started {
-        storage.map_err(Halt::into_fail)?
+    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b))
+        .await
+        .map_err(|h| h.once(started))?;
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get())
+        .await
+        .map_err(|h| h.once(started))?;
+    if started {
+        follow(b, ctx, &agents, &storage).await
     } else {
-        storage?
-    };
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get()).await;
-    let agents = if started {
-        agents.map_err(Halt::into_fail)?
-    } else {
-        agents?
-    };
-    if !started {
-        return start(b, ctx, &agents, &storage).await;
+        start(b, ctx, &agents, &storage).await
     }
-    follow(b, ctx, &agents, &storage).await
 }
 
 /// Asks the agents where every shard is, plans one replica per shard, and
@@ -169,17 +159,9 @@ async fn survey_and_plan(
     shards: &[TaskShard],
     attempt: u32,
 ) -> Result<(Vec<AgentTask>, Vec<Seen>), Halt> {
-    let (seen, unreachable) = agents.survey(&b.spec.collections).await?;
-    if seen.is_empty() {
-        return Err(Halt::Wait {
-            reason: "AgentUnreachable",
-            message: if unreachable.is_empty() {
-                format!("cluster {} has no ready pod", b.spec.cluster_ref.name)
-            } else {
-                unreachable.join("; ")
-            },
-        });
-    }
+    let (seen, unreachable) = agents
+        .survey_some(&b.spec.collections, &b.spec.cluster_ref.name)
+        .await?;
     let mut placements = from_agent(&seen[0].placement);
     if !shards.is_empty() {
         placements.retain(|p| {
@@ -209,25 +191,13 @@ async fn survey_and_plan(
     let uid = b.uid().unwrap_or_default();
     let tasks = planned
         .into_iter()
-        .map(|(pod, shards)| AgentTask {
-            task_id: plan::task_id(&uid, &pod, attempt),
-            instance_id: seen
+        .map(|(pod, shards)| {
+            let instance = seen
                 .iter()
                 .find(|s| s.pod == pod)
-                .map(|s| s.instance_id.clone())
-                .unwrap_or_default(),
-            attempt,
-            shards: shards
-                .into_iter()
-                .map(|(collection, shard_id)| TaskShard {
-                    collection,
-                    shard_id,
-                })
-                .collect(),
-            state: AgentTaskState::Running,
-            bytes_done: 0,
-            shards_done: 0,
-            pod,
+                .map(|s| s.instance_id.clone());
+            let id = plan::task_id(&uid, &pod, attempt);
+            tasks::task(pod, id, instance.unwrap_or_default(), attempt, shards)
         })
         .collect();
     Ok((tasks, seen))
@@ -276,32 +246,13 @@ async fn start(
     };
     // The plan is in status before any task starts: whatever happens next,
     // a reconcile finds the task ids and attaches to them.
-    operation::write(ctx, b, &status).await?;
-    report::event(
-        &ctx.recorder,
-        &b.object_ref(&()),
-        EventType::Normal,
-        "Started",
-        "Backup",
-        message,
-    )
-    .await;
-    for t in &status.tasks {
-        if let Err(e) = dispatch(b, agents, storage, t).await {
-            tracing::warn!(backup = %b.name_any(), pod = %t.pod, error = %e, "could not start a task; the next reconcile retries");
-        }
-    }
+    operation::announce(b, ctx, &status, EventType::Normal, "Started", message).await?;
+    start_tasks(b, agents, storage, &status.tasks).await;
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 fn start_request(b: &QdrantBackup, storage: &StorageTarget, t: &AgentTask) -> StartBackupRequest {
-    let mut by_collection: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for s in &t.shards {
-        by_collection
-            .entry(&s.collection)
-            .or_default()
-            .push(s.shard_id);
-    }
+    let by_collection = tasks::by_collection(&t.shards);
     StartBackupRequest {
         task_id: t.task_id.clone(),
         storage: Some(storage.clone()),
@@ -323,17 +274,17 @@ fn start_request(b: &QdrantBackup, storage: &StorageTarget, t: &AgentTask) -> St
     }
 }
 
-async fn dispatch(
+async fn start_tasks(
     b: &QdrantBackup,
     agents: &Agents,
     storage: &StorageTarget,
-    t: &AgentTask,
-) -> Result<pb::Task, String> {
-    let mut c = agents.connect(&t.pod).await?;
-    c.start_backup(start_request(b, storage, t))
-        .await
-        .map(|r| r.into_inner())
-        .map_err(|s| s.message().to_string())
+    tasks: &[AgentTask],
+) {
+    let starts = tasks
+        .iter()
+        .map(|t| (t, Start::Backup(start_request(b, storage, t))))
+        .collect();
+    agents.start_each(starts).await
 }
 
 async fn follow(
@@ -342,71 +293,28 @@ async fn follow(
     agents: &Agents,
     storage: &StorageTarget,
 ) -> Result<Action, Halt> {
-    let previous = status_of(b);
-    let mut status = previous.clone();
-    let live: Vec<usize> = (0..status.tasks.len())
-        .filter(|&i| status.tasks[i].state != AgentTaskState::Lost)
-        .collect();
+    let mut status = status_of(b);
+    let live = tasks::live(&status.tasks);
     let seen = futures::future::join_all(live.iter().map(|&i| {
         let t = &status.tasks[i];
-        agents.observe(t, ctx.follow_window, async move |c: &mut Client| {
-            let r = c.start_backup(start_request(b, storage, t)).await?;
-            Ok(r.into_inner())
-        })
+        let start = Start::Backup(start_request(b, storage, t));
+        agents.observe(t, ctx.follow_window, start)
     }))
     .await;
-    let mut finished: Vec<pb::Task> = Vec::new();
-    let mut lost: Vec<String> = Vec::new();
-    for (&i, s) in live.iter().zip(seen) {
-        let t = &mut status.tasks[i];
-        match s {
-            Observed::Lost(why) => {
-                t.state = AgentTaskState::Lost;
-                lost.push(why);
-            }
-            Observed::Task(task) => {
-                t.bytes_done = task.bytes_done;
-                t.shards_done = task.shards_done;
-                match task.phase() {
-                    TaskPhase::Succeeded => {
-                        t.state = AgentTaskState::Succeeded;
-                        finished.push(*task);
-                    }
-                    TaskPhase::Failed | TaskPhase::Cancelled => {
-                        t.state = AgentTaskState::Failed;
-                        let reason = if task.error_reason.is_empty() {
-                            "TaskFailed".to_string()
-                        } else {
-                            task.error_reason.clone()
-                        };
-                        return Err(Halt::fail(
-                            reason,
-                            format!("the agent of pod {}: {}", t.pod, task.error),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
+    let outcome = tasks::fold(&mut status.tasks, live.into_iter().zip(seen).collect());
+    let total = status.progress.as_ref().map_or(0, |p| p.shards_total);
+    status.progress = Some(tasks::progress(&status.tasks, total));
+    match outcome {
+        Outcome::Failed { reason, message } => Err(Halt::fail(reason, message)),
+        Outcome::Lost(why) => replan(b, ctx, agents, storage, status, why).await,
+        Outcome::AllSucceeded(finished) => {
+            complete(b, ctx, agents, storage, status, finished).await
+        }
+        Outcome::Running => {
+            operation::write(ctx, b, &status).await?;
+            Ok(Action::requeue(Duration::from_secs(1)))
         }
     }
-    let live_tasks = status
-        .tasks
-        .iter()
-        .filter(|t| t.state != AgentTaskState::Lost);
-    let done: u32 = live_tasks.clone().map(|t| t.shards_done).sum();
-    status.progress = Some(TaskProgress {
-        bytes_done: live_tasks.clone().map(|t| t.bytes_done).sum(),
-        shards_done: done,
-        shards_total: previous.progress.as_ref().map_or(0, |p| p.shards_total),
-    });
-    if !lost.is_empty() {
-        return replan(b, ctx, agents, storage, status, lost).await;
-    }
-    if finished.len() == live.len() {
-        return complete(b, ctx, agents, storage, status, finished).await;
-    }
-    operation::write(ctx, b, &status).await?;
-    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 /// Hands the shards of lost tasks to new tasks, on the replicas whose
@@ -473,21 +381,8 @@ async fn replan(
             .join(", ")
     );
     status.tasks.extend(new.clone());
-    operation::write(ctx, b, &status).await?;
-    report::event(
-        &ctx.recorder,
-        &b.object_ref(&()),
-        EventType::Warning,
-        "TaskLost",
-        "Backup",
-        message,
-    )
-    .await;
-    for t in &new {
-        if let Err(e) = dispatch(b, agents, storage, t).await {
-            tracing::warn!(backup = %b.name_any(), pod = %t.pod, error = %e, "could not start a task; the next reconcile retries");
-        }
-    }
+    operation::announce(b, ctx, &status, EventType::Warning, "TaskLost", message).await?;
+    start_tasks(b, agents, storage, &new).await;
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
@@ -546,27 +441,6 @@ async fn complete(
             Halt::fail(reason, format!("writing the manifest: {message}"))
         })?
         .into_inner();
-    let pod_of: HashMap<&str, &str> = status
-        .tasks
-        .iter()
-        .map(|t| (t.task_id.as_str(), t.pod.as_str()))
-        .collect();
-    let mut collections: BTreeMap<String, Vec<ShardObject>> = BTreeMap::new();
-    for p in &parts {
-        for r in &p.results {
-            collections
-                .entry(r.collection.clone())
-                .or_default()
-                .push(ShardObject {
-                    shard_id: r.shard_id,
-                    key: r.key.clone(),
-                    size: r.size,
-                    sha256: r.sha256.clone(),
-                    pod: pod_of.get(p.task_id.as_str()).unwrap_or(&"").to_string(),
-                    peer_id: Some(p.peer_id).filter(|&p| p != 0),
-                });
-        }
-    }
     let message = format!(
         "{} objects, {} bytes, in {}",
         written.objects,
@@ -574,13 +448,7 @@ async fn complete(
         s3_path(b)
     );
     status.size_bytes = Some(written.total_bytes);
-    status.collections = collections
-        .into_iter()
-        .map(|(name, mut shards)| {
-            shards.sort_by_key(|s| s.shard_id);
-            CollectionResult { name, shards }
-        })
-        .collect();
+    status.collections = tasks::results(&status.tasks, &parts);
     if let Some(p) = &mut status.progress {
         p.shards_done = p.shards_total;
     }

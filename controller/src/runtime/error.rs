@@ -76,6 +76,11 @@ impl Halt {
         }
     }
 
+    /// Before an operation starts a wait may help; after, it fails it.
+    pub fn once(self, started: bool) -> Self {
+        if started { self.into_fail() } else { self }
+    }
+
     /// The message alone, for a cleanup that reports rather than decides.
     pub fn text(self) -> String {
         match self {

@@ -130,7 +130,7 @@ pub async fn measured<K: Kind>(
 /// finalizer `name`.
 pub async fn finalized<K, A, C>(
     obj: Arc<K>,
-    ctx: &Context,
+    ctx: Arc<Context>,
     name: &str,
     apply: A,
     cleanup: C,
@@ -144,8 +144,8 @@ where
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     finalizer(&api, name, obj, |ev| async {
         match ev {
-            Finalizer::Apply(o) => apply(o, ctx).await,
-            Finalizer::Cleanup(o) => cleanup(o, ctx).await,
+            Finalizer::Apply(o) => apply(o, &ctx).await,
+            Finalizer::Cleanup(o) => cleanup(o, &ctx).await,
         }
     })
     .await

@@ -1,7 +1,7 @@
 //! Status and Events of a backup or a restore: waiting, failed and
 //! completed are written the same way for both.
 
-use super::{Context, Error, report};
+use super::{Context, Error, Halt, report};
 use crate::crd::{
     AgentTask, AgentTaskState, OperationPhase, QdrantBackup, QdrantBackupStatus, QdrantRestore,
     QdrantRestoreStatus,
@@ -69,6 +69,58 @@ pub async fn write<K: Operation>(
     status: &K::Status,
 ) -> Result<(), kube::Error> {
     report::write_status(&ctx.client, obj, obj.status(), status).await
+}
+
+/// Writes `status` and records an Event saying what just happened (a start,
+/// a re-plan): the status first, so the Event never runs ahead of it.
+pub async fn announce<K: Operation>(
+    obj: &K,
+    ctx: &Context,
+    status: &K::Status,
+    type_: EventType,
+    reason: &str,
+    message: String,
+) -> Result<(), kube::Error> {
+    write(ctx, obj, status).await?;
+    report::event(
+        &ctx.recorder,
+        &obj.object_ref(&()),
+        type_,
+        reason,
+        K::ACTION,
+        message,
+    )
+    .await;
+    Ok(())
+}
+
+/// Where a step left an operation, once waits are written.
+pub enum Settled {
+    Action(Action),
+    /// End it as Failed, after undoing what it did.
+    Fail {
+        reason: String,
+        message: String,
+    },
+}
+
+/// Turns a step's outcome into the reconcile's: a wait is written and
+/// looked at again with backoff; a failure is handed back to the caller,
+/// which undoes what the operation did, then calls [`failed`].
+pub async fn settle<K: Operation>(
+    obj: &K,
+    ctx: &Context,
+    outcome: Result<Action, Halt>,
+) -> Result<Settled, Error> {
+    match outcome {
+        Ok(a) => Ok(Settled::Action(a)),
+        Err(Halt::Wait { reason, message }) => {
+            wait(obj, ctx, reason, message).await?;
+            Ok(Settled::Action(Action::requeue(ctx.wait_delay(obj))))
+        }
+        Err(Halt::Fail { reason, message }) => Ok(Settled::Fail { reason, message }),
+        Err(Halt::Kube(e)) => Err(e.into()),
+    }
 }
 
 /// Pending (or still InProgress) with the reason it cannot go on now; an
