@@ -8,6 +8,7 @@ pub mod upload;
 pub use error::{Error, Result};
 pub mod backup;
 pub mod cli;
+pub mod defaults;
 pub mod manifest;
 pub mod node;
 pub mod progress;

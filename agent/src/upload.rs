@@ -31,10 +31,10 @@ pub struct UploadOptions {
 impl Default for UploadOptions {
     fn default() -> Self {
         Self {
-            part_size: 8 << 20,
-            concurrency: 4,
-            slot_timeout: Duration::from_secs(240),
-            read_timeout: Duration::from_secs(300),
+            part_size: crate::defaults::PART_SIZE,
+            concurrency: crate::defaults::CONCURRENCY,
+            slot_timeout: crate::defaults::STALL_TIMEOUT,
+            read_timeout: crate::defaults::STALL_TIMEOUT,
         }
     }
 }

@@ -1,7 +1,22 @@
-//! Command-line definitions for the `qdrant-agent` binary.
+//! The `qdrant-agent` command line: one file per command, the arguments
+//! they share here, and their defaults from `crate::defaults`.
 
+mod backup;
+mod list;
+mod progress;
+mod restore;
+mod serve;
+
+pub use backup::{BackupArgs, ModeArg};
+pub use list::ListArgs;
+pub use restore::RestoreArgs;
+pub use serve::ServeArgs;
+
+use crate::node::{Node, Target, hostname};
+use crate::qdrant::Qdrant;
+use crate::store::{self, Location, S3Config};
+use crate::{Error, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -74,130 +89,64 @@ pub struct S3Args {
     pub s3_sse_kms_key_id: Option<String>,
 }
 
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// Address of the gRPC API [default: 0.0.0.0:50051, or 127.0.0.1:50051
-    /// with --insecure].
-    #[arg(long)]
-    pub listen: Option<SocketAddr>,
-    #[command(flatten)]
-    pub qdrant: QdrantArgs,
-    #[command(flatten)]
-    pub s3: S3Args,
-    /// Require `authorization: Bearer <token>`, the token read from this file.
-    #[arg(long)]
-    pub token_file: Option<PathBuf>,
-    /// Server certificate (PEM) for TLS.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// Private key (PEM) of --tls-cert.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// CA (PEM) that client certificates must chain to: mutual TLS.
-    #[arg(long, requires = "tls_cert")]
-    pub tls_client_ca: Option<PathBuf>,
-    /// Serve plaintext without authentication (local diagnostics only).
-    #[arg(long)]
-    pub insecure: bool,
-    /// Accept `file://` storage targets in tasks. Off by default: a caller
-    /// could otherwise write to or delete from the node's own disks.
-    #[arg(long)]
-    pub allow_local_targets: bool,
-    /// Also serve gRPC health alone, in plaintext, on this address (for
-    /// kubelet probes, which cannot present TLS).
-    #[arg(long)]
-    pub health_listen: Option<SocketAddr>,
-}
-
-impl ServeArgs {
-    /// Where to listen: as given, else every interface, but only loopback
-    /// when serving without authentication.
-    pub fn listen_addr(&self) -> SocketAddr {
-        let host = if self.insecure {
-            std::net::Ipv4Addr::LOCALHOST
-        } else {
-            std::net::Ipv4Addr::UNSPECIFIED
-        };
-        self.listen.unwrap_or(SocketAddr::from((host, 50051)))
+/// Runs one command.
+pub async fn run(cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Serve(a) => serve::run(a).await,
+        Command::Backup(a) => backup::run(a).await,
+        Command::Restore(a) => restore::run(a).await,
+        Command::List(a) => list::run(a).await,
     }
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ModeArg {
-    Stream,
-    File,
-    Auto,
+pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
+    let key = match &a.qdrant_api_key_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| {
+                    Error::Invalid(format!(
+                        "cannot read the Qdrant API key file {} (--qdrant-api-key-file): {e}",
+                        p.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("QDRANT_API_KEY")
+            .ok()
+            .filter(|k| !k.is_empty()),
+    };
+    let name = a.node_name.clone().unwrap_or_else(hostname);
+    crate::keys::validate_segment("node", &name)?;
+    Ok(Node {
+        qdrant: Qdrant::new(&a.qdrant_url, key)?,
+        name,
+        snapshots_dir: a.snapshots_dir.clone(),
+        qdrant_snapshots_dir: a.qdrant_snapshots_dir.clone(),
+    })
 }
 
-#[derive(Args, Debug)]
-pub struct BackupArgs {
-    #[command(flatten)]
-    pub qdrant: QdrantArgs,
-    #[command(flatten)]
-    pub s3: S3Args,
-    /// s3://BUCKET/PREFIX or file:///DIR
-    #[arg(long)]
-    pub to: String,
-    /// Backup name (default: backup-<UTC timestamp>).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Collection to back up, optionally with shards: NAME or NAME:0,2. Repeatable; default all.
-    #[arg(long = "collection")]
-    pub collections: Vec<String>,
-    #[arg(long, value_enum, default_value_t = ModeArg::Stream)]
-    pub mode: ModeArg,
-    /// Parts in flight per shard upload.
-    #[arg(long, default_value_t = 4)]
-    pub concurrency: usize,
-    /// First part size (8MiB, 16MiB, or bytes); grows to stay under 10,000 parts.
-    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
-    pub part_size: u64,
-    /// Shards streamed at once.
-    #[arg(long, default_value_t = 2)]
-    pub shard_concurrency: usize,
-    /// Seconds without progress (no data from Qdrant, or no part finished
-    /// uploading) before the backup fails. Qdrant itself cuts a snapshot
-    /// stream whose reader stalls for 300 s, so keep this below that.
-    #[arg(long, default_value_t = 240)]
-    pub stall_timeout: u64,
+pub(crate) fn s3_config(a: &S3Args) -> S3Config {
+    S3Config {
+        endpoint: a.s3_endpoint.clone(),
+        region: a.s3_region.clone(),
+        static_credentials: None,
+        sse: a.s3_sse.clone(),
+        sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
+        virtual_hosted_style: a.s3_virtual_hosted,
+    }
 }
 
-#[derive(Args, Debug)]
-pub struct RestoreArgs {
-    #[command(flatten)]
-    pub qdrant: QdrantArgs,
-    #[command(flatten)]
-    pub s3: S3Args,
-    /// s3://BUCKET/PREFIX or file:///DIR
-    #[arg(long)]
-    pub from: String,
-    /// The backup to restore, as `list` shows it.
-    #[arg(long)]
-    pub name: String,
-    /// Collection to restore (NAME or NAME:0,2). Repeatable; default all.
-    #[arg(long = "collection")]
-    pub collections: Vec<String>,
-    /// Restore collection OLD under the name NEW. Repeatable.
-    #[arg(long = "rename")]
-    pub rename: Vec<String>,
-    /// Do not read every object once to check sha256 before touching Qdrant.
-    #[arg(long)]
-    pub skip_verify: bool,
-    /// Seconds to wait for each collection to turn green.
-    #[arg(long, default_value_t = 600)]
-    pub green_timeout: u64,
-    /// Objects uploaded at once.
-    #[arg(long, default_value_t = 2)]
-    pub concurrency: usize,
-}
-
-#[derive(Args, Debug)]
-pub struct ListArgs {
-    #[command(flatten)]
-    pub s3: S3Args,
-    /// s3://BUCKET/PREFIX or file:///DIR
-    #[arg(long)]
-    pub from: String,
+pub(crate) async fn target(url: &str, s3: &S3Args) -> Result<(Target, Location)> {
+    let loc = Location::parse(url)?;
+    let store = store::open(&loc, &s3_config(s3)).await?;
+    Ok((
+        Target {
+            store,
+            prefix: loc.prefix().to_string(),
+        },
+        loc,
+    ))
 }
 
 /// "docs" -> ("docs", []), "docs:0,2" -> ("docs", [0, 2]).
@@ -308,6 +257,20 @@ mod tests {
         assert_eq!(human(900), "900 B");
         assert!(parse_rename("a=").is_err());
         assert!(parse_rename("ab").is_err());
+    }
+
+    #[test]
+    fn the_command_line_starts_from_the_shared_defaults() {
+        let b = match Cli::parse_from(["qdrant-agent", "backup", "--to", "file:///x"]).command {
+            Command::Backup(b) => b,
+            _ => unreachable!(),
+        };
+        let o = crate::upload::UploadOptions::default();
+        assert_eq!(
+            (b.part_size, b.concurrency, b.stall_timeout),
+            (o.part_size, o.concurrency, o.read_timeout.as_secs())
+        );
+        assert_eq!(o.slot_timeout, o.read_timeout);
     }
 
     #[test]

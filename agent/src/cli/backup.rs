@@ -1,0 +1,97 @@
+//! `qdrant-agent backup`: one node's collections to a store.
+
+use super::progress::run_task;
+use super::{QdrantArgs, S3Args, human, node, parse_selection, parse_size, target};
+use crate::backup::{self, BackupRequest, Mode};
+use crate::upload::UploadOptions;
+use crate::{Error, Result, defaults};
+use clap::{Args, ValueEnum};
+use qdrant_agent_proto::v1::TaskKind;
+use std::time::Duration;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModeArg {
+    Stream,
+    File,
+    Auto,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// s3://BUCKET/PREFIX or file:///DIR
+    #[arg(long)]
+    pub to: String,
+    /// Backup name (default: backup-<UTC timestamp>).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Collection to back up, optionally with shards: NAME or NAME:0,2. Repeatable; default all.
+    #[arg(long = "collection")]
+    pub collections: Vec<String>,
+    #[arg(long, value_enum, default_value_t = ModeArg::Stream)]
+    pub mode: ModeArg,
+    /// Parts in flight per shard upload.
+    #[arg(long, default_value_t = defaults::CONCURRENCY)]
+    pub concurrency: usize,
+    /// First part size (8MiB, 16MiB, or bytes); grows to stay under 10,000 parts.
+    #[arg(long, default_value = "8MiB", value_parser = parse_size)]
+    pub part_size: u64,
+    /// Shards streamed at once.
+    #[arg(long, default_value_t = defaults::SHARD_CONCURRENCY)]
+    pub shard_concurrency: usize,
+    /// Seconds without progress (no data from Qdrant, or no part finished
+    /// uploading) before the backup fails. Qdrant itself cuts a snapshot
+    /// stream whose reader stalls for 300 s, so keep this below that.
+    #[arg(long, default_value_t = defaults::STALL_TIMEOUT_SECS)]
+    pub stall_timeout: u64,
+}
+
+pub async fn run(a: BackupArgs) -> Result<()> {
+    let node = node(&a.qdrant)?;
+    let (target, _) = target(&a.to, &a.s3).await?;
+    let name = a.name.unwrap_or_else(default_backup_name);
+    let collections = a
+        .collections
+        .iter()
+        .map(|c| parse_selection(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Invalid)?;
+    let req = BackupRequest {
+        backup_name: name.clone(),
+        collections,
+        mode: match a.mode {
+            ModeArg::Stream => Mode::Stream,
+            ModeArg::File => Mode::File,
+            ModeArg::Auto => Mode::Auto,
+        },
+        upload: UploadOptions {
+            part_size: a.part_size,
+            concurrency: a.concurrency,
+            slot_timeout: Duration::from_secs(a.stall_timeout),
+            read_timeout: Duration::from_secs(a.stall_timeout),
+        },
+        shard_concurrency: a.shard_concurrency,
+        write_manifest: true,
+    };
+    let (m, task) = run_task(TaskKind::Backup, &name, async |p, cancel| {
+        backup::run(&node, &target, &req, p, cancel).await
+    })
+    .await?;
+    println!(
+        "backup {} complete: {} objects, {}, manifest {}",
+        m.backup_name,
+        m.objects().count(),
+        human(m.total_bytes()),
+        task.manifest_key
+    );
+    Ok(())
+}
+
+fn default_backup_name() -> String {
+    jiff::Timestamp::now()
+        .strftime("backup-%Y%m%d-%H%M%S")
+        .to_string()
+}

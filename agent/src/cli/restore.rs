@@ -1,0 +1,72 @@
+//! `qdrant-agent restore`: a backup into one node.
+
+use super::progress::run_task;
+use super::{QdrantArgs, S3Args, human, node, parse_renames, parse_selection, target};
+use crate::restore::{self, RestoreRequest};
+use crate::{Error, Result, defaults};
+use clap::Args;
+use qdrant_agent_proto::v1::TaskKind;
+use std::time::Duration;
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub qdrant: QdrantArgs,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// s3://BUCKET/PREFIX or file:///DIR
+    #[arg(long)]
+    pub from: String,
+    /// The backup to restore, as `list` shows it.
+    #[arg(long)]
+    pub name: String,
+    /// Collection to restore (NAME or NAME:0,2). Repeatable; default all.
+    #[arg(long = "collection")]
+    pub collections: Vec<String>,
+    /// Restore collection OLD under the name NEW. Repeatable.
+    #[arg(long = "rename")]
+    pub rename: Vec<String>,
+    /// Do not read every object once to check sha256 before touching Qdrant.
+    #[arg(long)]
+    pub skip_verify: bool,
+    /// Seconds to wait for each collection to turn green.
+    #[arg(long, default_value_t = defaults::GREEN_TIMEOUT_SECS)]
+    pub green_timeout: u64,
+    /// Objects uploaded at once.
+    #[arg(long, default_value_t = defaults::RESTORE_CONCURRENCY)]
+    pub concurrency: usize,
+}
+
+pub async fn run(a: RestoreArgs) -> Result<()> {
+    let node = node(&a.qdrant)?;
+    let (target, _) = target(&a.from, &a.s3).await?;
+    let collections = a
+        .collections
+        .iter()
+        .map(|c| parse_selection(c))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Error::Invalid)?;
+    let rename = parse_renames(&a.rename).map_err(Error::Invalid)?;
+    let req = RestoreRequest {
+        backup_name: a.name.clone(),
+        collections,
+        rename,
+        verify_first: !a.skip_verify,
+        create_collections: true,
+        restore_aliases: true,
+        green_timeout: Duration::from_secs(a.green_timeout),
+        concurrency: a.concurrency,
+        stage: Default::default(),
+    };
+    let ((), t) = run_task(TaskKind::Restore, &a.name, async |p, cancel| {
+        restore::run(&node, &target, &req, p, cancel).await
+    })
+    .await?;
+    println!(
+        "restore of {} complete: {} objects, {}",
+        a.name,
+        t.shards_done,
+        human(t.bytes_done)
+    );
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! How callers prove they are the controller: a bearer token (compared in
+//! constant time) and/or mutual TLS. Serving with neither is refused unless
+//! `--insecure` says it is a local diagnostic.
+
+use crate::error::Error;
+use std::path::Path;
+use std::sync::Arc;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::{Request, Status};
+
+/// How callers prove they are the controller.
+#[derive(Default)]
+pub struct Auth {
+    pub token: Option<String>,
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// TLS verifies client certificates (mutual TLS). TLS alone encrypts
+    /// but authenticates nobody.
+    pub client_certs: bool,
+    pub insecure: bool,
+}
+
+impl Auth {
+    /// Refuses to serve when no caller would have to prove anything.
+    pub fn check(&self) -> Result<(), Error> {
+        let authenticated = self.token.is_some() || (self.tls.is_some() && self.client_certs);
+        if authenticated || self.insecure {
+            return Ok(());
+        }
+        let why = if self.tls.is_some() {
+            "TLS without --tls-client-ca lets any caller in"
+        } else {
+            "no authentication given"
+        };
+        Err(Error::Invalid(format!(
+            "refusing to serve: {why}; give --tls-client-ca (mutual TLS) and/or --token-file, or --insecure for local use"
+        )))
+    }
+}
+
+#[derive(Clone)]
+pub(super) struct TokenCheck(pub(super) Option<Arc<str>>);
+
+impl tonic::service::Interceptor for TokenCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        let Some(want) = &self.0 else { return Ok(req) };
+        let got = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        // Constant-time compare: the token is the only secret here.
+        let same = got.len() == want.len()
+            && got
+                .bytes()
+                .zip(want.bytes())
+                .fold(0u8, |a, (x, y)| a | (x ^ y))
+                == 0;
+        if same {
+            Ok(req)
+        } else {
+            Err(Status::unauthenticated("missing or wrong bearer token"))
+        }
+    }
+}
+
+/// The TLS configuration from PEM files: the server's certificate and key,
+/// and the CA client certificates must chain to (mutual TLS) when given.
+pub async fn tls_from_files(
+    cert: &Path,
+    key: &Path,
+    client_ca: Option<&Path>,
+) -> Result<ServerTlsConfig, Error> {
+    let mut t =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(cert).await?, read(key).await?));
+    if let Some(ca) = client_ca {
+        t = t.client_ca_root(Certificate::from_pem(read(ca).await?));
+    }
+    Ok(t)
+}
+
+/// The bearer token from its file: UTF-8, trimmed, not empty.
+pub async fn token_from_file(p: &Path) -> Result<String, Error> {
+    let s = String::from_utf8(read(p).await?)
+        .map_err(|_| Error::Invalid(format!("{} is not UTF-8", p.display())))?;
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        return Err(Error::Invalid(format!("{} is empty", p.display())));
+    }
+    Ok(s)
+}
+
+async fn read(p: &Path) -> Result<Vec<u8>, Error> {
+    tokio::fs::read(p).await.map_err(|e| Error::io(p, e))
+}

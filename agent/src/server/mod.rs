@@ -1,0 +1,75 @@
+//! The gRPC face of the agent: `qdrant.agent.v1.Agent` (in `service`),
+//! plus health and reflection (v1 and v1alpha, so grpcurl 1.8 works without
+//! a proto file). Authentication is in `auth`, the task registry in
+//! `tasks`, proto <-> domain in `convert`.
+
+pub mod auth;
+mod convert;
+mod service;
+mod tasks;
+
+pub use auth::Auth;
+pub use service::AgentService;
+
+use crate::error::Error;
+use auth::TokenCheck;
+use qdrant_agent_proto::v1::agent_server::AgentServer;
+use std::sync::Arc;
+
+/// Serves the agent on `listener`; `health_listener`, when given, serves
+/// only gRPC health in plaintext, for kubelet probes (they cannot do TLS).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    health_listener: Option<tokio::net::TcpListener>,
+    service: AgentService,
+    auth: Auth,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    auth.check()?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<AgentServer<AgentService>>().await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(qdrant_agent_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let v1 = reflection()
+        .build_v1()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let agent = AgentServer::with_interceptor(service, TokenCheck(auth.token.map(Arc::from)));
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = auth.tls {
+        builder = builder
+            .tls_config(tls)
+            .map_err(|e| Error::Invalid(format!("TLS configuration: {e}")))?;
+    }
+    let health_only = health_listener.map(|l| {
+        let svc = health_service.clone();
+        tokio::spawn(async move {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(incoming)
+                .await
+            {
+                tracing::error!(error = %e, "health server stopped");
+            }
+        })
+    });
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let served = builder
+        .add_service(health_service)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(agent)
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+    if let Some(h) = health_only {
+        h.abort();
+    }
+    served
+}
