@@ -314,14 +314,32 @@ impl Qdrant {
         Ok(())
     }
 
+    /// Deletes a collection; one already gone counts as deleted, so a
+    /// rollback can be repeated. Qdrant commits the delete through
+    /// consensus, which times out while the cluster is busy (e.g. syncing
+    /// replicas after an upload): such answers are retried a few times.
     pub async fn delete_collection(&self, c: &str) -> Result<()> {
-        let _: Value = self
-            .call(
-                &format!("DELETE /collections/{c}"),
-                self.req(reqwest::Method::DELETE, &["collections", c]),
-            )
-            .await?;
-        Ok(())
+        let mut delay = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            let r: Result<Value> = self
+                .call(
+                    &format!("DELETE /collections/{c}"),
+                    self.req(reqwest::Method::DELETE, &["collections", c])
+                        .query(&[("timeout", "30")]),
+                )
+                .await;
+            match r {
+                Ok(_) | Err(Error::Qdrant { status: 404, .. }) => return Ok(()),
+                Err(Error::Qdrant { status, .. }) if status >= 500 && attempt < 4 => {}
+                Err(Error::QdrantUnreachable { .. }) if attempt < 4 => {}
+                Err(e) => return Err(e),
+            }
+            tracing::warn!(collection = %c, attempt, "deleting a collection failed; retrying");
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+            attempt += 1;
+        }
     }
 
     pub async fn create_shard_key(&self, c: &str, key: &Value) -> Result<()> {

@@ -199,6 +199,22 @@ async fn reflection_serves_v1_and_v1alpha_so_grpcurl_needs_no_proto() {
         "{status}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // An error shows its reason, decoded, not raw bytes.
+    let out = std::process::Command::new(test_support::bins::tool("grpcurl"))
+        .args([
+            "-plaintext",
+            "-d",
+            r#"{"storage": {"url": "s3://b/p"}, "backup_name": "../x"}"#,
+            &agent.addr,
+            "qdrant.agent.v1.Agent/ReadManifest",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidArgument") && err.contains(r#""reason":"InvalidRequest""#),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

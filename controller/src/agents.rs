@@ -340,6 +340,13 @@ enum Ask {
     Refused(String, String),
 }
 
+/// Each surveyed pod's agent instance.
+pub fn instances(seen: &[Seen]) -> std::collections::HashMap<String, String> {
+    seen.iter()
+        .map(|s| (s.pod.clone(), s.instance_id.clone()))
+        .collect()
+}
+
 /// The pods as planning input: each with its Qdrant peer id, as its own
 /// Qdrant reports it.
 pub fn agent_pods(seen: &[Seen]) -> Vec<AgentPod> {
@@ -413,6 +420,21 @@ impl Agents {
             Some(task) => Observed::Task(Box::new(task)),
             None => Observed::Lost(format!("the agent of pod {} sent nothing", t.pod)),
         }
+    }
+
+    /// The agents of `cluster`, once `tasks` that still run were cancelled
+    /// and stopped: the first step of undoing an operation.
+    pub async fn stop(
+        ctx: &crate::runtime::Context,
+        cluster: Option<&QdrantCluster>,
+        tasks: &[AgentTask],
+    ) -> Result<Self, String> {
+        let cluster = cluster.ok_or("its cluster is gone")?;
+        let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get())
+            .await
+            .map_err(Halt::text)?;
+        agents.cancel_running(tasks).await;
+        Ok(agents)
     }
 
     /// Cancels every running task and waits up to 30 s for each to stop,

@@ -123,6 +123,26 @@ pub fn task(
     }
 }
 
+/// One task per pod of `planned`, started on the agent instance the survey
+/// saw on that pod (`instances`), with ids from `id`.
+pub fn from_plan(
+    planned: crate::backup::plan::Plan,
+    instances: &HashMap<String, String>,
+    id: impl Fn(&str) -> String,
+    attempt: u32,
+) -> Vec<AgentTask> {
+    planned
+        .into_iter()
+        .map(|(pod, shards)| {
+            let instance = instances.get(&pod).cloned().unwrap_or_default();
+            {
+                let task_id = id(&pod);
+                task(pod, task_id, instance, attempt, shards)
+            }
+        })
+        .collect()
+}
+
 /// The shards of `tasks` grouped by collection, in order: what a task
 /// request names.
 pub fn by_collection(shards: &[TaskShard]) -> BTreeMap<&str, Vec<u32>> {

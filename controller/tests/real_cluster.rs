@@ -244,6 +244,22 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         "alias back: {aliases}"
     );
 
+    // Every kind's reconciles are counted.
+    let metrics = operator.metrics();
+    for kind in [
+        "QdrantCluster",
+        "QdrantBackup",
+        "QdrantRestore",
+        "QdrantBackupSchedule",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "qdrant_operator_reconciles_total{{kind=\"{kind}\"}}"
+            )),
+            "{kind} reconciles in /metrics:\n{metrics}"
+        );
+    }
+
     // The schedule fired twice and retention removed the older backup,
     // its resource and its objects.
     let store = store(&s3, &bucket).await;

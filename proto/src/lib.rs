@@ -26,6 +26,10 @@ pub mod errors {
     use tonic::{Code, Status};
     use tonic_types::{ErrorDetails, StatusExt};
 
+    /// Descriptors of `google.rpc.ErrorInfo` and its kin, for reflection: so
+    /// `grpcurl` shows an error's reason rather than raw bytes.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic_types::pb::FILE_DESCRIPTOR_SET;
+
     /// `ErrorInfo.domain` of the agent's errors.
     pub const DOMAIN: &str = "agent.qdrant.io";
 

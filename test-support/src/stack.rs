@@ -40,10 +40,20 @@ pub fn need<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
 
 pub struct Operator {
     pub log: PathBuf,
+    /// Port of its /healthz, /readyz and /metrics on 127.0.0.1.
+    pub http_port: u16,
     process: Guarded,
 }
 
 impl Operator {
+    /// Its Prometheus metrics, as scraped.
+    pub fn metrics(&self) -> String {
+        let base = format!("http://127.0.0.1:{}", self.http_port);
+        crate::real_qdrant::request("GET", &base, "/metrics", None, None)
+            .map(|(_, body)| body)
+            .unwrap_or_default()
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -123,7 +133,11 @@ impl World {
             Duration::from_secs(10),
         )
         .unwrap();
-        Operator { log, process }
+        Operator {
+            log,
+            http_port: port,
+            process,
+        }
     }
 
     /// A test kubelet for `ns`, running Qdrant's image with the real Qdrant

@@ -32,6 +32,7 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(qdrant_agent_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(qdrant_agent_proto::errors::FILE_DESCRIPTOR_SET)
     };
     let v1 = reflection()
         .build_v1()

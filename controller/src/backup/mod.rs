@@ -15,7 +15,7 @@
 //! `manifest.json` last (`WriteManifest`); a failure cancels the tasks and
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
-use crate::agents::{Agents, Seen, Start, agent_pods, status_reason, storage_target};
+use crate::agents::{Agents, Seen, Start, agent_pods, instances, status_reason, storage_target};
 use crate::crd::{
     AgentTask, AgentTaskState, BackupMode, DeletionPolicy, OperationPhase, QdrantBackup,
     QdrantBackupStatus, QdrantCluster, TaskProgress, TaskShard,
@@ -189,17 +189,12 @@ async fn survey_and_plan(
             Halt::fail(e.reason(), format!("{e}{why}"))
         })?;
     let uid = b.uid().unwrap_or_default();
-    let tasks = planned
-        .into_iter()
-        .map(|(pod, shards)| {
-            let instance = seen
-                .iter()
-                .find(|s| s.pod == pod)
-                .map(|s| s.instance_id.clone());
-            let id = plan::task_id(&uid, &pod, attempt);
-            tasks::task(pod, id, instance.unwrap_or_default(), attempt, shards)
-        })
-        .collect();
+    let tasks = tasks::from_plan(
+        planned,
+        &instances(&seen),
+        |pod| plan::task_id(&uid, pod, attempt),
+        attempt,
+    );
     Ok((tasks, seen))
 }
 
@@ -482,11 +477,7 @@ async fn discard(
     cluster: Option<&QdrantCluster>,
     status: &QdrantBackupStatus,
 ) -> Result<u32, String> {
-    let cluster = cluster.ok_or("its cluster is gone")?;
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get())
-        .await
-        .map_err(Halt::text)?;
-    agents.cancel_running(&status.tasks).await;
+    let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
     let ns = b.namespace().unwrap_or_default();
     let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b))
         .await

@@ -17,7 +17,7 @@
 
 pub mod decide;
 
-use crate::agents::{Agents, Start, agent_pods, status_reason, storage_target};
+use crate::agents::{Agents, Start, agent_pods, instances, status_reason, storage_target};
 use crate::backup::plan::{from_agent, plan};
 use crate::crd::{
     AgentTask, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore, QdrantRestoreStatus,
@@ -283,46 +283,80 @@ async fn upload_stage(
         &Default::default(),
     )
     .map_err(|e| Halt::fail(e.reason(), e.to_string()))?;
+    // Planned under the target names; the tasks name the backup's.
     let back: HashMap<String, String> = sources
         .iter()
         .map(|s| (target_name(r, s).to_string(), s.clone()))
         .collect();
-    let tasks: Vec<AgentTask> = planned
+    let planned = planned
         .into_iter()
         .map(|(pod, shards)| {
-            let instance = seen
-                .iter()
-                .find(|s| s.pod == pod)
-                .map(|s| s.instance_id.clone());
             let shards = shards
                 .into_iter()
                 .map(|(c, shard)| (back.get(&c).cloned().unwrap_or(c), shard));
-            let id = task_id(r, RestoreStage::Upload, &pod);
-            tasks::task(pod, id, instance.unwrap_or_default(), 1, shards)
+            (pod, shards.collect())
         })
         .collect();
+    let tasks = tasks::from_plan(
+        planned,
+        &instances(&seen),
+        |pod| task_id(r, RestoreStage::Upload, pod),
+        1,
+    );
     let total = tasks.iter().map(|t| t.shards.len() as u32).sum();
-    status.stage = Some(RestoreStage::Upload);
+    status.progress = Some(tasks::progress(&tasks, total));
+    let message = format!("uploading {total} shards from {} pods", tasks.len());
+    let next = Stage::new(RestoreStage::Upload, "Uploading", message, tasks);
+    enter(r, ctx, agents, storage, src, status, next).await
+}
+
+/// The next stage of a restore: its tasks and what its condition says.
+struct Stage {
+    stage: RestoreStage,
+    reason: &'static str,
+    message: String,
+    tasks: Vec<AgentTask>,
+}
+
+impl Stage {
+    fn new(
+        stage: RestoreStage,
+        reason: &'static str,
+        message: String,
+        tasks: Vec<AgentTask>,
+    ) -> Self {
+        Self {
+            stage,
+            reason,
+            message,
+            tasks,
+        }
+    }
+}
+
+/// Writes the stage and its tasks to status, then starts the tasks.
+async fn enter(
+    r: &QdrantRestore,
+    ctx: &Context,
+    agents: &Agents,
+    storage: &StorageTarget,
+    src: &Source,
+    mut status: QdrantRestoreStatus,
+    next: Stage,
+) -> Result<Action, Halt> {
+    status.stage = Some(next.stage);
     status.conditions = vec![report::ready(
         false,
-        "Uploading",
-        format!("uploading {total} shards from {} pods", tasks.len()),
+        next.reason,
+        next.message,
         (ctx.now)(),
         &status.conditions,
         r.metadata.generation,
     )];
-    status.progress = Some(tasks::progress(&tasks, total));
-    status.tasks = tasks;
+    status.tasks = next.tasks;
     operation::write(ctx, r, &status).await?;
-    start_tasks(
-        r,
-        agents,
-        storage,
-        src,
-        &status.tasks,
-        pb::RestoreStage::Upload,
-    )
-    .await;
+    let stage = proto_stage(next.stage);
+    start_tasks(r, agents, storage, src, &status.tasks, stage).await;
     Ok(Action::requeue(Duration::from_secs(1)))
 }
 
@@ -333,7 +367,7 @@ async fn finish_stage(
     agents: &Agents,
     storage: &StorageTarget,
     src: &Source,
-    mut status: QdrantRestoreStatus,
+    status: QdrantRestoreStatus,
 ) -> Result<Action, Halt> {
     let cluster = &r.spec.target_cluster_ref.name;
     let (seen, _) = agents
@@ -348,28 +382,15 @@ async fn finish_stage(
         first.instance_id.clone(),
         &sources(&status.tasks),
     );
-    status.stage = Some(RestoreStage::Finish);
-    status.conditions = vec![report::ready(
-        false,
+    let message =
+        "re-creating aliases; waiting until every replica is Active and each collection is green";
+    let next = Stage::new(
+        RestoreStage::Finish,
         "Finishing",
-        "re-creating aliases; waiting until every replica is Active and each collection is green"
-            .into(),
-        (ctx.now)(),
-        &status.conditions,
-        r.metadata.generation,
-    )];
-    status.tasks = vec![task];
-    operation::write(ctx, r, &status).await?;
-    start_tasks(
-        r,
-        agents,
-        storage,
-        src,
-        &status.tasks,
-        pb::RestoreStage::Finish,
-    )
-    .await;
-    Ok(Action::requeue(Duration::from_secs(1)))
+        message.into(),
+        vec![task],
+    );
+    enter(r, ctx, agents, storage, src, status, next).await
 }
 
 async fn complete(
@@ -395,11 +416,7 @@ async fn undo(
     cluster: Option<&QdrantCluster>,
     status: &QdrantRestoreStatus,
 ) -> Result<(), String> {
-    let cluster = cluster.ok_or("its cluster is gone")?;
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get())
-        .await
-        .map_err(Halt::text)?;
-    agents.cancel_running(&status.tasks).await;
+    let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
     if !matches!(
         status.stage,
         Some(RestoreStage::Upload | RestoreStage::Finish)

@@ -167,11 +167,8 @@ pub async fn failed<K: Operation>(
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
-    let now = (ctx.now)();
     let mut status = obj.status().cloned().unwrap_or_default();
     let c = K::common(&mut status);
-    *c.phase = Some(OperationPhase::Failed);
-    *c.completion_time = Some(Time(now));
     *c.error = Some(message.clone());
     for t in c.tasks.iter_mut() {
         if t.state == AgentTaskState::Running {
@@ -179,22 +176,15 @@ pub async fn failed<K: Operation>(
         }
     }
     *c.observed_generation = obj.meta().generation;
-    *c.conditions = vec![report::ready(
-        false,
-        reason,
-        message.clone(),
-        now,
-        c.conditions,
-        obj.meta().generation,
-    )];
-    write(ctx, obj, &status).await?;
+    let note = format!("{reason}: {message}");
+    end(obj, ctx, status, OperationPhase::Failed, reason, message).await?;
     report::event(
         &ctx.recorder,
         &obj.object_ref(&()),
         EventType::Warning,
         "Failed",
         K::ACTION,
-        format!("{reason}: {message}"),
+        note,
     )
     .await;
     Ok(Action::await_change())
@@ -204,22 +194,18 @@ pub async fn failed<K: Operation>(
 pub async fn completed<K: Operation>(
     obj: &K,
     ctx: &Context,
-    mut status: K::Status,
+    status: K::Status,
     message: String,
 ) -> Result<Action, kube::Error> {
-    let now = (ctx.now)();
-    let c = K::common(&mut status);
-    *c.phase = Some(OperationPhase::Completed);
-    *c.completion_time = Some(Time(now));
-    *c.conditions = vec![report::ready(
-        true,
+    end(
+        obj,
+        ctx,
+        status,
+        OperationPhase::Completed,
         "Completed",
         message.clone(),
-        now,
-        c.conditions,
-        obj.meta().generation,
-    )];
-    write(ctx, obj, &status).await?;
+    )
+    .await?;
     report::event(
         &ctx.recorder,
         &obj.object_ref(&()),
@@ -230,4 +216,28 @@ pub async fn completed<K: Operation>(
     )
     .await;
     Ok(Action::await_change())
+}
+
+/// Writes the terminal `phase` with its time and Ready condition.
+async fn end<K: Operation>(
+    obj: &K,
+    ctx: &Context,
+    mut status: K::Status,
+    phase: OperationPhase,
+    reason: &str,
+    message: String,
+) -> Result<(), kube::Error> {
+    let now = (ctx.now)();
+    let c = K::common(&mut status);
+    *c.phase = Some(phase);
+    *c.completion_time = Some(Time(now));
+    *c.conditions = vec![report::ready(
+        phase == OperationPhase::Completed,
+        reason,
+        message,
+        now,
+        c.conditions,
+        obj.meta().generation,
+    )];
+    write(ctx, obj, &status).await
 }
