@@ -4,10 +4,10 @@
 //! built from a resource's S3 settings and credentials Secret.
 
 use crate::agent_client::{self, AgentTls, Client};
-use crate::backup::plan::AgentPod;
 use crate::cluster::render;
 use crate::crd::{AgentTask, AgentTaskState};
 use crate::crd::{QdrantCluster, S3Storage};
+use crate::plan::AgentPod;
 use crate::runtime::Halt;
 use crate::tasks::Observed;
 use futures::StreamExt;

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod crd;
 pub mod operation;
 pub mod pki;
+pub mod plan;
 pub mod restore;
 pub mod runtime;
 pub mod schedule;

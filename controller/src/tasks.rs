@@ -126,7 +126,7 @@ pub fn task(
 /// One task per pod of `planned`, started on the agent instance the survey
 /// saw on that pod (`instances`), with ids from `id`.
 pub fn from_plan(
-    planned: crate::backup::plan::Plan,
+    planned: crate::plan::Plan,
     instances: &HashMap<String, String>,
     id: impl Fn(&str) -> String,
     attempt: u32,

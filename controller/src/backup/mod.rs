@@ -20,6 +20,7 @@ use crate::crd::{
     AgentTask, AgentTaskState, BackupMode, DeletionPolicy, OperationPhase, QdrantBackup,
     QdrantBackupStatus, QdrantCluster, TaskProgress, TaskShard,
 };
+use crate::plan::{self, from_agent};
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
 use crate::tasks::{self, Outcome};
@@ -29,7 +30,6 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
-use plan::from_agent;
 use qdrant_agent_proto::v1::{
     self as pb, CollectionSelection, DeleteBackupRequest, StartBackupRequest, StorageTarget,
     TaskRef, WriteManifestRequest,
@@ -38,7 +38,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub mod decide;
-pub mod plan;
 
 pub const FINALIZER: &str = "qdrant.io/backup";
 /// Tries per shard: the first plus re-plans after a lost task.

@@ -18,12 +18,12 @@
 pub mod decide;
 
 use crate::agents::{Agents, Start, agent_pods, instances, status_reason, storage_target};
-use crate::backup::plan::{from_agent, plan};
 use crate::crd::{
     AgentTask, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore, QdrantRestoreStatus,
     RestoreStage,
 };
 use crate::operation::Step;
+use crate::plan::{from_agent, plan};
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
 use crate::tasks::{self, Outcome};
