@@ -32,6 +32,9 @@ pub struct BackupRequest {
     pub upload: UploadOptions,
     pub shard_concurrency: usize,
     pub write_manifest: bool,
+    /// Who writes the backup; the name is claimed for it before any upload
+    /// (`manifest::claim`). Empty: only an existing manifest is refused.
+    pub owner: String,
 }
 
 enum Job {
@@ -56,17 +59,7 @@ pub async fn run(
     keys::validate_segment("node", &node.name)?;
     let started_at = now();
     let store = target.store.clone();
-    if store
-        .head(&keys::manifest_key(&target.prefix, &req.backup_name))
-        .await?
-        .is_some()
-    {
-        return Err(Error::Invalid(format!(
-            "backup {} already exists in {}; choose another name",
-            req.backup_name,
-            store.describe()
-        )));
-    }
+    manifest::claim(&*store, &target.prefix, &req.backup_name, &req.owner).await?;
     abort_stale_uploads(&*store, &target.prefix, &node.name).await;
 
     let version = node.qdrant.version().await?;
@@ -229,6 +222,12 @@ pub async fn run(
         doomed.extend(planned);
         doomed.sort();
         doomed.dedup();
+        // A backup this task commits itself is all its own: its claim goes
+        // too, so the name can be used again. (The controller, which commits
+        // multi-node backups, deletes the claim with the rest.)
+        if req.write_manifest && !req.owner.is_empty() {
+            doomed.push(keys::owner_key(&target.prefix, &req.backup_name));
+        }
         for key in doomed {
             if let Err(de) = store.delete(&key).await {
                 tracing::warn!(key, error = %de, "could not delete an object of the failed backup");

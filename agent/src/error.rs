@@ -40,6 +40,13 @@ pub enum Error {
     VersionMismatch { backup: String, target: String },
     #[error("snapshot stream stalled: {0}")]
     Stalled(String),
+    /// The backup name is taken: complete already, or claimed by another
+    /// writer. Nothing was touched.
+    #[error("{0}")]
+    Exists(String),
+    /// A delete or commit of a backup another writer owns. Nothing was touched.
+    #[error("{0}")]
+    NotOwned(String),
     #[error("cancelled")]
     Cancelled,
     #[error("timed out: {0}")]
@@ -59,6 +66,8 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Invalid(_) => "InvalidRequest",
+            Error::Exists(_) => "BackupExists",
+            Error::NotOwned(_) => "BackupNotOwned",
             Error::QdrantUnreachable { .. } => "QdrantUnreachable",
             Error::Qdrant { status: 404, .. } => "QdrantNotFound",
             Error::Qdrant { .. } => "QdrantError",

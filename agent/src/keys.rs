@@ -12,6 +12,11 @@ pub fn manifest_key(prefix: &str, backup: &str) -> String {
     join(&backup_root(prefix, backup), "manifest.json")
 }
 
+/// The ownership marker: who writes the backup, claimed before any upload.
+pub fn owner_key(prefix: &str, backup: &str) -> String {
+    join(&backup_root(prefix, backup), "owner")
+}
+
 /// Key of a streamed shard, relative to the backup root.
 pub fn shard_rel_key(node: &str, collection: &str, shard: u32) -> String {
     format!("{node}/{collection}/{shard}.snapshot")

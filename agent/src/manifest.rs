@@ -141,11 +141,99 @@ impl Manifest {
     }
 }
 
+/// Writes `manifest.json`, the commit point, only if none exists: two
+/// writers of one name never overwrite each other's backup.
 pub async fn write(store: &dyn ObjectStore, prefix: &str, m: &Manifest) -> Result<String> {
     let key = keys::manifest_key(prefix, &m.backup_name);
     let body = serde_json::to_vec_pretty(m).map_err(|e| Error::Internal(e.to_string()))?;
-    store.put(&key, body.into()).await?;
+    if !store.put_new(&key, body.into()).await? {
+        return Err(Error::Exists(format!(
+            "backup {} was completed by another writer meanwhile ({} exists in {}); this one is not committed",
+            m.backup_name,
+            key,
+            store.describe()
+        )));
+    }
     Ok(key)
+}
+
+/// Claims backup `backup` for `owner` before anything is uploaded: refused
+/// (and nothing touched) when the backup is complete already or another
+/// owner claimed it. An empty owner claims nothing and only refuses an
+/// existing manifest.
+pub async fn claim(store: &dyn ObjectStore, prefix: &str, backup: &str, owner: &str) -> Result<()> {
+    let root = keys::backup_root(prefix, backup);
+    if store
+        .head(&keys::manifest_key(prefix, backup))
+        .await?
+        .is_some()
+    {
+        return Err(Error::Exists(format!(
+            "backup {backup} already exists at {}/{root}; restore it from there, or choose another name",
+            store.describe().trim_end_matches('/')
+        )));
+    }
+    if owner.is_empty() {
+        return Ok(());
+    }
+    let key = keys::owner_key(prefix, backup);
+    if store
+        .put_new(&key, owner.as_bytes().to_vec().into())
+        .await?
+    {
+        return Ok(());
+    }
+    match owner_of(store, prefix, backup).await? {
+        Some(held) if held == owner => Ok(()),
+        held => Err(Error::Exists(format!(
+            "backup {backup} at {}/{root} is being written by another backup ({}); choose another name",
+            store.describe().trim_end_matches('/'),
+            held.unwrap_or_default()
+        ))),
+    }
+}
+
+/// Who claimed the backup, if anyone.
+pub async fn owner_of(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    backup: &str,
+) -> Result<Option<String>> {
+    let key = keys::owner_key(prefix, backup);
+    if store.head(&key).await?.is_none() {
+        return Ok(None);
+    }
+    let body = get_all(store, &key).await?;
+    Ok(Some(String::from_utf8_lossy(&body).trim().to_string()))
+}
+
+/// Refuses, touching nothing, when `owner` (if given) did not write the
+/// backup: its marker names another owner, or there is no marker but a
+/// manifest (a backup from before markers, or written by hand).
+async fn check_owner(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    backup: &str,
+    owner: &str,
+) -> Result<()> {
+    if owner.is_empty() {
+        return Ok(());
+    }
+    let held = owner_of(store, prefix, backup).await?;
+    let committed = store
+        .head(&keys::manifest_key(prefix, backup))
+        .await?
+        .is_some();
+    match held {
+        Some(h) if h == owner => Ok(()),
+        None if !committed => Ok(()),
+        Some(h) => Err(Error::NotOwned(format!(
+            "backup {backup} belongs to another writer ({h}); left untouched"
+        ))),
+        None => Err(Error::NotOwned(format!(
+            "backup {backup} has no ownership marker but a manifest: it was not written by this owner; left untouched"
+        ))),
+    }
 }
 
 pub async fn read(store: &dyn ObjectStore, prefix: &str, backup: &str) -> Result<Manifest> {
@@ -353,7 +441,13 @@ pub fn add_placement(
 
 /// Checks every object of `m` is in the store with its size, then writes the
 /// manifest: the commit point of the backup.
-pub async fn commit(store: &dyn ObjectStore, prefix: &str, m: &Manifest) -> Result<String> {
+pub async fn commit(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    m: &Manifest,
+    owner: &str,
+) -> Result<String> {
+    check_owner(store, prefix, &m.backup_name, owner).await?;
     let root = keys::backup_root(prefix, &m.backup_name);
     for (_, o) in m.objects() {
         let key = keys::join(&root, &o.key);
@@ -372,10 +466,11 @@ pub async fn commit(store: &dyn ObjectStore, prefix: &str, m: &Manifest) -> Resu
     // backup is not part of it: abort its uploads, delete its objects.
     let dir = format!("{root}/");
     abort_uploads(store, &dir).await?;
-    let listed: std::collections::HashSet<String> = m
+    let mut listed: std::collections::HashSet<String> = m
         .objects()
         .map(|(_, o)| keys::join(&root, &o.key))
         .collect();
+    listed.insert(keys::owner_key(prefix, &m.backup_name));
     for o in store.list(&dir).await? {
         if !listed.contains(&o.key) {
             tracing::info!(key = %o.key, "removing an object no task of the backup reported");
@@ -386,17 +481,30 @@ pub async fn commit(store: &dyn ObjectStore, prefix: &str, m: &Manifest) -> Resu
 }
 
 /// Deletes a backup: the manifest first, then the objects and open uploads.
-pub async fn delete_backup(store: &dyn ObjectStore, prefix: &str, backup: &str) -> Result<u32> {
+/// Deletes a backup: the manifest first (so it stops counting as complete),
+/// then its objects and open uploads, the ownership marker last. With an
+/// `owner`, only a backup that owner wrote (see `check_owner`).
+pub async fn delete_backup(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    backup: &str,
+    owner: &str,
+) -> Result<u32> {
     keys::validate_segment("backup", backup)?;
+    check_owner(store, prefix, backup, owner).await?;
     let root = format!("{}/", keys::backup_root(prefix, backup));
     let manifest = keys::manifest_key(prefix, backup);
+    let marker = keys::owner_key(prefix, backup);
     store.delete(&manifest).await?;
     let mut n = 1;
     for o in store.list(&root).await? {
-        store.delete(&o.key).await?;
-        n += 1;
+        if o.key != marker {
+            store.delete(&o.key).await?;
+            n += 1;
+        }
     }
     abort_uploads(store, &root).await?;
+    store.delete(&marker).await?;
     Ok(n)
 }
 
@@ -530,5 +638,81 @@ mod tests {
         // The manifest reads back with its placement.
         let back: Manifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back, m);
+    }
+
+    mod ownership {
+        use super::super::*;
+        use crate::store::LocalStore;
+
+        fn empty(name: &str) -> Manifest {
+            Manifest {
+                format: 1,
+                backup_name: name.into(),
+                qdrant_version: "1.18.3".into(),
+                agent_version: "0".into(),
+                started_at: String::new(),
+                completed_at: String::new(),
+                nodes: vec![],
+                collections: vec![],
+            }
+        }
+
+        async fn put(s: &LocalStore, key: &str) {
+            s.put(key, bytes::Bytes::from_static(b"data"))
+                .await
+                .unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_name_is_claimed_once_and_a_complete_backup_is_never_claimed() {
+            let dir = tempfile::tempdir().unwrap();
+            let s = LocalStore::new(dir.path().into());
+            claim(&s, "p", "b", "uid-1").await.unwrap();
+            // The same owner again (another pod's task, a retry) is fine.
+            claim(&s, "p", "b", "uid-1").await.unwrap();
+            let e = claim(&s, "p", "b", "uid-2").await.unwrap_err();
+            assert_eq!(e.reason(), "BackupExists");
+            assert!(e.to_string().contains("another backup (uid-1)"), "{e}");
+            write(&s, "p", &empty("done")).await.unwrap();
+            let e = claim(&s, "p", "done", "uid-3").await.unwrap_err();
+            assert_eq!(e.reason(), "BackupExists");
+            assert!(e.to_string().contains("restore it"), "{e}");
+            // manifest.json is written once: a second writer is refused.
+            assert_eq!(
+                write(&s, "p", &empty("done")).await.unwrap_err().reason(),
+                "BackupExists"
+            );
+        }
+
+        #[tokio::test]
+        async fn only_the_owner_deletes_or_commits_and_another_writers_backup_stays_whole() {
+            let dir = tempfile::tempdir().unwrap();
+            let s = LocalStore::new(dir.path().into());
+            claim(&s, "p", "b", "uid-1").await.unwrap();
+            put(&s, "p/b/pod-0/docs/0.snapshot").await;
+            // A re-applied resource (another UID) must not delete it.
+            let e = delete_backup(&s, "p", "b", "uid-2").await.unwrap_err();
+            assert_eq!(e.reason(), "BackupNotOwned");
+            assert_eq!(s.head("p/b/pod-0/docs/0.snapshot").await.unwrap(), Some(4));
+            let e = commit(&s, "p", &empty("b"), "uid-2").await.unwrap_err();
+            assert_eq!(e.reason(), "BackupNotOwned");
+            // The owner commits: the marker stays with the backup.
+            commit(&s, "p", &empty("b"), "uid-1").await.unwrap();
+            assert_eq!(
+                owner_of(&s, "p", "b").await.unwrap().as_deref(),
+                Some("uid-1")
+            );
+            delete_backup(&s, "p", "b", "uid-1").await.unwrap();
+            assert!(s.list("p/b/").await.unwrap().is_empty());
+
+            // A backup from before markers: refused to an owner, deleted
+            // on an unconditional request (deletionPolicy Delete).
+            write(&s, "p", &empty("old")).await.unwrap();
+            put(&s, "p/old/pod-0/docs/0.snapshot").await;
+            let e = delete_backup(&s, "p", "old", "uid-1").await.unwrap_err();
+            assert_eq!(e.reason(), "BackupNotOwned");
+            delete_backup(&s, "p", "old", "").await.unwrap();
+            assert!(s.list("p/old/").await.unwrap().is_empty());
+        }
     }
 }

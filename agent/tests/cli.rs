@@ -51,6 +51,7 @@ async fn backup_stores_every_shard_with_a_manifest_and_restore_brings_it_back() 
         keys,
         [
             "prod/ns/c1/nightly/manifest.json",
+            "prod/ns/c1/nightly/owner",
             "prod/ns/c1/nightly/pod-0/docs/0.snapshot",
             "prod/ns/c1/nightly/pod-0/docs/1.snapshot",
             "prod/ns/c1/nightly/pod-0/docs/2.snapshot",

@@ -672,6 +672,7 @@ async fn a_local_directory_target_is_refused_over_grpc_unless_allowed() {
         .delete_backup(DeleteBackupRequest {
             storage: Some(local.clone()),
             backup_name: "b1".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -848,6 +849,7 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         .delete_backup(DeleteBackupRequest {
             storage: Some(storage(&env, "multi")),
             backup_name: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -149,12 +149,13 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     let s3 = need(S3Server::start());
     let bucket = need(s3.bucket("real"));
     s3_secret(&w, "backup-s3-credentials");
-    w.apply(&format!(
+    let before_migration = format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: before-migration, namespace: {NS}}}\n\
          spec:\n  clusterRef: {{name: vectors}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: prod, region: us-east-1, \
          endpoint: \"{}\", credentialsSecretRef: {{name: backup-s3-credentials}}}}\n",
         s3.endpoint
-    ));
+    );
+    w.apply(&before_migration);
     // A schedule firing every minute, keeping the last one: it queues
     // behind the backup above (one backup per cluster) and prunes by
     // retention, resource and objects.
@@ -319,6 +320,33 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         "-p",
         r#"{"spec":{"suspend":true}}"#,
     ]);
+
+    // Deleting a backup resource (Retain) and applying it again, as a
+    // GitOps re-sync does, keeps the backup: the new resource is refused
+    // with a reason of its own and deletes nothing.
+    let before = store
+        .list(&format!("prod/{NS}/vectors/before-migration/"))
+        .await
+        .unwrap();
+    w.kubectl(&["-n", NS, "delete", "qb", "before-migration", "--wait=true"]);
+    w.apply(&before_migration);
+    let again = w
+        .ended(NS, "qdrantbackups", "before-migration", 180, &diag)
+        .await;
+    assert_eq!(again["status"]["phase"], "Failed", "{again:#}");
+    assert_eq!(
+        again["status"]["conditions"][0]["reason"], "BackupExists",
+        "{again:#}"
+    );
+    let after = store
+        .list(&format!("prod/{NS}/vectors/before-migration/"))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|o| &o.key).collect::<Vec<_>>(),
+        before.iter().map(|o| &o.key).collect::<Vec<_>>(),
+        "the retained backup is whole"
+    );
 
     // Nothing the operator asked for was refused.
     let refused: BTreeSet<String> =

@@ -75,6 +75,9 @@ pub async fn run(a: BackupArgs) -> Result<()> {
         },
         shard_concurrency: a.shard_concurrency,
         write_manifest: true,
+        // Each run its own owner: two runs that pick the same name (two
+        // nodes from cron in the same second) cannot write over each other.
+        owner: format!("cli-{}-{:08x}", node.name, rand::random::<u32>()),
     };
     let (m, task) = run_task(TaskKind::Backup, &name, async |p, cancel| {
         backup::run(&node, &target, &req, p, cancel).await
@@ -90,8 +93,12 @@ pub async fn run(a: BackupArgs) -> Result<()> {
     Ok(())
 }
 
+/// `backup-<UTC time>-<4 hex>`: sortable by time, and two runs in the same
+/// second still get different names.
 fn default_backup_name() -> String {
-    jiff::Timestamp::now()
-        .strftime("backup-%Y%m%d-%H%M%S")
-        .to_string()
+    format!(
+        "{}-{:04x}",
+        jiff::Timestamp::now().strftime("backup-%Y%m%d-%H%M%S"),
+        rand::random::<u16>()
+    )
 }

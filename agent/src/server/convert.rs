@@ -42,6 +42,7 @@ pub fn backup_request(r: &StartBackupRequest) -> BackupRequest {
             16,
         ) as usize,
         write_manifest: !r.skip_manifest,
+        owner: r.owner.clone(),
     }
 }
 
@@ -119,6 +120,8 @@ pub fn to_status(e: Error) -> Status {
             Code::NotFound
         }
         "S3AccessDenied" => Code::PermissionDenied,
+        "BackupExists" => Code::AlreadyExists,
+        "BackupNotOwned" => Code::FailedPrecondition,
         "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Code::Unavailable,
         "ChecksumMismatch" | "VersionMismatch" => Code::FailedPrecondition,
         _ => Code::Internal,

@@ -217,7 +217,7 @@ impl Agent for AgentService {
         let mut m = crate::manifest::assemble(&r.backup_name, &r.started_at, &now(), &r.parts)
             .map_err(to_status)?;
         crate::manifest::add_placement(&mut m, &r.placement, &r.nodes).map_err(to_status)?;
-        let key = crate::manifest::commit(&*target.store, &target.prefix, &m)
+        let key = crate::manifest::commit(&*target.store, &target.prefix, &m, &r.owner)
             .await
             .map_err(to_status)?;
         tracing::info!(backup = %r.backup_name, key, objects = m.objects().count(), "manifest written");
@@ -250,9 +250,14 @@ impl Agent for AgentService {
         let r = req.into_inner();
         check_input(&r.backup_name, r.storage.as_ref(), self.allow_local_targets)?;
         let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
-        let n = crate::manifest::delete_backup(&*target.store, &target.prefix, &r.backup_name)
-            .await
-            .map_err(to_status)?;
+        let n = crate::manifest::delete_backup(
+            &*target.store,
+            &target.prefix,
+            &r.backup_name,
+            &r.owner,
+        )
+        .await
+        .map_err(to_status)?;
         tracing::info!(backup = %r.backup_name, objects = n, "backup deleted");
         Ok(Response::new(DeleteBackupResponse { deleted_objects: n }))
     }

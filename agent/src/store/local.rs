@@ -137,6 +137,28 @@ impl ObjectStore for LocalStore {
         write_atomic(&self.path(key)?, &data).await
     }
 
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
+        let path = self.path(key)?;
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)
+                .await
+                .map_err(|e| Error::io(dir, e))?;
+        }
+        let tmp = path.with_extension(format!("tmp-{}", rand::random::<u32>()));
+        fs::write(&tmp, &data)
+            .await
+            .map_err(|e| Error::io(&tmp, e))?;
+        // A hard link fails when the name exists: an atomic create-if-absent
+        // that never leaves a half-written object.
+        let linked = fs::hard_link(&tmp, &path).await;
+        let _ = fs::remove_file(&tmp).await;
+        match linked {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(Error::io(&path, e)),
+        }
+    }
+
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream> {
         let path = self.path(key)?;
         let mut f = fs::File::open(&path).await.map_err(|e| match e.kind() {

@@ -57,6 +57,10 @@ pub trait ObjectStore: Send + Sync {
     /// where the server does not implement ListMultipartUploads.
     async fn list_multipart(&self, prefix: &str) -> Result<Vec<PendingUpload>>;
     async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// Writes the object only if no object `key` exists: `false` when one
+    /// did (nothing written). Stores without conditional writes get a
+    /// read-then-write check, which narrows the race without closing it.
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<bool>;
     /// The object's bytes, or `[start, end)` of them.
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream>;
     /// Size of the object, `None` when it does not exist.

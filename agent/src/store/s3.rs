@@ -313,6 +313,39 @@ impl ObjectStore for S3Store {
         Ok(())
     }
 
+    async fn put_new(&self, key: &str, data: Bytes) -> Result<bool> {
+        // Stores that ignore If-None-Match still see an existing object here.
+        if self.head(key).await?.is_some() {
+            return Ok(false);
+        }
+        let sent = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .if_none_match("*")
+            .content_length(data.len() as i64)
+            .body(data.clone().into())
+            .set_server_side_encryption(self.sse.clone())
+            .set_ssekms_key_id(self.sse_kms_key_id.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            // 412: it exists; 409: another conditional write of it is under way.
+            Err(SdkError::ServiceError(se)) if matches!(se.raw().status().as_u16(), 409 | 412) => {
+                Ok(false)
+            }
+            Err(e) => match map_err("put object", key, e) {
+                e if e.reason() == "StoreUnsupported" => {
+                    self.put(key, data).await?;
+                    Ok(true)
+                }
+                e => Err(e),
+            },
+        }
+    }
+
     async fn get(&self, key: &str, range: Option<(u64, u64)>) -> Result<ByteStream> {
         let out = self
             .client

@@ -133,15 +133,14 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
+/// A wait stays a wait once the backup runs too (a Secret, a token or an
+/// agent gone for a moment): its tasks run on, and it fails only on a
+/// definitive error or its deadline.
 async fn drive(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
     let started = !status_of(b).tasks.is_empty();
     let ns = b.namespace().unwrap_or_default();
-    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b))
-        .await
-        .map_err(|h| h.once(started))?;
-    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get())
-        .await
-        .map_err(|h| h.once(started))?;
+    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b)).await?;
+    let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get()).await?;
     if started {
         follow(b, ctx, &agents, &storage).await
     } else {
@@ -264,6 +263,7 @@ fn start_request(b: &QdrantBackup, storage: &StorageTarget, t: &AgentTask) -> St
             BackupMode::Auto => pb::BackupMode::Auto,
         } as i32,
         skip_manifest: true,
+        owner: b.uid().unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -409,8 +409,8 @@ async fn complete(
         .flat_map(|p| p.collections.iter().map(|c| c.name.clone()))
         .collect();
     let names: Vec<String> = names.into_iter().collect();
-    let (seen, _) = agents.survey(&names).await.map_err(Halt::into_fail)?;
-    let mut c = agents.any().await.map_err(Halt::into_fail)?;
+    let (seen, _) = agents.survey_some(&names, &b.spec.cluster_ref.name).await?;
+    let mut c = agents.any().await?;
     let written = c
         .write_manifest(WriteManifestRequest {
             storage: Some(storage.clone()),
@@ -428,11 +428,18 @@ async fn complete(
                     peer_id: s.placement.peer_id,
                 })
                 .collect(),
+            owner: b.uid().unwrap_or_default(),
         })
         .await
         .map_err(|s| {
             let (reason, message) = status_reason(&s);
-            Halt::fail(reason, format!("writing the manifest: {message}"))
+            let message = format!("writing the manifest: {message}");
+            if transient(&s, &reason) {
+                // Every object is uploaded: retry the commit, never discard.
+                Halt::wait("CommitRetrying", message)
+            } else {
+                Halt::fail(reason, message)
+            }
         })?
         .into_inner();
     let message = format!(
@@ -449,6 +456,15 @@ async fn complete(
     Ok(operation::completed(b, ctx, status, message).await?)
 }
 
+/// Whether a failed call may succeed if tried again: the agent or the store
+/// was out of reach or busy.
+fn transient(s: &tonic::Status, reason: &str) -> bool {
+    matches!(
+        s.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+    ) || matches!(reason, "S3Unavailable" | "S3Unreachable")
+}
+
 /// Ends the backup as Failed: cancels its running tasks and deletes what
 /// they uploaded, so nothing half-written remains or passes for complete.
 async fn fail(
@@ -460,7 +476,10 @@ async fn fail(
 ) -> Result<Action, Error> {
     let previous = status_of(b);
     let mut message = message;
+    // A name that is taken was refused before anything was written: what
+    // is there belongs to someone else and stays.
     if !previous.tasks.is_empty()
+        && reason != "BackupExists"
         && let Err(e) = discard(b, ctx, cluster, &previous).await
     {
         message = format!("{message}; its partial objects could not be deleted: {e}");
@@ -482,9 +501,17 @@ async fn discard(
         .await
         .map_err(Halt::text)?;
     let mut c = agents.any().await.map_err(Halt::text)?;
+    // A backup that never completed is deleted only if this resource's
+    // tasks claimed it; a Completed one is this resource's by completing.
+    let completed = status.phase == Some(OperationPhase::Completed);
     c.delete_backup(DeleteBackupRequest {
         storage: Some(storage),
         backup_name: b.name_any(),
+        owner: if completed {
+            String::new()
+        } else {
+            b.uid().unwrap_or_default()
+        },
     })
     .await
     .map(|r| r.into_inner().deleted_objects)
