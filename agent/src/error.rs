@@ -44,6 +44,9 @@ pub enum Error {
     /// writer. Nothing was touched.
     #[error("{0}")]
     Exists(String),
+    /// The backup lacks part of what it claims to hold.
+    #[error("{0}")]
+    Incomplete(String),
     /// A delete or commit of a backup another writer owns. Nothing was touched.
     #[error("{0}")]
     NotOwned(String),
@@ -68,6 +71,7 @@ impl Error {
             Error::Invalid(_) => "InvalidRequest",
             Error::Exists(_) => "BackupExists",
             Error::NotOwned(_) => "BackupNotOwned",
+            Error::Incomplete(_) => "BackupIncomplete",
             Error::QdrantUnreachable { .. } => "QdrantUnreachable",
             Error::Qdrant { status: 404, .. } => "QdrantNotFound",
             Error::Qdrant { .. } => "QdrantError",

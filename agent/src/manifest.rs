@@ -66,6 +66,43 @@ pub fn custom_sharded(config: &Value) -> bool {
         == Some("custom")
 }
 
+/// What is missing for `c`'s objects to make the whole collection, if
+/// anything: every shard its saved config counts (`shard_number`, per
+/// shard key under custom sharding) must have a streamed object. A
+/// collection snapshot (file mode) holds a node's shards under no id and is
+/// not counted; nor is a config without a shard count.
+pub fn missing_shards(c: &CollectionEntry) -> Option<String> {
+    if c.objects.iter().any(|o| o.mode != ObjectMode::Stream) {
+        return None;
+    }
+    let n = c.config.pointer("/params/shard_number")?.as_u64()? as usize;
+    if custom_sharded(&c.config) {
+        let mut per_key: std::collections::BTreeMap<String, std::collections::BTreeSet<u32>> =
+            Default::default();
+        for o in &c.objects {
+            let key = o
+                .shard_key
+                .as_ref()
+                .map(Value::to_string)
+                .unwrap_or_default();
+            per_key.entry(key).or_default().extend(o.shard_id);
+        }
+        let short: Vec<String> = per_key
+            .iter()
+            .filter(|(_, ids)| ids.len() < n)
+            .map(|(k, ids)| format!("shard key {k} has {} of {n} shards", ids.len()))
+            .collect();
+        return (!short.is_empty()).then(|| short.join(", "));
+    }
+    let have: std::collections::BTreeSet<u32> =
+        c.objects.iter().filter_map(|o| o.shard_id).collect();
+    let missing: Vec<String> = (0..n as u32)
+        .filter(|s| !have.contains(s))
+        .map(|s| s.to_string())
+        .collect();
+    (!missing.is_empty()).then(|| format!("shards {} of its {n} are missing", missing.join(", ")))
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ShardReplicas {
     pub shard_id: u32,
@@ -713,6 +750,73 @@ mod tests {
             assert_eq!(e.reason(), "BackupNotOwned");
             delete_backup(&s, "p", "old", "").await.unwrap();
             assert!(s.list("p/old/").await.unwrap().is_empty());
+        }
+    }
+
+    mod completeness {
+        use super::super::*;
+        use serde_json::json;
+
+        fn object(shard: u32, key: Option<Value>, mode: ObjectMode) -> ObjectEntry {
+            ObjectEntry {
+                key: format!("n/c/{shard}.snapshot"),
+                size: 1,
+                sha256: String::new(),
+                mode,
+                shard_id: Some(shard),
+                shard_key: key,
+                node: "n".into(),
+                peer_id: None,
+                taken_at: String::new(),
+            }
+        }
+
+        fn collection(config: Value, objects: Vec<ObjectEntry>) -> CollectionEntry {
+            CollectionEntry {
+                name: "c".into(),
+                config,
+                aliases: vec![],
+                objects,
+                placement: Default::default(),
+            }
+        }
+
+        #[test]
+        fn every_shard_the_config_counts_must_be_there() {
+            let three = json!({"params": {"shard_number": 3}});
+            let all = (0..3)
+                .map(|s| object(s, None, ObjectMode::Stream))
+                .collect();
+            assert_eq!(missing_shards(&collection(three.clone(), all)), None);
+            let some = vec![
+                object(0, None, ObjectMode::Stream),
+                object(2, None, ObjectMode::Stream),
+            ];
+            assert_eq!(
+                missing_shards(&collection(three.clone(), some)).as_deref(),
+                Some("shards 1 of its 3 are missing")
+            );
+            assert!(missing_shards(&collection(three, vec![])).is_some());
+            // Collection snapshots hold shards under no id: not counted.
+            let file = vec![object(0, None, ObjectMode::File)];
+            assert_eq!(
+                missing_shards(&collection(json!({"params": {"shard_number": 3}}), file)),
+                None
+            );
+        }
+
+        #[test]
+        fn under_custom_sharding_each_key_has_all_its_shards() {
+            let cfg = json!({"params": {"shard_number": 2, "sharding_method": "custom"}});
+            let objects = vec![
+                object(0, Some(json!("acme")), ObjectMode::Stream),
+                object(1, Some(json!("acme")), ObjectMode::Stream),
+                object(2, Some(json!("globex")), ObjectMode::Stream),
+            ];
+            assert_eq!(
+                missing_shards(&collection(cfg, objects)).as_deref(),
+                Some("shard key \"globex\" has 1 of 2 shards")
+            );
         }
     }
 }

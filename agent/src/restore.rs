@@ -186,6 +186,16 @@ fn select<'a>(m: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>> {
                 m.backup_name
             ))
         })?;
+        // A partial backup would restore "green" with points missing:
+        // only shards asked for by id may be restored from one.
+        if shards.is_empty()
+            && let Some(why) = manifest::missing_shards(entry)
+        {
+            return Err(Error::Incomplete(format!(
+                "backup {} does not hold all of collection {c:?}: {why}; nothing was restored. Restore the shards it holds by id (--collection {c}:0,1,...) if a partial collection is what you want",
+                m.backup_name
+            )));
+        }
         let name = req.rename.get(&c).cloned().unwrap_or_else(|| c.clone());
         keys::validate_segment("collection", &name)?;
         let objects: Vec<&ObjectEntry> = entry

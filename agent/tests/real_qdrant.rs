@@ -242,6 +242,52 @@ async fn stream_file_and_auto_backups_of_real_qdrant_restore_every_point() {
     ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--rename"), "{}", stderr(&o));
+
+    // A backup of one of docs' two shards is partial: restoring the whole
+    // collection from it is refused before Qdrant is touched (it would turn
+    // green with half the points); asked for by id, the shard restores.
+    let o = env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src,
+        "--to",
+        &to,
+        "--name",
+        "half",
+        "--collection",
+        "docs:1",
+    ]);
+    assert_ok(&o);
+    let restore = |extra: &[&str]| {
+        let mut args = vec![
+            "restore",
+            "--qdrant-url",
+            &dst,
+            "--from",
+            &to,
+            "--name",
+            "half",
+            "--rename",
+            "docs=docs-half",
+        ];
+        args.extend(extra);
+        env.run(&args)
+    };
+    let o = restore(&[]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("shards 0 of its 2 are missing")
+            && stderr(&o).contains("[BackupIncomplete]"),
+        "{}",
+        stderr(&o)
+    );
+    let (code, _) = need(test_support::real_qdrant::get(
+        &dst,
+        "/collections/docs-half",
+        None,
+    ));
+    assert_eq!(code, 404, "nothing was created");
+    assert_ok(&restore(&["--collection", "docs:1"]));
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -123,7 +123,7 @@ pub fn to_status(e: Error) -> Status {
         "BackupExists" => Code::AlreadyExists,
         "BackupNotOwned" => Code::FailedPrecondition,
         "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Code::Unavailable,
-        "ChecksumMismatch" | "VersionMismatch" => Code::FailedPrecondition,
+        "ChecksumMismatch" | "VersionMismatch" | "BackupIncomplete" => Code::FailedPrecondition,
         _ => Code::Internal,
     };
     qdrant_agent_proto::errors::status(code, e.to_string(), reason)
