@@ -64,14 +64,12 @@ impl AgentService {
         let target = self.target(storage).await;
         let node = self.node.clone();
         let p = progress.clone();
-        tokio::spawn(async move {
-            let result = match target {
-                Ok(t) => work(node, t, p.clone(), cancel).await,
+        tokio::spawn(finish_when_done(p.clone(), async move {
+            match target {
+                Ok(t) => work(node, t, p, cancel).await,
                 Err(e) => Err(e),
-            };
-            log_end(&p, &result);
-            p.finish(result.as_ref().map(|_| ()));
-        });
+            }
+        }));
         Ok(Response::new(progress.get()))
     }
 
@@ -294,6 +292,24 @@ impl Agent for AgentService {
     }
 }
 
+/// Runs a task's work and ends its progress with the result, whatever
+/// happens: a panic in the work ends the task Failed (reason Internal)
+/// rather than leaving it Running for ever.
+async fn finish_when_done(
+    p: Progress,
+    work: impl std::future::Future<Output = crate::Result<()>> + Send + 'static,
+) {
+    let result = match tokio::spawn(work).await {
+        Ok(r) => r,
+        Err(e) if e.is_panic() => Err(Error::Internal(
+            "the task stopped on an internal error (a panic); see the agent's log".into(),
+        )),
+        Err(_) => Err(Error::Cancelled),
+    };
+    log_end(&p, &result);
+    p.finish(result.as_ref().map(|_| ()));
+}
+
 fn log_end(p: &Progress, result: &crate::Result<()>) {
     let t = p.get();
     match result {
@@ -303,5 +319,23 @@ fn log_end(p: &Progress, result: &crate::Result<()>) {
         Err(e) => {
             tracing::warn!(task = %t.task_id, backup = %t.backup_name, reason = e.reason(), error = %e, "task failed")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_panics_ends_failed_instead_of_running_for_ever() {
+        let registry = Registry::new("pod-0".into());
+        let (p, _) = registry
+            .register("t", TaskKind::Backup, "b", String::new())
+            .unwrap();
+        finish_when_done(p.clone(), async { panic!("a bug") }).await;
+        let t = p.get();
+        assert_eq!(t.phase(), TaskPhase::Failed);
+        assert_eq!(t.error_reason, "Internal");
+        assert!(t.error.contains("panic"), "{}", t.error);
     }
 }

@@ -8,6 +8,10 @@ use kube::ResourceExt;
 
 pub use crate::operation::Step;
 
+/// How long a backup without `activeDeadlineSeconds` may run: whatever
+/// goes wrong (an agent that never answers again), it ends.
+pub const DEFAULT_DEADLINE_SECONDS: i64 = 24 * 3600;
+
 fn phase(b: &QdrantBackup) -> Option<OperationPhase> {
     b.status.as_ref().and_then(|s| s.phase)
 }
@@ -47,12 +51,18 @@ pub fn next_step(
             };
         }
     }
-    if let (Some(deadline), Some(start)) = (b.spec.active_deadline_seconds, &status.start_time)
+    let (deadline, given) = match b.spec.active_deadline_seconds {
+        Some(d) => (d, ""),
+        None => (DEFAULT_DEADLINE_SECONDS, ", the default"),
+    };
+    if let Some(start) = &status.start_time
         && start.0 + jiff::SignedDuration::from_secs(deadline) <= now
     {
         return Step::Fail {
             reason: "DeadlineExceeded",
-            message: format!("the backup ran longer than spec.activeDeadlineSeconds ({deadline}s)"),
+            message: format!(
+                "the backup ran longer than spec.activeDeadlineSeconds ({deadline}s{given})"
+            ),
         };
     }
     let ns = b.namespace().unwrap_or_default();
@@ -283,6 +293,15 @@ mod tests {
         };
         assert_eq!(reason, "DeadlineExceeded");
         assert!(message.contains("3600s"));
+        // Without one, a default still bounds it.
+        let mut b = backup("b", 0, Some(OperationPhase::InProgress), "");
+        b.status.as_mut().unwrap().start_time = Some(Time(t(0)));
+        let day = DEFAULT_DEADLINE_SECONDS;
+        assert_eq!(next_step(&b, Some(&c), &[], t(day - 1)), Step::Run);
+        let Step::Fail { message, .. } = next_step(&b, Some(&c), &[], t(day)) else {
+            panic!("the default deadline passed")
+        };
+        assert!(message.contains("the default"), "{message}");
     }
 
     #[test]
