@@ -4,6 +4,7 @@ pub mod error;
 pub mod keys;
 pub mod store;
 pub mod upload;
+pub mod verify;
 
 pub use error::{Error, Result};
 pub mod backup;

@@ -234,7 +234,7 @@ async fn verify(
     Ok(())
 }
 
-async fn verify_one(
+pub(crate) async fn verify_one(
     store: &Arc<dyn ObjectStore>,
     root: &str,
     o: &ObjectEntry,

@@ -838,3 +838,69 @@ async fn common_mistakes_get_one_line_that_names_the_fix() {
     let o = env.run(&["backup", "--help"]);
     assert!(String::from_utf8_lossy(&o.stdout).contains("8MiB"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_rereads_a_backup_without_qdrant_and_delete_removes_it() {
+    let env = Env::new("verify");
+    let (_src, src_url) = double("1.18.3", seed_source).await;
+    let url = env.url("v");
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &url,
+        "--name",
+        "b1",
+        "--node-name",
+        "pod-0",
+    ]));
+    let out = env.run(&["verify", "--from", &url, "--name", "b1"]);
+    assert_ok(&out);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pod-0/docs/0.snapshot\t11.0 MiB\tok"),
+        "{text}"
+    );
+    assert!(text.contains("verified: 4 objects"), "{text}");
+
+    // A damaged object is named; the others still check out.
+    let store = env.store().await;
+    store
+        .put(
+            "v/b1/pod-0/imgs/0.snapshot",
+            bytes::Bytes::from_static(b"rot"),
+        )
+        .await
+        .unwrap();
+    let out = env.run(&["verify", "--from", &url, "--name", "b1"]);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("pod-0/imgs/0.snapshot\t3.0 MiB\tchecksum mismatch"),
+        "{text}"
+    );
+    assert!(
+        text.contains("pod-0/docs/1.snapshot\t1.0 MiB\tok"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("1 of 4 objects") && stderr(&out).contains("[ChecksumMismatch]"),
+        "{}",
+        stderr(&out)
+    );
+
+    // delete takes it all away, and says so when there is nothing.
+    let out = env.run(&["delete", "--from", &url, "--name", "b1"]);
+    assert_ok(&out);
+    assert!(store.list("v/b1/").await.unwrap().is_empty());
+    let out = env.run(&["list", "--from", &url]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no backups under"));
+    let out = env.run(&["delete", "--from", &url, "--name", "b1"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("there is no backup b1"),
+        "{}",
+        stderr(&out)
+    );
+}

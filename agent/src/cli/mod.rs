@@ -2,15 +2,19 @@
 //! they share here, and their defaults from `crate::defaults`.
 
 mod backup;
+mod delete;
 mod list;
 mod progress;
 mod restore;
 mod serve;
+mod verify;
 
 pub use backup::{BackupArgs, ModeArg};
+pub use delete::DeleteArgs;
 pub use list::ListArgs;
 pub use restore::RestoreArgs;
 pub use serve::ServeArgs;
+pub use verify::VerifyArgs;
 
 use crate::node::{Node, Target, hostname};
 use crate::qdrant::Qdrant;
@@ -49,6 +53,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// List complete backups (those with a manifest).
     List(ListArgs),
+    /// Check every object of a backup against its manifest, without Qdrant.
+    Verify(VerifyArgs),
+    /// Delete a backup, complete or not, from its store.
+    Delete(DeleteArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -96,6 +104,8 @@ pub async fn run(cmd: Command) -> Result<()> {
         Command::Backup(a) => backup::run(a).await,
         Command::Restore(a) => restore::run(a).await,
         Command::List(a) => list::run(a).await,
+        Command::Verify(a) => verify::run(a).await,
+        Command::Delete(a) => delete::run(a).await,
     }
 }
 

@@ -36,7 +36,7 @@ fn cli_progress(kind: TaskKind, name: &str) -> Progress {
     Progress::new(t)
 }
 
-fn cancel_on_ctrl_c() -> CancellationToken {
+pub(super) fn cancel_on_ctrl_c() -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     tokio::spawn(async move {

@@ -546,9 +546,19 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
             "ObjectsLeft",
             "Delete",
             format!(
-                "cluster {} is gone, so no agent can delete {}; delete it with the agent CLI or the S3 console",
+                "cluster {} is gone, so no agent can delete {}; delete it with: qdrant-agent delete --from s3://{}/{} --name {}{}",
                 b.spec.cluster_ref.name,
-                s3_path(b)
+                s3_path(b),
+                b.spec.storage.s3.bucket,
+                prefix(b),
+                b.name_any(),
+                b.spec
+                    .storage
+                    .s3
+                    .endpoint
+                    .as_ref()
+                    .map(|e| format!(" --s3-endpoint {e}"))
+                    .unwrap_or_default()
             ),
         )
         .await;
