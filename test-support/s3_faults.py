@@ -1,7 +1,8 @@
 """A mitmproxy addon that injects S3 faults on UploadPart requests for part 2.
 
 FAULT_MODE: slowdown-once (503 SlowDown, once per upload), cut-once (drop the
-connection, once per upload), always-500 (500 InternalError every time).
+connection, once per upload), always-500 (500 InternalError every time),
+corrupt-once (flip one byte of the part's body on its way, once per upload).
 Each injected fault appends a line to the file named by FAULT_LOG.
 """
 
@@ -33,6 +34,11 @@ def request(flow: http.HTTPFlow) -> None:
         f.write(f"{MODE} {flow.request.path}\n")
     if MODE == "cut-once":
         flow.kill()
+    elif MODE == "corrupt-once":
+        body = bytearray(flow.request.raw_content or b"")
+        if body:
+            body[len(body) // 2] ^= 0xFF
+        flow.request.raw_content = bytes(body)
     elif MODE == "slowdown-once":
         flow.response = http.Response.make(503, _error("SlowDown", "Please reduce your request rate."), {"Content-Type": "application/xml"})
     else:

@@ -685,12 +685,14 @@ fn backup_through(env: &Env, endpoint: &str, src_url: &str, name: &str) -> std::
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn slowdowns_and_cut_connections_on_a_part_are_retried() {
+async fn slowdowns_cut_connections_and_damaged_parts_are_retried() {
     use test_support::s3_server::FaultProxy;
     let env = Env::new("retry");
     let dir = tempfile::tempdir().unwrap();
     let (_src, src_url) = double("1.18.3", |d| d.add_collection("docs", 8, &[12 * MIB])).await;
-    for mode in ["slowdown-once", "cut-once"] {
+    // A part damaged on the way is refused by the store (Content-MD5) and
+    // sent again: what is stored is what Qdrant sent.
+    for mode in ["slowdown-once", "cut-once", "corrupt-once"] {
         let proxy = FaultProxy::start(&env.s3.endpoint, mode, dir.path()).unwrap();
         let name = format!("b-{mode}");
         let out = backup_through(&env, &proxy.endpoint, &src_url, &name);

@@ -136,6 +136,7 @@ where
                 "NoSuchBucket" => "S3BucketNotFound",
                 "NoSuchKey" | "NotFound" => "ObjectNotFound",
                 "NoSuchUpload" => "S3UploadGone",
+                "BadDigest" | "InvalidDigest" => "ChecksumMismatch",
                 "NotImplemented" => "StoreUnsupported",
                 "SlowDown" | "ServiceUnavailable" | "InternalError" => "S3Unavailable",
                 _ => "S3Error",
@@ -193,22 +194,68 @@ impl ObjectStore for S3Store {
     }
 
     async fn upload_part(&self, key: &str, id: &str, n: i32, data: Bytes) -> Result<CompletedPart> {
-        let out = self
-            .client
-            .upload_part()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(id)
-            .part_number(n)
-            .content_length(data.len() as i64)
-            .body(data.into())
-            .send()
-            .await
-            .map_err(|e| map_err("upload part", key, e))?;
-        Ok(CompletedPart {
-            number: n,
-            etag: out.e_tag.unwrap_or_default(),
-        })
+        let md5 = {
+            use md5::Digest;
+            md5::Md5::digest(&data)
+        };
+        let content_md5 = aws_smithy_types::base64::encode(md5.as_slice());
+        // A part's ETag is its MD5 unless SSE-KMS encrypts it (AWS, MinIO,
+        // Ceph, moto and s3s-fs alike): compared where that holds.
+        let etag_is_md5 = !matches!(self.sse, Some(ServerSideEncryption::AwsKms));
+        let mut attempt = 1;
+        loop {
+            let sent = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(key)
+                .upload_id(id)
+                .part_number(n)
+                .content_length(data.len() as i64)
+                // Stores that check Content-MD5 refuse a part that arrives
+                // damaged (BadDigest); the ETag check below catches the rest.
+                .content_md5(&content_md5)
+                .body(data.clone().into())
+                .send()
+                .await;
+            let damaged = match sent {
+                Ok(out) => {
+                    let etag = out.e_tag.unwrap_or_default();
+                    let stored = etag.trim_matches('"').to_ascii_lowercase();
+                    if !etag_is_md5 || stored.len() != 32 || stored == hex::encode(md5) {
+                        return Ok(CompletedPart { number: n, etag });
+                    }
+                    format!(
+                        "the store holds MD5 {stored}, the part has {}",
+                        hex::encode(md5)
+                    )
+                }
+                Err(SdkError::ServiceError(se))
+                    if matches!(se.err().code(), Some("BadDigest" | "InvalidDigest")) =>
+                {
+                    "the store refused it (BadDigest)".to_string()
+                }
+                Err(e) => return Err(map_err("upload part", key, e)),
+            };
+            // Damaged on the way: the bytes here are good, send them again
+            // (a part re-uploaded under its number replaces the old one).
+            if attempt >= 3 {
+                return Err(Error::Store {
+                    op: "upload part",
+                    key: key.to_string(),
+                    detail: format!("part {n} arrived damaged {attempt} times: {damaged}"),
+                    reason: "ChecksumMismatch",
+                });
+            }
+            tracing::warn!(
+                key,
+                part = n,
+                attempt,
+                damaged,
+                "a part arrived damaged; sending it again"
+            );
+            attempt += 1;
+        }
     }
 
     async fn complete_multipart(
