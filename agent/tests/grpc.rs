@@ -367,6 +367,42 @@ async fn cancel_stops_the_task_and_aborts_its_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn sigterm_cancels_running_tasks_and_leaves_no_upload_behind() {
+    let env = Env::new("sigterm");
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, q) = double("1.18.3", |d| {
+        d.add_collection("docs", 8, &[64 * MIB]);
+        d.set_fault("docs", 0, Fault::StallAfter(6 * MIB));
+    })
+    .await;
+    let mut agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+    c.start_backup(backup_req(&env, "t", "b1")).await.unwrap();
+    upload_open(&env, "grpc/").await;
+    // What the kubelet sends when the pod is deleted.
+    let pid = agent.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Some(s) = agent.child.try_wait().unwrap() {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("the agent stops within the grace period");
+    assert!(exited.success(), "{exited:?}\n{}", agent.log_text());
+    env.assert_nothing_left("grpc/").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_killed_agent_leaves_no_upload_behind_after_its_next_task() {
     let env = Env::new("killed");
     let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,10 @@ use auth::TokenCheck;
 use qdrant_agent_proto::v1::agent_server::AgentServer;
 use std::sync::Arc;
 
+/// How long shutdown waits for cancelled tasks to clean up: under
+/// Kubernetes' default 30 s termination grace period.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
+
 /// Serves the agent on `listener`; `health_listener`, when given, serves
 /// only gRPC health in plaintext, for kubelet probes (they cannot do TLS).
 pub async fn serve(
@@ -25,6 +29,15 @@ pub async fn serve(
     auth: Auth,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), Error> {
+    let registry = service.registry();
+    // On SIGTERM (pod deletion) every running task is cancelled: its
+    // uploads are aborted and its partial objects deleted, within the
+    // pod's grace period, instead of being dropped mid-way.
+    let tasks = registry.clone();
+    let shutdown = async move {
+        shutdown.await;
+        tasks.cancel_all();
+    };
     auth.check()?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
@@ -69,6 +82,11 @@ pub async fn serve(
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
         .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+    if !registry.idle(SHUTDOWN_GRACE).await {
+        tracing::warn!(
+            "tasks still running at shutdown; their uploads may stay open until the next task of this node"
+        );
+    }
     if let Some(h) = health_only {
         h.abort();
     }

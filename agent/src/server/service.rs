@@ -14,24 +14,30 @@ use futures::Stream;
 use qdrant_agent_proto::v1::agent_server::Agent;
 use qdrant_agent_proto::v1::*;
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 pub struct AgentService {
     node: Node,
     s3_defaults: S3Config,
-    tasks: Registry,
+    tasks: Arc<Registry>,
     allow_local_targets: bool,
 }
 
 impl AgentService {
     pub fn new(node: Node, s3_defaults: S3Config) -> Self {
         Self {
-            tasks: Registry::new(node.name.clone()),
+            tasks: Arc::new(Registry::new(node.name.clone())),
             node,
             s3_defaults,
             allow_local_targets: false,
         }
+    }
+
+    /// The task registry, for shutting down.
+    pub(super) fn registry(&self) -> Arc<Registry> {
+        self.tasks.clone()
     }
 
     /// Accept `file://` storage targets over gRPC (a trusted local setup).

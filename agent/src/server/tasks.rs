@@ -127,6 +127,27 @@ impl Registry {
         Ok(progress.get())
     }
 
+    /// Asks every running task to stop (the agent is shutting down).
+    pub fn cancel_all(&self) {
+        for e in self.lock().values() {
+            e.cancel.cancel();
+        }
+    }
+
+    /// Waits until no task runs, at most `limit`; whether none does.
+    pub async fn idle(&self, limit: std::time::Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.running().is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
     /// Every task this instance knows, oldest first.
     pub fn all(&self) -> Vec<Task> {
         let mut tasks: Vec<(u64, Task)> = self
