@@ -62,6 +62,19 @@ impl Stage {
     }
 }
 
+/// Deletes the collections a failed restore created, by their names in
+/// Qdrant (each renamed as the request says). It needs neither the backup
+/// nor its manifest: a backup deleted meanwhile cannot block it. A
+/// collection already gone counts as deleted, so it can be repeated.
+async fn rollback(node: &Node, req: &RestoreRequest) -> Result<()> {
+    for (c, _) in &req.collections {
+        let name = req.rename.get(c).unwrap_or(c);
+        keys::validate_segment("collection", name)?;
+        node.qdrant.delete_collection(name).await?;
+    }
+    Ok(())
+}
+
 pub async fn run(
     node: &Node,
     target: &Target,
@@ -69,6 +82,9 @@ pub async fn run(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<()> {
+    if req.stage == Stage::Rollback {
+        return rollback(node, req).await;
+    }
     let store = target.store.clone();
     let m = manifest::read(&*store, &target.prefix, &req.backup_name).await?;
     let version = node.qdrant.version().await?;
@@ -90,12 +106,6 @@ pub async fn run(
                 entry.name
             )));
         }
-    }
-    if req.stage == Stage::Rollback {
-        for (_, name, _) in &plan {
-            node.qdrant.delete_collection(name).await?;
-        }
-        return Ok(());
     }
     let create = req.create_collections && req.stage.creates();
     if create {

@@ -670,10 +670,7 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     assert_eq!(st.phase, Some(OperationPhase::Failed), "{st:#?}");
     assert_eq!(st.conditions[0].reason, "AgentLost", "{st:#?}");
     assert!(
-        st.error
-            .clone()
-            .unwrap_or_default()
-            .contains("deleted again"),
+        st.error.clone().unwrap_or_default().contains("rolled back"),
         "{st:#?}"
     );
     for pod in ["target-0", "target-1"] {

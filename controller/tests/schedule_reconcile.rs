@@ -16,6 +16,7 @@ const BACKUPS: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantbackups"
 const SCHEDULE: &str =
     "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantbackupschedules/nightly/status";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/search/events";
+const RESTORES: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantrestores";
 
 fn now_1100() -> jiff::Timestamp {
     "2026-11-23T11:00:05Z".parse().unwrap()
@@ -59,6 +60,13 @@ fn backup(name: &str, phase: &str, completed: &str) -> Value {
         "metadata": {"name": name, "namespace": "search", "labels": {"qdrant.io/schedule": "nightly"}, "creationTimestamp": completed},
         "spec": {"clusterRef": {"name": "vectors"}, "storage": {"s3": {"bucket": "bkt"}}},
         "status": {"phase": phase, "completionTime": completed}})
+}
+
+fn restore_of(backup: &str, phase: Option<&str>) -> Value {
+    json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantRestore",
+        "metadata": {"name": format!("from-{backup}"), "namespace": "search"},
+        "spec": {"backupRef": {"name": backup}, "targetClusterRef": {"name": "vectors"}},
+        "status": {"phase": phase}})
 }
 
 fn list(items: Vec<Value>) -> (u16, Value) {
@@ -150,6 +158,7 @@ async fn retention_deletes_old_completed_backups_but_never_a_running_or_the_newe
     let server = tokio::spawn(async move {
         api.expect("GET", BACKUPS, |_| {
             list(vec![
+                backup("nightly-x", "Completed", "2026-11-23T07:30:00Z"),
                 backup("nightly-a", "Completed", "2026-11-23T08:00:00Z"),
                 backup("nightly-b", "Completed", "2026-11-23T09:00:00Z"),
                 backup("nightly-c", "Completed", "2026-11-23T10:00:00Z"),
@@ -158,7 +167,15 @@ async fn retention_deletes_old_completed_backups_but_never_a_running_or_the_newe
             ])
         })
         .await;
-        // Nothing is due at 11:30; keepLast 2 keeps c and b; a goes. The running and the failed one stay.
+        // Nothing is due at 11:30; keepLast 2 keeps c and b; a and x would
+        // go, but a restore still reads x. The running and the failed one stay.
+        api.expect("GET", RESTORES, |_| {
+            list(vec![
+                restore_of("nightly-x", None),
+                restore_of("nightly-a", Some("Completed")),
+            ])
+        })
+        .await;
         api.expect("DELETE", &format!("{BACKUPS}/nightly-a"), |_| {
             (
                 200,

@@ -84,6 +84,10 @@ pub struct QdrantRestoreStatus {
     /// The agents' tasks of the current stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<AgentTask>,
+    /// Collections this restore creates (none of them existed when it
+    /// started). A failed restore deletes these again, and only these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub created_collections: Vec<String>,
     /// Source: `s3://bucket/path` of the backup being restored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3_path: Option<String>,
@@ -102,4 +106,7 @@ pub enum RestoreStage {
     Upload,
     Finish,
     Done,
+    /// The restore failed: the collections it created are being deleted
+    /// (retried until done), then it ends Failed.
+    RollingBack,
 }

@@ -174,6 +174,55 @@ pub fn selection(
     Ok(wanted)
 }
 
+/// The target names of `wanted` that do not exist in the target yet (as
+/// `placement` of all its collections shows): what this restore creates,
+/// and what a rollback may delete. An existing one is refused by the agent
+/// and never deleted.
+pub fn to_create(
+    r: &QdrantRestore,
+    wanted: &[String],
+    placement: &pb::GetPlacementResponse,
+) -> Vec<String> {
+    wanted
+        .iter()
+        .map(|c| target_name(r, c).to_string())
+        .filter(|t| !placement.collections.iter().any(|p| &p.name == t))
+        .collect()
+}
+
+/// The Rollback task: deletes `created_collections` by their names in
+/// Qdrant. It reads nothing from the store, so the storage named is only
+/// the backup's location (as in status), without credentials.
+pub fn rollback_request(
+    status: &crate::crd::QdrantRestoreStatus,
+    task_id: &str,
+) -> StartRestoreRequest {
+    let (url, name) = status
+        .s3_path
+        .as_deref()
+        .and_then(|p| p.rsplit_once('/'))
+        .map(|(u, n)| (u.to_string(), n.to_string()))
+        .unwrap_or_default();
+    StartRestoreRequest {
+        task_id: task_id.to_string(),
+        storage: Some(StorageTarget {
+            url,
+            ..Default::default()
+        }),
+        backup_name: name,
+        collections: status
+            .created_collections
+            .iter()
+            .map(|c| CollectionSelection {
+                collection: c.clone(),
+                shard_ids: vec![],
+            })
+            .collect(),
+        stage: pb::RestoreStage::Rollback as i32,
+        ..Default::default()
+    }
+}
+
 /// A single node takes the whole restore in one task; several verify and
 /// create first, then upload shard by shard, then finish.
 pub fn first_stage(pods: usize) -> RestoreStage {
@@ -237,6 +286,7 @@ pub fn proto_stage(stage: RestoreStage) -> pb::RestoreStage {
         RestoreStage::Verify => pb::RestoreStage::Create,
         RestoreStage::Upload => pb::RestoreStage::Upload,
         RestoreStage::Finish | RestoreStage::Done => pb::RestoreStage::Finish,
+        RestoreStage::RollingBack => pb::RestoreStage::Rollback,
     }
 }
 
@@ -442,5 +492,39 @@ mod tests {
         assert!(upload.skip_verify);
         assert_eq!(upload.collections[0].shard_ids, [2]);
         assert_eq!(sources(&[t.clone(), t]), ["docs", "other"]);
+    }
+
+    #[test]
+    fn a_rollback_deletes_only_what_the_restore_created_and_needs_no_backup() {
+        let r = restore("  collectionMapping: {docs: docs-copy}\n");
+        let existing = pb::GetPlacementResponse {
+            collections: vec![pb::CollectionPlacement {
+                name: "other".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let wanted = ["docs".to_string(), "other".to_string()];
+        // "other" exists already: the agent refuses it, a rollback never touches it.
+        let created = to_create(&r, &wanted, &existing);
+        assert_eq!(created, ["docs-copy"]);
+        let status = crate::crd::QdrantRestoreStatus {
+            s3_path: Some("s3://bkt/team/search/vectors/nightly".into()),
+            created_collections: created,
+            ..Default::default()
+        };
+        let req = rollback_request(&status, "t-1");
+        assert_eq!(req.stage(), pb::RestoreStage::Rollback);
+        assert_eq!(req.backup_name, "nightly");
+        let storage = req.storage.unwrap();
+        assert_eq!(storage.url, "s3://bkt/team/search/vectors");
+        assert!(storage.credentials.is_none());
+        let names: Vec<&str> = req
+            .collections
+            .iter()
+            .map(|c| c.collection.as_str())
+            .collect();
+        assert_eq!(names, ["docs-copy"]);
+        assert!(req.rename.is_empty());
     }
 }

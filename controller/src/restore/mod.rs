@@ -84,6 +84,9 @@ async fn source(r: &QdrantRestore, ctx: &Context) -> Result<Source, Halt> {
 
 async fn apply(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
     let cluster = target(r, ctx).await?;
+    if status_of(r).stage == Some(RestoreStage::RollingBack) {
+        return roll_back(r, ctx, cluster.as_ref()).await;
+    }
     let outcome = match decide::next_step(r, cluster.as_ref()) {
         Step::Done | Step::Expire => return Ok(Action::await_change()),
         Step::Wait { reason, message } => Err(Halt::wait(reason, message)),
@@ -152,6 +155,7 @@ async fn start(
     let manifest: ManifestView = serde_json::from_str(&manifest.manifest_json)
         .map_err(|e| Halt::fail("ManifestInvalid", format!("{}: {e}", src.s3_path())))?;
     let wanted = selection(r, &manifest, seen.len(), src)?;
+    let created = decide::to_create(r, &wanted, &first.placement);
     let stage = decide::first_stage(seen.len());
     let task = whole_collections_task(r, stage, &first.pod, first.instance_id.clone(), &wanted);
     let message = format!(
@@ -167,6 +171,7 @@ async fn start(
         stage: Some(stage),
         s3_path: Some(src.s3_path()),
         tasks: vec![task],
+        created_collections: created,
         conditions: vec![report::ready(
             false,
             "Verifying",
@@ -408,8 +413,10 @@ async fn complete(
     Ok(operation::completed(r, ctx, status, message).await?)
 }
 
-/// Cancels the running tasks and, once the collections were created by
-/// this restore (Upload or Finish stage), deletes them again.
+/// Cancels the running tasks, then deletes the collections this restore
+/// created through one agent (a Rollback task, which needs neither the
+/// backup nor its manifest). Collections that existed before are never in
+/// `created_collections`, so never touched.
 async fn undo(
     r: &QdrantRestore,
     ctx: &Context,
@@ -417,39 +424,31 @@ async fn undo(
     status: &QdrantRestoreStatus,
 ) -> Result<(), String> {
     let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
-    if !matches!(
-        status.stage,
-        Some(RestoreStage::Upload | RestoreStage::Finish)
-    ) {
+    if status.created_collections.is_empty() {
         return Ok(());
     }
-    let src = source(r, ctx).await.map_err(Halt::text)?;
-    let ns = r.namespace().unwrap_or_default();
-    let storage = storage_target(&ctx.client, &ns, &src.storage, &src.prefix)
-        .await
-        .map_err(Halt::text)?;
     let pod = agents
         .pods
         .first()
         .ok_or("the target cluster has no ready pod")?
         .name
         .clone();
-    let sources = sources(&status.tasks);
-    let rollback = pb::RestoreStage::Rollback;
-    let task = whole_collections_task(r, rollback, &pod, String::new(), &sources);
-    let req = request(r, &storage, &src, &task, rollback);
+    // A fresh task id per try: a finished rollback task is not run again.
+    let attempt = format!("rollback-{}", (ctx.now)().as_second());
+    let req = decide::rollback_request(status, &task_id(r, &attempt, &pod));
     let mut c = agents.connect(&pod).await?;
+    let task_ref = pb::TaskRef {
+        task_id: req.task_id.clone(),
+    };
     c.start_restore(req)
         .await
         .map_err(|s| status_reason(&s).1)?;
     let mut s = c
-        .watch_task(pb::TaskRef {
-            task_id: task.task_id,
-        })
+        .watch_task(task_ref)
         .await
         .map_err(|s| status_reason(&s).1)?
         .into_inner();
-    let last = tokio::time::timeout(Duration::from_secs(60), async {
+    let last = tokio::time::timeout(Duration::from_secs(120), async {
         let mut last = None;
         while let Some(Ok(t)) = s.next().await {
             last = Some(t);
@@ -462,10 +461,14 @@ async fn undo(
     match last {
         Some(t) if t.phase() == TaskPhase::Succeeded => Ok(()),
         Some(t) => Err(t.error),
-        None => Err("the rollback did not finish within 60s".into()),
+        None => Err("the rollback did not finish within 120s".into()),
     }
 }
 
+/// Ends the restore as Failed once what it created is deleted again. The
+/// failure is written first (stage RollingBack, its reason and message), so
+/// a rollback that cannot finish now is retried with backoff until it does,
+/// and never forgotten.
 async fn fail(
     r: &QdrantRestore,
     ctx: &Context,
@@ -474,24 +477,79 @@ async fn fail(
     message: String,
 ) -> Result<Action, Error> {
     let previous = status_of(r);
-    let mut message = message;
-    if previous.stage.is_some() {
-        match undo(r, ctx, cluster, &previous).await {
-            Ok(())
-                if matches!(
-                    previous.stage,
-                    Some(RestoreStage::Upload | RestoreStage::Finish)
-                ) =>
-            {
-                message = format!("{message}; the collections it created were deleted again");
-            }
-            Ok(()) => {}
-            Err(e) => {
-                message = format!("{message}; the collections it created could not be deleted: {e}")
-            }
+    if cluster.is_none() && !previous.created_collections.is_empty() {
+        let message =
+            format!("{message}; its cluster was deleted, so there is nothing to roll back");
+        return operation::failed(r, ctx, reason, message).await;
+    }
+    if previous.stage.is_none() || previous.created_collections.is_empty() {
+        if previous.stage.is_some() {
+            // Nothing was created: only stop the tasks.
+            let _ = Agents::stop(ctx, cluster, &previous.tasks).await;
+        }
+        return operation::failed(r, ctx, reason, message).await;
+    }
+    let mut status = previous.clone();
+    if previous.stage != Some(RestoreStage::RollingBack) {
+        status.stage = Some(RestoreStage::RollingBack);
+        status.error = Some(message.clone());
+        status.conditions = vec![report::ready(
+            false,
+            reason,
+            format!("{message}; deleting the collections it created"),
+            (ctx.now)(),
+            &previous.conditions,
+            r.metadata.generation,
+        )];
+        operation::write(ctx, r, &status).await?;
+    }
+    match undo(r, ctx, cluster, &previous).await {
+        Ok(()) => {
+            let message = format!(
+                "{message}; rolled back: none of the collections it was creating ({}) is left in the target",
+                previous.created_collections.join(", ")
+            );
+            let rolled_back = QdrantRestore {
+                status: Some(status),
+                ..r.clone()
+            };
+            operation::failed(&rolled_back, ctx, reason, message).await
+        }
+        Err(e) => {
+            report::event(
+                &ctx.recorder,
+                &r.object_ref(&()),
+                EventType::Warning,
+                "RollbackRetrying",
+                "Restore",
+                format!(
+                    "deleting the collections it created ({}) failed; retrying: {e}",
+                    previous.created_collections.join(", ")
+                ),
+            )
+            .await;
+            Err(Error::Retry(format!(
+                "rollback of restore {}: {e}",
+                r.name_any()
+            )))
         }
     }
-    operation::failed(r, ctx, reason, message).await
+}
+
+/// A restore rolling back goes on with that, whatever else happens.
+async fn roll_back(
+    r: &QdrantRestore,
+    ctx: &Context,
+    cluster: Option<&QdrantCluster>,
+) -> Result<Action, Error> {
+    let status = status_of(r);
+    let reason = status
+        .conditions
+        .first()
+        .map(|c| c.reason.clone())
+        .unwrap_or_else(|| "Failed".into());
+    let message = status.error.clone().unwrap_or_default();
+    fail(r, ctx, cluster, &reason, message).await
 }
 
 /// Deleting a running restore cancels its tasks and removes the
@@ -509,7 +567,10 @@ async fn cleanup(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
             EventType::Warning,
             "RollbackFailed",
             "Delete",
-            format!("the restore was deleted while running; its collections may remain: {e}"),
+            format!(
+                "the restore was deleted while running; its collections ({}) may remain: {e}",
+                status.created_collections.join(", ")
+            ),
         )
         .await;
     }

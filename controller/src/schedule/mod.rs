@@ -5,7 +5,7 @@
 
 use crate::crd::{
     ConcurrencyPolicy, OperationPhase, QdrantBackup, QdrantBackupSchedule,
-    QdrantBackupScheduleStatus, QdrantBackupSpec, SchedulePhase,
+    QdrantBackupScheduleStatus, QdrantBackupSpec, QdrantRestore, SchedulePhase,
 };
 use crate::runtime::{self, Context, Error, report};
 use cron::Cron;
@@ -304,11 +304,19 @@ async fn prune(
         .filter(|b| phase(b) == Some(OperationPhase::Failed))
         .collect();
     failed.sort_by_key(|b| std::cmp::Reverse(b.metadata.creation_timestamp.clone().map(|t| t.0)));
-    let doomed = completed
+    let mut doomed: Vec<String> = completed
         .iter()
         .filter(|k| !keep.contains(&k.name))
         .map(|k| k.name.clone())
-        .chain(failed.iter().skip(KEEP_FAILED).map(|b| b.name_any()));
+        .chain(failed.iter().skip(KEEP_FAILED).map(|b| b.name_any()))
+        .collect();
+    if !doomed.is_empty() {
+        // A backup a running restore reads from stays until it finished.
+        let restores: Api<QdrantRestore> =
+            Api::namespaced(ctx.client.clone(), &s.namespace().unwrap_or_default());
+        let reading = in_use(&restores.list(&ListParams::default()).await?.items);
+        doomed.retain(|b| !reading.contains(b));
+    }
     for name in doomed {
         match backups.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {
@@ -327,6 +335,20 @@ async fn prune(
     }
     status.kept_backups = keep.into_iter().collect();
     Ok(())
+}
+
+/// The backups that restores not yet finished read from.
+fn in_use(restores: &[QdrantRestore]) -> Vec<String> {
+    restores
+        .iter()
+        .filter(|r| {
+            !matches!(
+                r.status.as_ref().and_then(|s| s.phase),
+                Some(OperationPhase::Completed | OperationPhase::Failed)
+            )
+        })
+        .filter_map(|r| r.spec.backup_ref.as_ref().map(|b| b.name.clone()))
+        .collect()
 }
 
 /// Runs the schedule controller; a change to any labelled backup wakes its schedule.
