@@ -135,6 +135,12 @@ async fn a_cluster_applies_every_object_and_reports_its_phase() {
             );
             assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "c-1");
         }
+        api.expect(
+            "GET",
+            "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+            |_| not_found(),
+        )
+        .await;
         let (_, sts) = api
             .expect(
                 "PATCH",
@@ -143,6 +149,9 @@ async fn a_cluster_applies_every_object_and_reports_its_phase() {
             )
             .await;
         assert_eq!(sts["spec"]["replicas"], 3);
+        // Distributed pods start together: ordered, they would wait on
+        // peers that wait on them.
+        assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
         let (_, status) = api
             .expect(
                 "PATCH",
@@ -290,12 +299,26 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
             echo_uid,
         )
         .await;
+        // A StatefulSet made by an earlier version keeps its (immutable)
+        // podManagementPolicy: changing it would fail every apply.
+        let earlier = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "vectors", "namespace": "search"},
+            "spec": {"podManagementPolicy": "OrderedReady", "serviceName": "vectors-headless",
+                     "selector": {}, "template": {}}});
         api.expect(
-            "PATCH",
+            "GET",
             "/apis/apps/v1/namespaces/search/statefulsets/vectors",
-            ready_sts,
+            |_| (200, earlier),
         )
         .await;
+        let (_, sent) = api
+            .expect(
+                "PATCH",
+                "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+                ready_sts,
+            )
+            .await;
+        assert_eq!(sent["spec"]["podManagementPolicy"], "OrderedReady");
         // No status patch and no event: the controller does not loop on itself.
         api.nothing_more().await;
     });

@@ -102,8 +102,8 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         || async { sts.get_opt("vectors").await.ok().flatten() },
     )
     .await;
-    // Pods come from the real StatefulSet controller, one at a time
-    // (OrderedReady), each Ready only once its Qdrant and agent answer.
+    // Pods come from the real StatefulSet controller, all at once
+    // (Parallel), each Ready only once its Qdrant and agent answer.
     let c = w.running(NS, "vectors", 3, 240, &diag).await;
     assert_eq!(
         c["status"]["observedGeneration"],
@@ -646,19 +646,39 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     }
     gate.close();
     let restores: Api<QdrantRestore> = Api::namespaced(w.admin.clone(), NS);
-    let r = eventually(120, "restore rolled-back uploading", &diag, || async {
-        let r = restores.get("rolled-back").await.ok()?;
-        let st = r.status.as_ref()?;
-        (st.stage == Some(qdrant_operator::crd::RestoreStage::Upload)
-            && !st.tasks.is_empty()
-            && st.tasks.iter().all(|t| !t.instance_id.is_empty()))
-        .then_some(r)
-    })
+    let restore_diag = || {
+        format!(
+            "{}\nrestore status: {}",
+            diag(),
+            w.kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "qr",
+                "rolled-back",
+                "-o",
+                "jsonpath={.status}"
+            ])
+        )
+    };
+    let r = eventually(
+        120,
+        "restore rolled-back uploading",
+        &restore_diag,
+        || async {
+            let r = restores.get("rolled-back").await.ok()?;
+            let st = r.status.as_ref()?;
+            (st.stage == Some(qdrant_operator::crd::RestoreStage::Upload)
+                && !st.tasks.is_empty()
+                && st.tasks.iter().all(|t| !t.instance_id.is_empty()))
+            .then_some(r)
+        },
+    )
     .await;
     let victim = r.status.unwrap().tasks[0].pod.clone();
     kubelet.kill_container(&victim, "agent").await;
     gate.open();
-    let st = eventually(120, "restore rolled-back ends", &diag, || async {
+    let st = eventually(120, "restore rolled-back ends", &restore_diag, || async {
         let st = restores.get("rolled-back").await.ok()?.status?;
         matches!(
             st.phase?,

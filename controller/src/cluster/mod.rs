@@ -86,7 +86,21 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     ssa(client, &ns, &render::headless_service(&c)).await?;
     ssa(client, &ns, &render::client_service(&c)).await?;
     ssa(client, &ns, &render::pod_disruption_budget(&c)).await?;
-    let sts = ssa(client, &ns, &render::statefulset(&c)).await?;
+    let mut desired = render::statefulset(&c);
+    // podManagementPolicy cannot change: a StatefulSet made by an earlier
+    // version keeps its own (the README says how to switch).
+    let existing = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get_opt(&render::Names::of(&c).statefulset())
+        .await?;
+    if let (Some(spec), Some(e)) = (
+        desired.spec.as_mut(),
+        existing
+            .and_then(|e| e.spec)
+            .and_then(|s| s.pod_management_policy),
+    ) {
+        spec.pod_management_policy = Some(e);
+    }
+    let sts = ssa(client, &ns, &desired).await?;
     observed.statefulset = Some(sts.clone());
     let d = decide(&c, &observed);
     write_status(&c, ctx, &d, Some(&sts)).await?;

@@ -563,7 +563,18 @@ pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
                 type_: Some("RollingUpdate".into()),
                 ..Default::default()
             }),
-            pod_management_policy: Some("OrderedReady".into()),
+            // Distributed Qdrant pods are Ready only once their peers run:
+            // started one by one (OrderedReady), a cluster whose pods all
+            // restart together never comes back. Qdrant's chart uses
+            // Parallel too. Immutable: an existing StatefulSet keeps its own.
+            pod_management_policy: Some(
+                if c.spec.cluster.enabled {
+                    "Parallel"
+                } else {
+                    "OrderedReady"
+                }
+                .into(),
+            ),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(c)),
