@@ -60,3 +60,49 @@ pub async fn backup(
         .collect();
     Ok((m, checked, missing))
 }
+
+/// `backup` as a task: progress per object checked, and an error naming
+/// what does not match (the first damaged object, or the missing shards).
+pub async fn run(
+    target: &crate::node::Target,
+    name: &str,
+    concurrency: usize,
+    progress: &crate::progress::Progress,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let (m, checked, missing) =
+        backup(&target.store, &target.prefix, name, concurrency, cancel).await?;
+    progress.update(|t| {
+        t.shards_total = checked.len() as u32;
+        t.shards_done = checked.iter().filter(|c| c.problem.is_none()).count() as u32;
+        t.bytes_total = m.total_bytes();
+        t.bytes_done = checked
+            .iter()
+            .filter(|c| c.problem.is_none())
+            .map(|c| c.size)
+            .sum();
+        t.qdrant_version = m.qdrant_version.clone();
+    });
+    let bad: Vec<String> = checked
+        .iter()
+        .filter_map(|c| c.problem.as_ref().map(|p| format!("{}: {p}", c.key)))
+        .collect();
+    if let Some(first) = bad.first() {
+        return Err(crate::Error::ChecksumMismatch {
+            key: format!(
+                "{} of {} objects of backup {name}",
+                bad.len(),
+                checked.len()
+            ),
+            expected: "the manifest's size and sha256".into(),
+            actual: format!("first: {first}"),
+        });
+    }
+    if !missing.is_empty() {
+        return Err(crate::Error::Incomplete(format!(
+            "backup {name} lacks shards: {}",
+            missing.join("; ")
+        )));
+    }
+    Ok(())
+}

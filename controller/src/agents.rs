@@ -99,6 +99,7 @@ pub async fn storage_target(
 pub enum Start {
     Backup(pb::StartBackupRequest),
     Restore(pb::StartRestoreRequest),
+    Verify(pb::StartVerifyRequest),
 }
 
 impl Start {
@@ -106,6 +107,7 @@ impl Start {
         let r = match self {
             Start::Backup(r) => c.start_backup(r).await?,
             Start::Restore(r) => c.start_restore(r).await?,
+            Start::Verify(r) => c.start_verify(r).await?,
         };
         Ok(r.into_inner())
     }

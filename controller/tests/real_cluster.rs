@@ -7,8 +7,8 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use kube::api::Api;
 use qdrant_agent::store::ObjectStore;
 use qdrant_operator::crd::{
-    ClusterPhase, OperationPhase, QdrantBackup, QdrantBackupStatus, QdrantCluster, QdrantRestore,
-    QdrantRestoreStatus,
+    AgentTaskState, ClusterPhase, OperationPhase, QdrantBackup, QdrantBackupStatus, QdrantCluster,
+    QdrantRestore, QdrantRestoreStatus,
 };
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -149,9 +149,10 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     let s3 = need(S3Server::start());
     let bucket = need(s3.bucket("real"));
     s3_secret(&w, "backup-s3-credentials");
+    // Read back and checked by an agent before it counts as Completed.
     let before_migration = format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: before-migration, namespace: {NS}}}\n\
-         spec:\n  clusterRef: {{name: vectors}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: prod, region: us-east-1, \
+         spec:\n  clusterRef: {{name: vectors}}\n  verify: true\n  storage:\n    s3: {{bucket: {bucket}, prefix: prod, region: us-east-1, \
          endpoint: \"{}\", credentialsSecretRef: {{name: backup-s3-credentials}}}}\n",
         s3.endpoint
     );
@@ -170,6 +171,17 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     let st = w
         .completed::<QdrantBackupStatus>(NS, "qdrantbackups", "before-migration", 180, &diag)
         .await;
+    let v = st.verification.clone().expect("spec.verify ran");
+    let objects: usize = st.collections.iter().map(|c| c.shards.len()).sum();
+    assert_eq!(
+        (v.task.state, v.objects as usize, v.bytes),
+        (AgentTaskState::Succeeded, objects, st.size_bytes.unwrap()),
+        "every object was read back and matched: {v:#?}"
+    );
+    assert!(
+        v.completion_time.is_some() && !v.task.pod.is_empty(),
+        "{v:#?}"
+    );
     for (name, shards, _) in COLLECTIONS {
         let c = st
             .collections

@@ -182,6 +182,31 @@ impl Agent for AgentService {
         .await
     }
 
+    async fn start_verify(
+        &self,
+        req: Request<StartVerifyRequest>,
+    ) -> Result<Response<Task>, Status> {
+        let r = req.into_inner();
+        let concurrency = match r.concurrency {
+            0 => crate::defaults::RESTORE_CONCURRENCY,
+            n => (n as usize).min(16),
+        };
+        let mut rest = r.clone();
+        rest.storage = None;
+        let name = r.backup_name.clone();
+        self.start(
+            &r.task_id,
+            TaskKind::Verify,
+            &r.backup_name,
+            r.storage.as_ref(),
+            &rest,
+            move |_node, t, p, cancel| async move {
+                crate::verify::run(&t, &name, concurrency, &p, &cancel).await
+            },
+        )
+        .await
+    }
+
     async fn get_task(&self, req: Request<TaskRef>) -> Result<Response<Task>, Status> {
         Ok(Response::new(
             self.tasks.find(&req.into_inner().task_id)?.get(),

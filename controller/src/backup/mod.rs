@@ -16,6 +16,7 @@
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
 use crate::agents::{Agents, Seen, Start, agent_pods, instances, status_reason, storage_target};
+use crate::crd::Verification;
 use crate::crd::{
     AgentTask, AgentTaskState, BackupMode, DeletionPolicy, OperationPhase, QdrantBackup,
     QdrantBackupStatus, QdrantCluster, TaskProgress, TaskShard,
@@ -23,13 +24,14 @@ use crate::crd::{
 use crate::plan::{self, from_agent};
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
-use crate::tasks::{self, Outcome};
+use crate::tasks::{self, Observed, Outcome};
 use decide::{Step, cluster_prefix, next_step};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
+use qdrant_agent_proto::v1::TaskPhase;
 use qdrant_agent_proto::v1::{
     self as pb, CollectionSelection, DeleteBackupRequest, StartBackupRequest, StorageTarget,
     TaskRef, WriteManifestRequest,
@@ -288,6 +290,9 @@ async fn follow(
     storage: &StorageTarget,
 ) -> Result<Action, Halt> {
     let mut status = status_of(b);
+    if status.verification.is_some() {
+        return follow_verify(b, ctx, agents, storage, status).await;
+    }
     let live = tasks::live(&status.tasks);
     let seen = futures::future::join_all(live.iter().map(|&i| {
         let t = &status.tasks[i];
@@ -442,18 +447,152 @@ async fn complete(
             }
         })?
         .into_inner();
-    let message = format!(
-        "{} objects, {} bytes, in {}",
-        written.objects,
-        written.total_bytes,
-        s3_path(b)
-    );
     status.size_bytes = Some(written.total_bytes);
     status.collections = tasks::results(&status.tasks, &parts);
     if let Some(p) = &mut status.progress {
         p.shards_done = p.shards_total;
     }
+    if b.spec.verify {
+        return start_verify(b, ctx, agents, storage, status, 1).await;
+    }
+    let message = summary(b, &status);
     Ok(operation::completed(b, ctx, status, message).await?)
+}
+
+/// "N objects, B bytes, in s3://...": what a Completed backup holds.
+fn summary(b: &QdrantBackup, status: &QdrantBackupStatus) -> String {
+    let objects: usize = status.collections.iter().map(|c| c.shards.len()).sum();
+    format!(
+        "{objects} objects, {} bytes, in {}",
+        status.size_bytes.unwrap_or(0),
+        s3_path(b)
+    )
+}
+
+fn verify_request(
+    b: &QdrantBackup,
+    storage: &StorageTarget,
+    task_id: &str,
+) -> pb::StartVerifyRequest {
+    pb::StartVerifyRequest {
+        task_id: task_id.to_string(),
+        storage: Some(storage.clone()),
+        backup_name: b.name_any(),
+        concurrency: 0,
+    }
+}
+
+/// `spec.verify`: the manifest is written; one agent now reads the backup
+/// back. The backup stays InProgress until the check passes.
+async fn start_verify(
+    b: &QdrantBackup,
+    ctx: &Context,
+    agents: &Agents,
+    storage: &StorageTarget,
+    mut status: QdrantBackupStatus,
+    attempt: u32,
+) -> Result<Action, Halt> {
+    if attempt > MAX_ATTEMPTS {
+        return Err(Halt::fail(
+            "AgentLost",
+            format!("the verification was lost {MAX_ATTEMPTS} times"),
+        ));
+    }
+    let (seen, _) = agents.survey_some(&[], &b.spec.cluster_ref.name).await?;
+    // Another pod than the last try's, when there is one.
+    let pick = &seen[(attempt as usize - 1) % seen.len()];
+    let uid = b.uid().unwrap_or_default();
+    let task = tasks::task(
+        pick.pod.clone(),
+        format!("verify-{uid}-{attempt}"),
+        pick.instance_id.clone(),
+        attempt,
+        std::iter::empty(),
+    );
+    let message = format!(
+        "reading every object back from the store (agent of pod {})",
+        pick.pod
+    );
+    status.verification = Some(Verification {
+        task: task.clone(),
+        completion_time: None,
+        objects: 0,
+        bytes: 0,
+    });
+    status.conditions = vec![report::ready(
+        false,
+        "Verifying",
+        message.clone(),
+        (ctx.now)(),
+        &status.conditions,
+        b.metadata.generation,
+    )];
+    operation::announce(b, ctx, &status, EventType::Normal, "Verifying", message).await?;
+    let start = Start::Verify(verify_request(b, storage, &task.task_id));
+    agents.start_each(vec![(&task, start)]).await;
+    Ok(Action::requeue(Duration::from_secs(1)))
+}
+
+/// Follows the verification task: Completed when it passes; a backup that
+/// does not check out fails (and is deleted as any failed backup).
+async fn follow_verify(
+    b: &QdrantBackup,
+    ctx: &Context,
+    agents: &Agents,
+    storage: &StorageTarget,
+    mut status: QdrantBackupStatus,
+) -> Result<Action, Halt> {
+    let Some(mut v) = status.verification.clone() else {
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    };
+    let start = Start::Verify(verify_request(b, storage, &v.task.task_id));
+    let task = match agents.observe(&v.task, ctx.follow_window, start).await {
+        Observed::Lost(why) => {
+            tracing::warn!(backup = %b.name_any(), why, "verification lost; starting it again");
+            let next = v.task.attempt + 1;
+            return start_verify(b, ctx, agents, storage, status, next).await;
+        }
+        Observed::Task(t) => t,
+    };
+    v.objects = task.shards_done;
+    v.bytes = task.bytes_done;
+    match task.phase() {
+        TaskPhase::Succeeded => {
+            v.task.state = AgentTaskState::Succeeded;
+            v.completion_time = Some(Time((ctx.now)()));
+            let message = format!(
+                "{}; verified by the agent of pod {}",
+                summary(b, &status),
+                v.task.pod
+            );
+            status.verification = Some(v);
+            Ok(operation::completed(b, ctx, status, message).await?)
+        }
+        TaskPhase::Failed | TaskPhase::Cancelled => {
+            v.task.state = AgentTaskState::Failed;
+            v.completion_time = Some(Time((ctx.now)()));
+            let pod = v.task.pod.clone();
+            status.verification = Some(v);
+            operation::write(ctx, b, &status).await?;
+            let reason = if task.error_reason.is_empty() {
+                "VerificationFailed".to_string()
+            } else {
+                task.error_reason.clone()
+            };
+            Err(Halt::fail(
+                reason,
+                format!(
+                    "the backup did not check out (agent of pod {pod}): {}",
+                    task.error
+                ),
+            ))
+        }
+        _ => {
+            status.verification = Some(v);
+            operation::write(ctx, b, &status).await?;
+            Ok(Action::requeue(Duration::from_secs(1)))
+        }
+    }
 }
 
 /// Whether a failed call may succeed if tried again: the agent or the store

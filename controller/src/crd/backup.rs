@@ -47,6 +47,12 @@ pub struct QdrantBackupSpec {
     pub active_deadline_seconds: Option<i64>,
     #[serde(default)]
     pub mode: BackupMode,
+    /// After the manifest is written, one agent reads every object back
+    /// from the store and checks its size and sha256 (and that every
+    /// collection holds all its shards) before the backup is Completed; a
+    /// backup that does not check out is Failed and deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -79,4 +85,23 @@ pub struct QdrantBackupStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The read-back check of `spec.verify`: who ran it, when, and how it went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// A read-back check of a backup by one agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Verification {
+    /// The check as an agent task (pod, task id, instance, attempt, state).
+    pub task: AgentTask,
+    /// Set when it ended: when it passed, or when it found a problem.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// How many objects and bytes were read back and matched.
+    #[serde(default)]
+    pub objects: u32,
+    #[serde(default)]
+    pub bytes: u64,
 }

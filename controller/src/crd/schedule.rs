@@ -86,6 +86,9 @@ pub struct BackupTemplate {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub mode: BackupMode,
+    /// Check every backup by reading it back (QdrantBackup `spec.verify`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify: bool,
 }
 
 fn delete() -> DeletionPolicy {
@@ -98,6 +101,7 @@ impl Default for BackupTemplate {
             deletion_policy: DeletionPolicy::Delete,
             labels: BTreeMap::new(),
             mode: BackupMode::Stream,
+            verify: false,
         }
     }
 }

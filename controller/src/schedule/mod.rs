@@ -267,6 +267,7 @@ pub fn backup_for(s: &QdrantBackupSchedule, name: &str) -> QdrantBackup {
             retention_days: None,
             active_deadline_seconds: None,
             mode: t.mode,
+            verify: t.verify,
         },
     );
     b.metadata.namespace = s.namespace();
