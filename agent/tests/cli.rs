@@ -831,6 +831,44 @@ async fn common_mistakes_get_one_line_that_names_the_fix() {
         "b",
     ]);
     one_line(&o, "S3BucketNotFound");
+    // An endpoint that does not answer, and no credentials anywhere: one
+    // short line each, not an SDK debug dump.
+    let bare = |endpoint: Option<&str>, creds: bool| {
+        let mut c = std::process::Command::new(AGENT);
+        c.args(["list", "--from", "s3://b/p"])
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_WEB_IDENTITY_TOKEN_FILE")
+            .env("HOME", dir.path())
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true");
+        if let Some(e) = endpoint {
+            c.args(["--s3-endpoint", e]);
+        }
+        if creds {
+            c.env("AWS_ACCESS_KEY_ID", "test")
+                .env("AWS_SECRET_ACCESS_KEY", "test");
+        }
+        c.output().unwrap()
+    };
+    let o = bare(Some("127.0.0.1:9"), true);
+    one_line(&o, "needs a scheme: use http://127.0.0.1:9");
+    let o = bare(Some("http://127.0.0.1:9"), true);
+    one_line(&o, "cannot reach the S3 endpoint");
+    assert!(
+        stderr(&o).contains("[S3Unreachable]") && stderr(&o).len() < 400,
+        "{}",
+        stderr(&o)
+    );
+    let o = bare(Some(&env.s3.endpoint), false);
+    one_line(&o, "no S3 credentials found: set AWS_ACCESS_KEY_ID");
+    assert!(
+        stderr(&o).contains("[S3NoCredentials]") && stderr(&o).len() < 400,
+        "{}",
+        stderr(&o)
+    );
     // Listing where there is nothing says so.
     let o = env.run(&["list", "--from", &to]);
     assert_ok(&o);

@@ -47,6 +47,13 @@ pub struct S3Store {
 
 impl S3Store {
     pub async fn new(bucket: String, cfg: &S3Config) -> Result<Self> {
+        if let Some(e) = &cfg.endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(Error::Invalid(format!(
+                "the S3 endpoint {e:?} needs a scheme: use http://{e} or https://{e}"
+            )));
+        }
         use aws_config::{BehaviorVersion, Region, retry::RetryConfig, timeout::TimeoutConfig};
         use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode};
         let http = aws_smithy_http_client::Builder::new()
@@ -102,6 +109,37 @@ impl S3Store {
 
 /// Reduces an SDK error to a reason and a one-line detail that carries the
 /// service's code and message but nothing from the request itself.
+/// A request that never got an answer, in one line: no credentials (with
+/// where they come from), or the root cause of the connection failure (no
+/// SDK debug dump).
+fn dispatch_failure<E: std::error::Error + 'static>(e: &E) -> (&'static str, String) {
+    let full = DisplayErrorContext(e).to_string();
+    if full.contains("no credentials found") || full.contains("credential provider was not enabled")
+    {
+        return (
+            "S3NoCredentials",
+            "no S3 credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or a profile, or a web identity such as IRSA); a QdrantBackup names them in storage.s3.credentialsSecretRef".into(),
+        );
+    }
+    let mut root: &dyn std::error::Error = e;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    let cause = root.to_string();
+    let cause = cause.lines().next().unwrap_or_default().trim();
+    if full.contains("timeout") || full.contains("timed out") {
+        (
+            "S3Unreachable",
+            format!("no answer from the S3 endpoint in time: {cause}"),
+        )
+    } else {
+        (
+            "S3Unreachable",
+            format!("cannot reach the S3 endpoint: {cause}"),
+        )
+    }
+}
+
 fn map_err<E>(
     op: &'static str,
     key: &str,
@@ -149,9 +187,7 @@ where
                     .to_string(),
             )
         }
-        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
-            ("S3Unreachable", DisplayErrorContext(&e).to_string())
-        }
+        SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => dispatch_failure(&e),
         _ => ("S3Error", DisplayErrorContext(&e).to_string()),
     };
     if reason == "StoreUnsupported" {
