@@ -965,3 +965,48 @@ async fn placement_reports_every_replica_of_every_shard_with_its_state() {
         .unwrap_err();
     assert!(missing.message().contains("nope"), "{}", missing.message());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_for_tens_of_thousands_of_shards_fits_through_grpc() {
+    let env = Env::new("huge");
+    let dir = tempfile::tempdir().unwrap();
+    let (_d, q) = double("1.18.3", |_| {}).await;
+    let agent = serve(&env, &q, "pod-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(channel(&agent.addr).await);
+    // 40,000 shard results, about 5 MiB encoded: over gRPC's 4 MiB default.
+    let mut part = Task {
+        task_id: "t".into(),
+        backup_name: "big".into(),
+        qdrant_version: "1.18.3".into(),
+        node_name: "pod-0".into(),
+        ..Default::default()
+    };
+    part.set_phase(TaskPhase::Succeeded);
+    part.results = (0..40_000)
+        .map(|i| qdrant_agent_proto::v1::ShardResult {
+            collection: format!("collection-{}", i / 100),
+            shard_id: Some(i % 100),
+            key: format!("pod-0/collection-{}/{}.snapshot", i / 100, i % 100),
+            size: 1,
+            sha256: "0".repeat(64),
+            mode: "stream".into(),
+            done: true,
+            taken_at: "2026-11-30T00:00:00Z".into(),
+        })
+        .collect();
+    let req = WriteManifestRequest {
+        storage: Some(storage(&env, "huge")),
+        backup_name: "big".into(),
+        parts: vec![part],
+        ..Default::default()
+    };
+    assert!(prost::Message::encoded_len(&req) > 4 << 20);
+    // The agent takes the request and answers about its content (the
+    // objects are not in the store), not about its size.
+    let err = c.write_manifest(req).await.unwrap_err();
+    assert_ne!(err.code(), tonic::Code::OutOfRange, "{err:?}");
+    assert!(
+        !err.message().contains("message length too large"),
+        "{err:?}"
+    );
+}

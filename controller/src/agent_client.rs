@@ -129,10 +129,11 @@ pub async fn connect(
         ),
         None => None,
     };
-    Ok(AgentClient::with_interceptor(
-        channel(addr, server_name, tls).await?,
-        Bearer(bearer),
-    ))
+    Ok(
+        AgentClient::with_interceptor(channel(addr, server_name, tls).await?, Bearer(bearer))
+            .max_decoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES),
+    )
 }
 
 /// The controller's client certificate, issued by the operator's CA and

@@ -175,13 +175,23 @@ pub fn results(tasks: &[AgentTask], finished: &[pb::Task]) -> Vec<CollectionResu
                 });
         }
     }
+    let detailed = by.values().map(Vec::len).sum::<usize>() <= STATUS_SHARDS;
     by.into_iter()
         .map(|(name, mut shards)| {
             shards.sort_by_key(|s| s.shard_id);
-            CollectionResult { name, shards }
+            CollectionResult {
+                name,
+                objects: shards.len() as u32,
+                size_bytes: shards.iter().map(|s| s.size).sum(),
+                shards: if detailed { shards } else { vec![] },
+            }
         })
         .collect()
 }
+
+/// Shard objects listed one by one in status, at most; above, status has
+/// per-collection totals (the manifest has every object).
+pub const STATUS_SHARDS: usize = 1000;
 
 #[cfg(test)]
 mod tests {
@@ -293,6 +303,33 @@ mod tests {
         // A lost task's progress no longer counts; it is not followed again.
         assert_eq!(live(&tasks), [1]);
         assert_eq!(progress(&tasks, 2).bytes_done, 4);
+    }
+
+    #[test]
+    fn thousands_of_shards_leave_status_small_with_totals_per_collection() {
+        let tasks = planned(&["p-0"]);
+        let mut done = pb::Task {
+            task_id: tasks[0].task_id.clone(),
+            ..Default::default()
+        };
+        done.results = (0..5000)
+            .map(|i| pb::ShardResult {
+                collection: format!("c-{}", i % 10),
+                shard_id: Some(i),
+                key: format!("p-0/c-{}/{i}.snapshot", i % 10),
+                size: 2,
+                sha256: "0".repeat(64),
+                ..Default::default()
+            })
+            .collect();
+        let r = results(&tasks, &[done]);
+        assert_eq!(r.len(), 10);
+        assert!(
+            r.iter()
+                .all(|c| c.shards.is_empty() && c.objects == 500 && c.size_bytes == 1000)
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(json.len() < 4096, "{} bytes", json.len());
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub mod errors {
     }
 }
 
+/// The largest message either side accepts. A WriteManifest for a cluster
+/// with tens of thousands of shards, or the manifest read back, is well
+/// over gRPC's 4 MiB default.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Encoded `FileDescriptorSet` of agent.proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agent_descriptor.bin"));

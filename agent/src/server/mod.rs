@@ -53,7 +53,12 @@ pub async fn serve(
     let v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| Error::Internal(e.to_string()))?;
-    let agent = AgentServer::with_interceptor(service, TokenCheck(auth.token.map(Arc::from)));
+    let agent = tonic::service::interceptor::InterceptedService::new(
+        AgentServer::new(service)
+            .max_decoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES),
+        TokenCheck(auth.token.map(Arc::from)),
+    );
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = auth.tls {
         builder = builder

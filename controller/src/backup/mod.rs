@@ -461,7 +461,7 @@ async fn complete(
 
 /// "N objects, B bytes, in s3://...": what a Completed backup holds.
 fn summary(b: &QdrantBackup, status: &QdrantBackupStatus) -> String {
-    let objects: usize = status.collections.iter().map(|c| c.shards.len()).sum();
+    let objects: u32 = status.collections.iter().map(|c| c.objects).sum();
     format!(
         "{objects} objects, {} bytes, in {}",
         status.size_bytes.unwrap_or(0),

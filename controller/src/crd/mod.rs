@@ -230,8 +230,16 @@ pub enum AgentTaskState {
 #[serde(rename_all = "camelCase")]
 pub struct CollectionResult {
     pub name: String,
+    /// Every shard object. Left out when the whole backup has more than
+    /// 1,000 (status must stay far below the API server's object size
+    /// limit); the manifest always lists every one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<ShardObject>,
+    /// How many objects, and their bytes.
+    #[serde(default)]
+    pub objects: u32,
+    #[serde(default)]
+    pub size_bytes: u64,
 }
 
 /// Every CRD as `(file name, YAML)`, as checked in under `manifests/crds/`.
