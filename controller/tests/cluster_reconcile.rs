@@ -319,6 +319,12 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
             )
             .await;
         assert_eq!(sent["spec"]["podManagementPolicy"], "OrderedReady");
+        // The pods run with the certificate the Secret holds: a renewal
+        // changes this annotation, and so rolls them.
+        assert_eq!(
+            sent["spec"]["template"]["metadata"]["annotations"]["qdrant.io/agent-tls"],
+            format!("{fingerprint}/{not_after}")
+        );
         // No status patch and no event: the controller does not loop on itself.
         api.nothing_more().await;
     });

@@ -904,4 +904,54 @@ async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
         .len();
         assert_eq!(n as u64, POINTS, "{name} after the restart");
     }
+
+    // A renewed agent certificate reaches the running agents: the pod
+    // template changes with it, the pods roll, and each agent serves it.
+    use sha2::{Digest, Sha256};
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.admin.clone(), NS);
+    let cert_sha = |s: &k8s_openapi::api::core::v1::Secret| {
+        let pem = &s.data.as_ref().unwrap()["tls.crt"].0;
+        hex::encode(Sha256::digest(pem))
+    };
+    let old = cert_sha(&secrets.get("vectors-agent-tls").await.unwrap());
+    secrets
+        .delete("vectors-agent-tls", &Default::default())
+        .await
+        .unwrap();
+    // Secrets are not watched: a touch of the cluster makes it look now.
+    w.kubectl(&[
+        "-n",
+        NS,
+        "annotate",
+        "qc",
+        "vectors",
+        "example.com/touched=1",
+    ]);
+    let new = eventually(60, "a new agent certificate is issued", &diag, || async {
+        let s = secrets.get_opt("vectors-agent-tls").await.ok()??;
+        Some(cert_sha(&s)).filter(|n| *n != old)
+    })
+    .await;
+    eventually(
+        300,
+        "every agent serves the new certificate",
+        &diag,
+        || async {
+            (0..3)
+                .all(|i| {
+                    kubelet
+                        .logs(&format!("vectors-{i}"), "agent")
+                        .contains(&new)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    eventually(
+        180,
+        "QdrantCluster vectors Running after the roll",
+        &diag,
+        running,
+    )
+    .await;
 }

@@ -208,3 +208,24 @@ fn every_object_is_owned_by_the_cluster_and_labelled() {
     );
     assert_eq!(endpoint(&c), "http://vectors.search.svc:6333");
 }
+
+#[test]
+fn a_config_change_changes_the_pod_template_so_pods_roll() {
+    let c = example();
+    let ann = |c: &QdrantCluster| {
+        statefulset(c)
+            .spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()[ANN_CONFIG]
+            .clone()
+    };
+    assert_eq!(ann(&c), ann(&example()), "stable for the same spec");
+    let mut changed = example();
+    changed.spec.config =
+        Some(serde_json::json!({"storage": {"performance": {"max_search_threads": 2}}}));
+    assert_ne!(ann(&c), ann(&changed));
+}

@@ -62,7 +62,11 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         None => None,
     };
     let tls = match (&a.tls_cert, &a.tls_key) {
-        (Some(c), Some(k)) => Some(auth::tls_from_files(c, k, a.tls_client_ca.as_deref()).await?),
+        (Some(c), Some(k)) => {
+            let (tls, sha) = auth::tls_from_files(c, k, a.tls_client_ca.as_deref()).await?;
+            tracing::info!(certificate_sha256 = %sha, "serving TLS");
+            Some(tls)
+        }
         _ => None,
     };
     let auth = Auth {

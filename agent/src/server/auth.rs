@@ -66,17 +66,21 @@ impl tonic::service::Interceptor for TokenCheck {
 
 /// The TLS configuration from PEM files: the server's certificate and key,
 /// and the CA client certificates must chain to (mutual TLS) when given.
+/// Also the sha256 of the certificate file, which the agent logs at start
+/// so anyone can tell which certificate a running agent serves.
 pub async fn tls_from_files(
     cert: &Path,
     key: &Path,
     client_ca: Option<&Path>,
-) -> Result<ServerTlsConfig, Error> {
-    let mut t =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(cert).await?, read(key).await?));
+) -> Result<(ServerTlsConfig, String), Error> {
+    use sha2::{Digest, Sha256};
+    let cert_pem = read(cert).await?;
+    let sha = hex::encode(Sha256::digest(&cert_pem));
+    let mut t = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, read(key).await?));
     if let Some(ca) = client_ca {
         t = t.client_ca_root(Certificate::from_pem(read(ca).await?));
     }
-    Ok(t)
+    Ok((t, sha))
 }
 
 /// The bearer token from its file: UTF-8, trimmed, not empty.

@@ -77,9 +77,10 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         // Secrets are not watched: look again in a while.
         return Ok(Action::requeue(Duration::from_secs(60)));
     }
+    let mut tls_identity = None;
     if c.spec.agent.enabled {
         ensure_agent_token(&secrets, &c).await?;
-        ensure_agent_tls(client, &secrets, &c, &ctx.ca).await?;
+        tls_identity = Some(ensure_agent_tls(client, &secrets, &c, &ctx.ca).await?);
     }
     ssa(client, &ns, &render::service_account(&c)).await?;
     ssa(client, &ns, &render::config_map(&c)).await?;
@@ -87,6 +88,18 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     ssa(client, &ns, &render::client_service(&c)).await?;
     ssa(client, &ns, &render::pod_disruption_budget(&c)).await?;
     let mut desired = render::statefulset(&c);
+    // Agents read their certificate at start: a renewed one rolls the pods.
+    if let (Some(id), Some(meta)) = (
+        tls_identity,
+        desired
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.metadata.as_mut()),
+    ) {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(render::ANN_AGENT_TLS.into(), id);
+    }
     // podManagementPolicy cannot change: a StatefulSet made by an earlier
     // version keeps its own (the README says how to switch).
     let existing = Api::<StatefulSet>::namespaced(client.clone(), &ns)
@@ -134,14 +147,15 @@ async fn ensure_agent_token(secrets: &Api<Secret>, c: &QdrantCluster) -> Result<
 }
 
 /// Issues the agents' server certificate when it is missing, was signed by
-/// another CA, or nears its expiry. Agents read it at start: a renewal takes
-/// effect as pods restart (e.g. on the next rollout).
+/// another CA, or nears its expiry; returns the identity of the current one
+/// for the pod template (so a renewal rolls the pods, whose agents read it
+/// at start).
 async fn ensure_agent_tls(
     client: &Client,
     secrets: &Api<Secret>,
     c: &QdrantCluster,
     ca: &crate::pki::Ca,
-) -> Result<(), Error> {
+) -> Result<String, Error> {
     let n = render::Names::of(c);
     let now = jiff::Timestamp::now();
     if let Some(s) = secrets.get_opt(&n.agent_tls()).await? {
@@ -153,13 +167,16 @@ async fn ensure_agent_tls(
             now,
         );
         if !stale {
-            return Ok(());
+            return Ok(render::agent_tls_identity(&ann));
         }
     }
     let ns = c.namespace().unwrap_or_default();
     let leaf = ca.server_cert(crate::pki::agent_dns_names(&n.headless(), &ns), now)?;
-    ssa(client, &ns, &render::agent_tls_secret(c, &leaf, ca)).await?;
-    Ok(())
+    let secret = render::agent_tls_secret(c, &leaf, ca);
+    ssa(client, &ns, &secret).await?;
+    Ok(render::agent_tls_identity(
+        &secret.metadata.annotations.unwrap_or_default(),
+    ))
 }
 
 async fn write_status(

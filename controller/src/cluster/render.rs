@@ -251,6 +251,35 @@ pub fn start_script(c: &QdrantCluster) -> String {
     )
 }
 
+/// Pod template annotation: the sha256 of the rendered config and start
+/// script (as Qdrant's chart does with `checksum/config`).
+pub const ANN_CONFIG: &str = "qdrant.io/config-sha256";
+/// Pod template annotation: which agent certificate the pods run with
+/// (its CA fingerprint and expiry); a renewed certificate rolls the pods.
+pub const ANN_AGENT_TLS: &str = "qdrant.io/agent-tls";
+
+pub fn config_hash(c: &QdrantCluster) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in config_map(c).data.unwrap_or_default() {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// The value of [`ANN_AGENT_TLS`] for a certificate Secret's annotations.
+pub fn agent_tls_identity(annotations: &BTreeMap<String, String>) -> String {
+    let get = |k: &str| annotations.get(k).map(String::as_str).unwrap_or("");
+    format!(
+        "{}/{}",
+        get(crate::pki::ANN_CA),
+        get(crate::pki::ANN_NOT_AFTER)
+    )
+}
+
 pub fn config_map(c: &QdrantCluster) -> ConfigMap {
     let yaml = serde_yaml::to_string(&qdrant_config(c)).unwrap_or_default();
     ConfigMap {
@@ -524,6 +553,9 @@ pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
         });
     }
     let mut annotations = BTreeMap::new();
+    // The config is mounted by subPath, which a running pod never re-reads:
+    // a change to it changes the template, and the pods roll.
+    annotations.insert(ANN_CONFIG.into(), config_hash(c));
     if s.metrics.enabled {
         annotations.insert("prometheus.io/scrape".into(), "true".into());
         annotations.insert("prometheus.io/port".into(), HTTP_PORT.to_string());
