@@ -87,23 +87,29 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     ready.store(true, Ordering::Relaxed);
 
-    if !args.no_leader_election {
+    let leadership = if args.no_leader_election {
+        None
+    } else {
         let me = args
             .pod_name
             .clone()
             .unwrap_or_else(|| format!("qdrant-operator-{:08x}", rand::random::<u32>()));
-        lease::acquire(
-            Api::<Lease>::namespaced(client.clone(), &args.namespace),
-            args.lease_name.clone(),
-            me,
+        Some(
+            lease::acquire(
+                Api::<Lease>::namespaced(client.clone(), &args.namespace),
+                args.lease_name.clone(),
+                me,
+            )
+            .await,
         )
-        .await;
-    }
+    };
     let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
     let identity = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(
         ca.clone(),
     )?);
-    let ctx = Arc::new(Context::new(client, ca, identity, metrics));
+    let mut ctx = Context::new(client, ca, identity, metrics);
+    ctx.leadership = leadership;
+    let ctx = Arc::new(ctx);
     tracing::info!(
         "reconciling QdrantClusters, QdrantBackups, QdrantRestores and QdrantBackupSchedules"
     );

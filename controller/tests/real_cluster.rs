@@ -838,7 +838,19 @@ async fn of_two_operator_replicas_one_reconciles_and_the_other_takes_over_when_i
         "the standby reconciles: {}",
         standby.log_text()
     );
-    leader.process().kill();
+    // The leader is paused (SIGSTOP: a frozen node, a long GC pause):
+    // past the lease the standby takes over.
+    let signal = |pid: Option<u32>, sig: &str| {
+        let pid = pid.expect("running").to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    signal(leader.process().pid(), "-STOP");
     w.apply(&single("second"));
     let standby_log = standby.log.clone();
     eventually(
@@ -854,6 +866,27 @@ async fn of_two_operator_replicas_one_reconciles_and_the_other_takes_over_when_i
     )
     .await;
     assert!(leads(standby));
+    // Resumed, the old leader finds it lost the lease and stops before it
+    // reconciles anything: two never lead at once.
+    signal(leader.process().pid(), "-CONT");
+    let old_log = leader.log.clone();
+    eventually(
+        20,
+        "the resumed leader stops",
+        || tail(&std::fs::read_to_string(&old_log).unwrap_or_default(), 10),
+        || {
+            let stopped = !leader.process().running();
+            async move { stopped.then_some(()) }
+        },
+    )
+    .await;
+    let said = leader.log_text();
+    assert!(
+        said.contains("lost the leader lease")
+            || said.contains("may be lost")
+            || said.contains("in time; exiting"),
+        "{said}"
+    );
     // With no operator running at all, a cluster can still be deleted: no
     // finalizer waits for one.
     standby.process().kill();

@@ -46,6 +46,9 @@ pub struct Context {
     /// How long one reconcile follows running agent tasks before it writes
     /// progress and yields.
     pub follow_window: Duration,
+    /// Set when leader election runs: no reconcile starts once this
+    /// process may have lost the lease.
+    pub leadership: Option<Arc<lease::Leadership>>,
     /// Consecutive failures per object UID (UIDs are unique across kinds).
     failures: Backoff,
 }
@@ -69,6 +72,7 @@ impl Context {
             tls,
             now: jiff::Timestamp::now,
             follow_window: Duration::from_secs(10),
+            leadership: None,
             failures: Backoff::default(),
         }
     }
@@ -188,6 +192,12 @@ where
             move |obj: Arc<K>, ctx: Arc<Context>| {
                 let reconcile = reconcile.clone();
                 async move {
+                    if ctx.leadership.as_ref().is_some_and(|l| !l.leads()) {
+                        // Paused or cut off past the renew deadline: another
+                        // replica may lead by now. Never reconcile then.
+                        tracing::error!("the leader lease may be lost; exiting");
+                        std::process::exit(1);
+                    }
                     let fut = reconcile(obj.clone(), ctx.clone());
                     measured(&*obj, &ctx, fut).await
                 }
