@@ -78,6 +78,18 @@ async fn every_example_applies_and_invalid_resources_are_refused_with_their_reas
              spec:\n  clusterRef: {name: vectors}\n  storage: {s3: {bucket: some-bucket, endpoint: minio:9000}}\n",
             "spec.storage.s3.endpoint",
         ),
+        (
+            "a volume size changed on an existing cluster",
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: vectors, namespace: search}\n\
+             spec: {replicas: 3, version: v1.18.3, cluster: {enabled: true}, persistence: {size: 20Gi}}\n",
+            "persistence.size cannot change on an existing cluster",
+        ),
+        (
+            "a storage class set on an existing cluster",
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: vectors, namespace: search}\n\
+             spec: {replicas: 3, version: v1.18.3, cluster: {enabled: true}, persistence: {size: 10Gi, storageClassName: fast}}\n",
+            "persistence.storageClassName cannot change",
+        ),
     ];
     for (what, yaml, want) in cases {
         match apply(&w, yaml) {

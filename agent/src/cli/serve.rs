@@ -61,13 +61,12 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         Some(p) => Some(auth::token_from_file(p).await?),
         None => None,
     };
-    let tls = match (&a.tls_cert, &a.tls_key) {
+    let (tls, certificate_sha256) = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
             let (tls, sha) = auth::tls_from_files(c, k, a.tls_client_ca.as_deref()).await?;
-            tracing::info!(certificate_sha256 = %sha, "serving TLS");
-            Some(tls)
+            (Some(tls), sha)
         }
-        _ => None,
+        _ => (None, String::new()),
     };
     let auth = Auth {
         token,
@@ -83,7 +82,7 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     let addr = listener
         .local_addr()
         .map_err(|e| Error::io("listener", e))?;
-    tracing::info!(%addr, qdrant = %node.qdrant.url(), node = %node.name, token = auth.token.is_some(), tls = auth.tls.is_some(), "agent serving");
+    tracing::info!(%addr, qdrant = %node.qdrant.url(), node = %node.name, token = auth.token.is_some(), tls = auth.tls.is_some(), certificate_sha256, "agent serving");
     let health_listener = match a.health_listen {
         Some(h) => Some(
             tokio::net::TcpListener::bind(h)
