@@ -332,3 +332,86 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn an_object_the_api_server_refuses_is_named_in_the_ready_condition_and_an_event() {
+    let (ctx, mut api) = setup();
+    let fingerprint = ctx.ca.fingerprint();
+    let not_after =
+        (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 300)).to_string();
+    let c = cluster(false, false);
+    let answer = with_status(&c);
+    let server = tokio::spawn(async move {
+        api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token"}}))).await;
+        let current = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-tls",
+            "annotations": {"qdrant.io/ca-sha256": fingerprint, "qdrant.io/not-after": not_after}}});
+        api.expect("GET", &format!("{NS}/secrets/vectors-agent-tls"), |_| {
+            (200, current)
+        })
+        .await;
+        for path in [
+            "serviceaccounts/vectors-qdrant",
+            "configmaps/vectors-config",
+            "services/vectors-headless",
+            "services/vectors",
+        ] {
+            api.expect("PATCH", &format!("{NS}/{path}"), echo_uid).await;
+        }
+        api.expect(
+            "PATCH",
+            "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors",
+            echo_uid,
+        )
+        .await;
+        api.expect(
+            "GET",
+            "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+            |_| not_found(),
+        )
+        .await;
+        let why = "StatefulSet.apps \"vectors\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden";
+        api.expect(
+            "PATCH",
+            "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+            |_| {
+                (
+                    422,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Invalid", "code": 422, "message": why}),
+                )
+            },
+        )
+        .await;
+        let (_, st) = api
+            .expect("PATCH", &format!("{CLUSTERS}/vectors/status"), answer)
+            .await;
+        let cond = &st["status"]["conditions"][0];
+        assert_eq!(
+            (cond["status"].as_str(), cond["reason"].as_str()),
+            (Some("False"), Some("ApplyRefused"))
+        );
+        assert!(
+            cond["message"]
+                .as_str()
+                .unwrap()
+                .contains("updates to statefulset spec"),
+            "{cond}"
+        );
+        let (_, ev) = api
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/search/events",
+                echo_uid,
+            )
+            .await;
+        assert_eq!(
+            (ev["type"].as_str(), ev["reason"].as_str()),
+            (Some("Warning"), Some("ApplyRefused"))
+        );
+        api.nothing_more().await;
+    });
+    assert!(
+        reconcile(Arc::new(c), ctx).await.is_err(),
+        "retried with backoff"
+    );
+    server.await.unwrap();
+}

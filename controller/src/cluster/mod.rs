@@ -35,7 +35,44 @@ pub async fn reconcile(c: Arc<QdrantCluster>, ctx: Arc<Context>) -> Result<Actio
     } else if c.metadata.deletion_timestamp.is_some() {
         Ok(Action::await_change())
     } else {
-        apply(c, &ctx).await
+        match apply(c.clone(), &ctx).await {
+            Err(Error::Kube(kube::Error::Api(e))) if matches!(e.code, 400 | 403 | 409 | 422) => {
+                refused(&c, &ctx, &e.message).await;
+                Err(Error::Kube(kube::Error::Api(e)))
+            }
+            other => other,
+        }
+    }
+}
+
+/// The API server refused one of the cluster's objects (an invalid or
+/// forbidden change): the Ready condition and a Warning Event say which and
+/// why, instead of the reconcile failing silently until the spec changes.
+async fn refused(c: &QdrantCluster, ctx: &Context, message: &str) {
+    let previous = c.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    let message = format!("the API server refused an object of this cluster: {message}");
+    status.conditions = vec![report::ready(
+        false,
+        "ApplyRefused",
+        message.clone(),
+        jiff::Timestamp::now(),
+        &previous.conditions,
+        c.metadata.generation,
+    )];
+    if let Err(e) = report::write_status(&ctx.client, c, Some(&previous), &status).await {
+        tracing::warn!(error = %e, "could not write the status");
+    }
+    if previous.conditions.first().map(|c| c.reason.as_str()) != Some("ApplyRefused") {
+        report::event(
+            &ctx.recorder,
+            &c.object_ref(&()),
+            EventType::Warning,
+            "ApplyRefused",
+            "Reconcile",
+            message,
+        )
+        .await;
     }
 }
 
