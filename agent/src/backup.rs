@@ -393,6 +393,7 @@ async fn upload_collection_snapshot(
     let lock = collection_lock(c);
     let _held = lock.lock().await;
     let snap = node.qdrant.create_collection_snapshot(c).await?;
+    node.note_snapshot(c, &snap.name);
     let result = async {
         keys::validate_segment("snapshot", &snap.name)?;
         let path = dir.join(c).join(&snap.name);
@@ -426,8 +427,11 @@ async fn upload_collection_snapshot(
     }
     .await;
     // The file is a copy of the collection on the node's disk: never leave it.
-    if let Err(e) = node.qdrant.delete_collection_snapshot(c, &snap.name).await {
-        tracing::warn!(collection = c, snapshot = %snap.name, error = %e, "could not delete the local snapshot");
+    match node.qdrant.delete_collection_snapshot(c, &snap.name).await {
+        Ok(()) => node.forget_snapshot(c, &snap.name),
+        Err(e) => {
+            tracing::warn!(collection = c, snapshot = %snap.name, error = %e, "could not delete the local snapshot");
+        }
     }
     result
 }

@@ -26,6 +26,77 @@ impl Node {
     }
 }
 
+/// Where the agent notes the collection snapshots it has Qdrant write for
+/// a FILE-mode backup, until they are deleted: `<snapshots>/.qdrant-agent/`.
+const JOURNAL: &str = ".qdrant-agent";
+
+impl Node {
+    /// Notes that `<collection>/<name>` in the snapshots dir is this agent's
+    /// (a copy of a collection being uploaded), so a killed agent's next
+    /// start deletes it.
+    pub fn note_snapshot(&self, collection: &str, name: &str) {
+        if let Some(d) = &self.snapshots_dir {
+            let j = d.join(JOURNAL);
+            let _ = std::fs::create_dir_all(&j);
+            let _ = std::fs::write(j.join(format!("{collection}__{name}")), b"");
+        }
+    }
+
+    /// The snapshot is gone: forget it.
+    pub fn forget_snapshot(&self, collection: &str, name: &str) {
+        if let Some(d) = &self.snapshots_dir {
+            let _ = std::fs::remove_file(d.join(JOURNAL).join(format!("{collection}__{name}")));
+        }
+    }
+
+    /// Deletes what a killed agent left on the snapshots volume: restore
+    /// downloads (`<collection>/restore-<16 hex>.snapshot`) and the
+    /// collection snapshots its FILE-mode backups noted. Anything else there
+    /// (snapshots a user took) is left alone. Returns the paths removed.
+    pub fn sweep_leftovers(&self) -> Vec<PathBuf> {
+        let Some(dir) = &self.snapshots_dir else {
+            return vec![];
+        };
+        let mut removed = Vec::new();
+        let mut remove = |p: PathBuf| {
+            if std::fs::remove_file(&p).is_ok() {
+                removed.push(p);
+            }
+        };
+        for c in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let is_restore = |n: &str| {
+                n.strip_prefix("restore-")
+                    .and_then(|r| r.strip_suffix(".snapshot"))
+                    .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+            };
+            if c.file_name() == JOURNAL || !c.path().is_dir() {
+                continue;
+            }
+            for f in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                if f.file_name().to_str().is_some_and(is_restore) {
+                    remove(f.path());
+                }
+            }
+        }
+        for entry in std::fs::read_dir(dir.join(JOURNAL))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let noted = entry.file_name().to_string_lossy().into_owned();
+            if let Some((c, name)) = noted.split_once("__")
+                && crate::keys::validate_segment("collection", c).is_ok()
+                && crate::keys::validate_segment("snapshot", name).is_ok()
+            {
+                remove(dir.join(c).join(name));
+                remove(dir.join(c).join(format!("{name}.checksum")));
+            }
+            let _ = std::fs::remove_file(entry.path());
+        }
+        removed
+    }
+}
+
 #[derive(Clone)]
 pub struct Target {
     pub store: Arc<dyn ObjectStore>,
@@ -51,4 +122,51 @@ pub fn hostname() -> String {
         })
         .filter(|h| crate::keys::validate_segment("node", h).is_ok())
         .unwrap_or_else(|| "node".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_start_sweeps_the_agents_own_leftovers_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node {
+            qdrant: Qdrant::new("http://127.0.0.1:1", None).unwrap(),
+            name: "pod-0".into(),
+            snapshots_dir: Some(dir.path().into()),
+            qdrant_snapshots_dir: None,
+        };
+        let docs = dir.path().join("docs");
+        std::fs::create_dir_all(&docs).unwrap();
+        for f in [
+            "restore-0123456789abcdef.snapshot", // a killed restore's download
+            "docs-111.snapshot",                 // a killed FILE-mode backup's copy
+            "docs-111.snapshot.checksum",
+            "docs-222.snapshot", // a user's own snapshot
+            "restore-notes.snapshot",
+        ] {
+            std::fs::write(docs.join(f), b"x").unwrap();
+        }
+        node.note_snapshot("docs", "docs-111.snapshot");
+        node.note_snapshot("docs", "docs-333.snapshot");
+        node.forget_snapshot("docs", "docs-333.snapshot");
+        let mut removed: Vec<String> = node
+            .sweep_leftovers()
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                "docs-111.snapshot",
+                "docs-111.snapshot.checksum",
+                "restore-0123456789abcdef.snapshot"
+            ]
+        );
+        assert!(docs.join("docs-222.snapshot").exists());
+        assert!(docs.join("restore-notes.snapshot").exists());
+        assert!(node.sweep_leftovers().is_empty(), "the journal is cleared");
+    }
 }

@@ -91,6 +91,9 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         ),
         None => None,
     };
+    for p in node.sweep_leftovers() {
+        tracing::info!(path = %p.display(), "removed a file a killed agent left on the snapshots volume");
+    }
     let service =
         AgentService::new(node, s3_config(&a.s3)).allow_local_targets(a.allow_local_targets);
     serve(listener, health_listener, service, auth, shutdown_signal()).await
