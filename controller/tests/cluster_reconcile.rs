@@ -57,6 +57,36 @@ fn cluster(finalized: bool, api_key: bool) -> QdrantCluster {
 }
 
 const NS: &str = "/api/v1/namespaces/search";
+
+/// The agent's token and a current certificate exist; every object before
+/// the StatefulSet is applied.
+async fn agent_secrets_current_and_objects_applied(
+    api: &mut ApiServer,
+    fingerprint: &str,
+    not_after: &str,
+) {
+    api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token"}}))).await;
+    let current = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-tls",
+        "annotations": {"qdrant.io/ca-sha256": fingerprint, "qdrant.io/not-after": not_after}}});
+    api.expect("GET", &format!("{NS}/secrets/vectors-agent-tls"), |_| {
+        (200, current)
+    })
+    .await;
+    for path in [
+        "serviceaccounts/vectors-qdrant",
+        "configmaps/vectors-config",
+        "services/vectors-headless",
+        "services/vectors",
+    ] {
+        api.expect("PATCH", &format!("{NS}/{path}"), echo_uid).await;
+    }
+    api.expect(
+        "PATCH",
+        "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors",
+        echo_uid,
+    )
+    .await;
+}
 const CLUSTERS: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantclusters";
 
 #[tokio::test]
@@ -277,28 +307,8 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
     let not_after =
         (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 300)).to_string();
     let server = tokio::spawn(async move {
-        api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token"}}))).await;
         // A current certificate from this CA is left alone.
-        let current = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-tls",
-            "annotations": {"qdrant.io/ca-sha256": fingerprint, "qdrant.io/not-after": not_after}}});
-        api.expect("GET", &format!("{NS}/secrets/vectors-agent-tls"), |_| {
-            (200, current)
-        })
-        .await;
-        for path in [
-            "serviceaccounts/vectors-qdrant",
-            "configmaps/vectors-config",
-            "services/vectors-headless",
-            "services/vectors",
-        ] {
-            api.expect("PATCH", &format!("{NS}/{path}"), echo_uid).await;
-        }
-        api.expect(
-            "PATCH",
-            "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors",
-            echo_uid,
-        )
-        .await;
+        agent_secrets_current_and_objects_applied(&mut api, &fingerprint, &not_after).await;
         // A StatefulSet made by an earlier version keeps its (immutable)
         // podManagementPolicy: changing it would fail every apply.
         let earlier = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
@@ -342,27 +352,7 @@ async fn an_object_the_api_server_refuses_is_named_in_the_ready_condition_and_an
     let c = cluster(false, false);
     let answer = with_status(&c);
     let server = tokio::spawn(async move {
-        api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token"}}))).await;
-        let current = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-tls",
-            "annotations": {"qdrant.io/ca-sha256": fingerprint, "qdrant.io/not-after": not_after}}});
-        api.expect("GET", &format!("{NS}/secrets/vectors-agent-tls"), |_| {
-            (200, current)
-        })
-        .await;
-        for path in [
-            "serviceaccounts/vectors-qdrant",
-            "configmaps/vectors-config",
-            "services/vectors-headless",
-            "services/vectors",
-        ] {
-            api.expect("PATCH", &format!("{NS}/{path}"), echo_uid).await;
-        }
-        api.expect(
-            "PATCH",
-            "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors",
-            echo_uid,
-        )
-        .await;
+        agent_secrets_current_and_objects_applied(&mut api, &fingerprint, &not_after).await;
         api.expect(
             "GET",
             "/apis/apps/v1/namespaces/search/statefulsets/vectors",
