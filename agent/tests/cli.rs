@@ -930,12 +930,30 @@ async fn verify_rereads_a_backup_without_qdrant_and_delete_removes_it() {
         stderr(&out)
     );
 
+    // Scripts get JSON.
+    let out = env.run(&["list", "--from", &url, "--output", "json"]);
+    assert_ok(&out);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed[0]["name"], "b1", "{listed}");
+    assert_eq!(listed[0]["objects"], 4, "{listed}");
+    assert_eq!(
+        listed[0]["collections"],
+        serde_json::json!(["docs", "imgs"]),
+        "{listed}"
+    );
+    // Reading commands do not offer the encryption flags; writing ones do.
+    let help = |cmd: &str| String::from_utf8_lossy(&env.run(&[cmd, "--help"]).stdout).to_string();
+    assert!(!help("list").contains("--s3-sse") && !help("verify").contains("--s3-sse"));
+    assert!(help("backup").contains("--s3-sse"));
+
     // delete takes it all away, and says so when there is nothing.
     let out = env.run(&["delete", "--from", &url, "--name", "b1"]);
     assert_ok(&out);
     assert!(store.list("v/b1/").await.unwrap().is_empty());
     let out = env.run(&["list", "--from", &url]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("no backups under"));
+    let out = env.run(&["list", "--from", &url, "--output", "json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
     let out = env.run(&["delete", "--from", &url, "--name", "b1"]);
     assert!(!out.status.success());
     assert!(

@@ -1,7 +1,7 @@
 //! `qdrant-agent backup`: one node's collections to a store.
 
 use super::progress::run_task;
-use super::{QdrantArgs, S3Args, human, node, parse_selection, parse_size, target};
+use super::{QdrantArgs, S3Args, SseArgs, human, node, parse_selection, parse_size, target};
 use crate::backup::{self, BackupRequest, Mode};
 use crate::upload::UploadOptions;
 use crate::{Error, Result, defaults};
@@ -22,6 +22,8 @@ pub struct BackupArgs {
     pub qdrant: QdrantArgs,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub sse: SseArgs,
     /// s3://BUCKET/PREFIX or file:///DIR
     #[arg(long)]
     pub to: String,
@@ -51,7 +53,7 @@ pub struct BackupArgs {
 
 pub async fn run(a: BackupArgs) -> Result<()> {
     let node = node(&a.qdrant)?;
-    let (target, _) = target(&a.to, &a.s3).await?;
+    let (target, _) = target(&a.to, &a.s3, &a.sse).await?;
     let name = a.name.unwrap_or_else(default_backup_name);
     let collections = a
         .collections

@@ -20,7 +20,7 @@ pub struct DeleteArgs {
 
 pub async fn run(a: DeleteArgs) -> Result<()> {
     keys::validate_segment("backup", &a.name)?;
-    let (target, _) = target(&a.from, &a.s3).await?;
+    let (target, _) = target(&a.from, &a.s3, &Default::default()).await?;
     let root = format!("{}/", keys::backup_root(&target.prefix, &a.name));
     if target.store.list(&root).await?.is_empty() {
         return Err(Error::Invalid(format!(

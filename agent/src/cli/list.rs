@@ -2,7 +2,7 @@
 
 use super::{S3Args, human, target};
 use crate::{Result, manifest};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
@@ -11,26 +11,60 @@ pub struct ListArgs {
     /// s3://BUCKET/PREFIX or file:///DIR
     #[arg(long)]
     pub from: String,
+    /// text (a table for people) or json (one array, for scripts).
+    #[arg(long, value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Text,
+    Json,
 }
 
 pub async fn run(a: ListArgs) -> Result<()> {
-    let (target, _) = target(&a.from, &a.s3).await?;
+    let (target, _) = target(&a.from, &a.s3, &Default::default()).await?;
     let names = manifest::list_complete(&*target.store, &target.prefix).await?;
-    if names.is_empty() {
+    let mut rows = Vec::new();
+    for name in names {
+        let row = match manifest::read(&*target.store, &target.prefix, &name).await {
+            Ok(m) => serde_json::json!({
+                "name": name,
+                "completedAt": m.completed_at,
+                "qdrantVersion": m.qdrant_version,
+                "collections": m.collections.iter().map(|c| &c.name).collect::<Vec<_>>(),
+                "objects": m.objects().count(),
+                "sizeBytes": m.total_bytes(),
+            }),
+            Err(e) => serde_json::json!({"name": name, "error": e.to_string()}),
+        };
+        rows.push(row);
+    }
+    if a.output == Output::Json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(());
+    }
+    if rows.is_empty() {
         println!("no backups under {}", a.from);
         return Ok(());
     }
     println!("NAME\tCOMPLETED\tQDRANT\tCOLLECTIONS\tSIZE");
-    for name in names {
-        match manifest::read(&*target.store, &target.prefix, &name).await {
-            Ok(m) => println!(
-                "{name}\t{}\t{}\t{}\t{}",
-                m.completed_at,
-                m.qdrant_version,
-                m.collections.len(),
-                human(m.total_bytes())
+    for r in rows {
+        let s = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+        match r.get("error") {
+            Some(e) => println!(
+                "{}\tunreadable manifest: {}",
+                s("name"),
+                e.as_str().unwrap_or_default()
             ),
-            Err(e) => println!("{name}\tunreadable manifest: {e}"),
+            None => println!(
+                "{}\t{}\t{}\t{}\t{}",
+                s("name"),
+                s("completedAt"),
+                s("qdrantVersion"),
+                r["collections"].as_array().map_or(0, Vec::len),
+                human(r["sizeBytes"].as_u64().unwrap_or(0))
+            ),
         }
     }
     Ok(())

@@ -89,6 +89,11 @@ pub struct S3Args {
     /// Virtual-hosted-style addressing (bucket.endpoint) with --s3-endpoint.
     #[arg(long)]
     pub s3_virtual_hosted: bool,
+}
+
+/// Encryption of what is written: only the commands that write take it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SseArgs {
     /// Server-side encryption: AES256 or aws:kms.
     #[arg(long)]
     pub s3_sse: Option<String>,
@@ -136,20 +141,21 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
     })
 }
 
-pub(crate) fn s3_config(a: &S3Args) -> S3Config {
+pub(crate) fn s3_config(a: &S3Args, sse: &SseArgs) -> S3Config {
     S3Config {
         endpoint: a.s3_endpoint.clone(),
         region: a.s3_region.clone(),
         static_credentials: None,
-        sse: a.s3_sse.clone(),
-        sse_kms_key_id: a.s3_sse_kms_key_id.clone(),
+        sse: sse.s3_sse.clone(),
+        sse_kms_key_id: sse.s3_sse_kms_key_id.clone(),
         virtual_hosted_style: a.s3_virtual_hosted,
     }
 }
 
-pub(crate) async fn target(url: &str, s3: &S3Args) -> Result<(Target, Location)> {
+/// The store and prefix of `url`; `sse` only for commands that write.
+pub(crate) async fn target(url: &str, s3: &S3Args, sse: &SseArgs) -> Result<(Target, Location)> {
     let loc = Location::parse(url)?;
-    let store = store::open(&loc, &s3_config(s3)).await?;
+    let store = store::open(&loc, &s3_config(s3, sse)).await?;
     Ok((
         Target {
             store,

@@ -39,7 +39,7 @@ pub struct RestoreArgs {
 
 pub async fn run(a: RestoreArgs) -> Result<()> {
     let node = node(&a.qdrant)?;
-    let (target, _) = target(&a.from, &a.s3).await?;
+    let (target, _) = target(&a.from, &a.s3, &Default::default()).await?;
     let collections = a
         .collections
         .iter()

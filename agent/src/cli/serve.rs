@@ -1,6 +1,6 @@
 //! `qdrant-agent serve`: the sidecar mode.
 
-use super::{QdrantArgs, S3Args, node, s3_config};
+use super::{QdrantArgs, S3Args, SseArgs, node, s3_config};
 use crate::server::{AgentService, Auth, auth, serve};
 use crate::{Error, Result};
 use clap::Args;
@@ -17,6 +17,8 @@ pub struct ServeArgs {
     pub qdrant: QdrantArgs,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub sse: SseArgs,
     /// Require `authorization: Bearer <token>`, the token read from this file.
     #[arg(long)]
     pub token_file: Option<PathBuf>,
@@ -94,8 +96,8 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     for p in node.sweep_leftovers() {
         tracing::info!(path = %p.display(), "removed a file a killed agent left on the snapshots volume");
     }
-    let service =
-        AgentService::new(node, s3_config(&a.s3)).allow_local_targets(a.allow_local_targets);
+    let service = AgentService::new(node, s3_config(&a.s3, &a.sse))
+        .allow_local_targets(a.allow_local_targets);
     serve(listener, health_listener, service, auth, shutdown_signal()).await
 }
 

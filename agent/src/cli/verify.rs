@@ -21,7 +21,7 @@ pub struct VerifyArgs {
 }
 
 pub async fn run(a: VerifyArgs) -> Result<()> {
-    let (target, _) = target(&a.from, &a.s3).await?;
+    let (target, _) = target(&a.from, &a.s3, &Default::default()).await?;
     let cancel = super::progress::cancel_on_ctrl_c();
     let (m, checked, missing) = crate::verify::backup(
         &target.store,
