@@ -787,9 +787,21 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     for r in ["SecretNotFound", "WaitingForBackup", "Failed", "Completed"] {
         assert!(events.lines().any(|l| l == r), "no {r} event in {events}");
     }
-    // The S3 secret appears in no log of any pod's containers or the operator.
+    // Neither the S3 secret nor Qdrant's API key appears in any log of any
+    // pod's containers or the operator, nor in any status, error or Event.
     let logs = kubelet.all_logs() + &std::fs::read_to_string(&*log.borrow()).unwrap_or_default();
-    assert!(!logs.contains(S3_SECRET), "the S3 secret is in a log");
+    let said = w.kubectl(&["-n", NS, "get", "qc,qb,qbs,qr,events", "-o", "json"]);
+    assert!(
+        said.contains("SecretNotFound"),
+        "statuses and Events were read: {said}"
+    );
+    for (what, secret) in [
+        ("the S3 secret", S3_SECRET),
+        ("the Qdrant API key", API_KEY),
+    ] {
+        assert!(!logs.contains(secret), "{what} is in a log");
+        assert!(!said.contains(secret), "{what} is in a status or an Event");
+    }
 }
 
 /// Two operator replicas (the Deployment runs two): one holds the Lease and
