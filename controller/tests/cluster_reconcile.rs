@@ -58,6 +58,21 @@ fn cluster(finalized: bool, api_key: bool) -> QdrantCluster {
 
 const NS: &str = "/api/v1/namespaces/search";
 
+/// The reconcile records a Warning Event with `reason`.
+async fn expect_warning(api: &mut ApiServer, reason: &str) {
+    let (_, ev) = api
+        .expect(
+            "POST",
+            "/apis/events.k8s.io/v1/namespaces/search/events",
+            echo_uid,
+        )
+        .await;
+    assert_eq!(
+        (ev["type"].as_str(), ev["reason"].as_str()),
+        (Some("Warning"), Some(reason))
+    );
+}
+
 /// The agent's token and a current certificate exist; every object before
 /// the StatefulSet is applied.
 async fn agent_secrets_current_and_objects_applied(
@@ -247,17 +262,7 @@ async fn a_missing_api_key_secret_fails_the_cluster_and_applies_nothing() {
                 .unwrap()
                 .contains("Secret qdrant-api-key not found in namespace search")
         );
-        let (_, event) = api
-            .expect(
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/search/events",
-                echo_uid,
-            )
-            .await;
-        assert_eq!(
-            (event["type"].as_str(), event["reason"].as_str()),
-            (Some("Warning"), Some("Failed"))
-        );
+        expect_warning(&mut api, "Failed").await;
         api.nothing_more().await;
     });
     let action = reconcile(Arc::new(cluster(false, true)), ctx)
@@ -386,17 +391,7 @@ async fn an_object_the_api_server_refuses_is_named_in_the_ready_condition_and_an
                 .contains("updates to statefulset spec"),
             "{cond}"
         );
-        let (_, ev) = api
-            .expect(
-                "POST",
-                "/apis/events.k8s.io/v1/namespaces/search/events",
-                echo_uid,
-            )
-            .await;
-        assert_eq!(
-            (ev["type"].as_str(), ev["reason"].as_str()),
-            (Some("Warning"), Some("ApplyRefused"))
-        );
+        expect_warning(&mut api, "ApplyRefused").await;
         api.nothing_more().await;
     });
     assert!(

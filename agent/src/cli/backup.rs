@@ -1,10 +1,10 @@
 //! `qdrant-agent backup`: one node's collections to a store.
 
 use super::progress::run_task;
-use super::{QdrantArgs, S3Args, SseArgs, human, node, parse_selection, parse_size, target};
+use super::{QdrantArgs, S3Args, SseArgs, human, node, parse_selections, parse_size, target};
 use crate::backup::{self, BackupRequest, Mode};
 use crate::upload::UploadOptions;
-use crate::{Error, Result, defaults};
+use crate::{Result, defaults};
 use clap::{Args, ValueEnum};
 use qdrant_agent_proto::v1::TaskKind;
 use std::time::Duration;
@@ -55,12 +55,7 @@ pub async fn run(a: BackupArgs) -> Result<()> {
     let node = node(&a.qdrant)?;
     let (target, _) = target(&a.to, &a.s3, &a.sse).await?;
     let name = a.name.unwrap_or_else(default_backup_name);
-    let collections = a
-        .collections
-        .iter()
-        .map(|c| parse_selection(c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Error::Invalid)?;
+    let collections = parse_selections(&a.collections)?;
     let req = BackupRequest {
         backup_name: name.clone(),
         collections,

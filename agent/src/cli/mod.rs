@@ -165,6 +165,14 @@ pub(crate) async fn target(url: &str, s3: &S3Args, sse: &SseArgs) -> Result<(Tar
     ))
 }
 
+/// Every `--collection NAME[:SHARDS]`.
+pub(crate) fn parse_selections(all: &[String]) -> Result<Vec<(String, Vec<u32>)>> {
+    all.iter()
+        .map(|c| parse_selection(c))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(Error::Invalid)
+}
+
 /// "docs" -> ("docs", []), "docs:0,2" -> ("docs", [0, 2]).
 pub fn parse_selection(s: &str) -> Result<(String, Vec<u32>), String> {
     match s.rsplit_once(':') {

@@ -1,7 +1,7 @@
 //! `qdrant-agent restore`: a backup into one node.
 
 use super::progress::run_task;
-use super::{QdrantArgs, S3Args, human, node, parse_renames, parse_selection, target};
+use super::{QdrantArgs, S3Args, human, node, parse_renames, parse_selections, target};
 use crate::restore::{self, RestoreRequest};
 use crate::{Error, Result, defaults};
 use clap::Args;
@@ -40,12 +40,7 @@ pub struct RestoreArgs {
 pub async fn run(a: RestoreArgs) -> Result<()> {
     let node = node(&a.qdrant)?;
     let (target, _) = target(&a.from, &a.s3, &Default::default()).await?;
-    let collections = a
-        .collections
-        .iter()
-        .map(|c| parse_selection(c))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(Error::Invalid)?;
+    let collections = parse_selections(&a.collections)?;
     let rename = parse_renames(&a.rename).map_err(Error::Invalid)?;
     let req = RestoreRequest {
         backup_name: a.name.clone(),
