@@ -12,56 +12,13 @@
 //!   BENCH_SIZE_MIB=4096 BENCH_UPLOAD_ENDPOINT=http://127.0.0.1:9000 cargo bench -p qdrant-agent --bench throughput
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use test_support::bench::{Run, measure};
 use test_support::qdrant_double::{Double, generated_stream, seed_for};
 use test_support::s3_server::S3Server;
 
 const AGENT: &str = env!("CARGO_BIN_EXE_qdrant-agent");
 const MIB: u64 = 1 << 20;
-
-struct Run {
-    secs: f64,
-    peak_rss_mib: Option<f64>,
-}
-
-/// Runs a command to completion, sampling its peak RSS from /proc.
-fn measure(cmd: &mut Command) -> Run {
-    let start = Instant::now();
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let status_path = format!("/proc/{}/status", child.id());
-    let mut peak_kib: Option<u64> = None;
-    loop {
-        if let Ok(s) = std::fs::read_to_string(&status_path)
-            && let Some(kib) = s
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-        {
-            peak_kib = Some(peak_kib.unwrap_or(0).max(kib));
-        }
-        if let Some(st) = child.try_wait().expect("wait") {
-            let secs = start.elapsed().as_secs_f64();
-            if !st.success() {
-                let mut err = String::new();
-                use std::io::Read;
-                if let Some(mut e) = child.stderr.take() {
-                    let _ = e.read_to_string(&mut err);
-                }
-                panic!("{cmd:?} failed: {err}");
-            }
-            return Run {
-                secs,
-                peak_rss_mib: peak_kib.map(|k| k as f64 / 1024.0),
-            };
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 fn ensure_bucket(endpoint: &str) {
     let _ = Command::new("curl")

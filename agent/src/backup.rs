@@ -1,6 +1,8 @@
 //! The backup task: every requested shard this node holds, streamed live
-//! from Qdrant into its own multipart upload (or, in FILE mode, a collection
-//! snapshot file uploaded and deleted), then `manifest.json` last.
+//! from Qdrant into its own multipart upload, or written by Qdrant as a
+//! shard snapshot file on the snapshots volume and uploaded from there (or,
+//! in FILE mode, a collection snapshot file), each file deleted once
+//! uploaded; then `manifest.json` last.
 
 use crate::error::{Error, Result};
 use crate::keys;
@@ -18,8 +20,13 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// Each shard's live snapshot stream (no disk).
     Stream,
+    /// Each shard's snapshot file, written by Qdrant, uploaded, deleted.
+    ShardFile,
+    /// One collection snapshot file per collection.
     File,
+    /// `ShardFile` where the snapshots volume has room, else `Stream`.
     Auto,
 }
 
@@ -42,6 +49,8 @@ enum Job {
         collection: String,
         shard: u32,
         shard_key: Option<Value>,
+        /// Through a shard snapshot file rather than the live stream.
+        file: bool,
     },
     File {
         collection: String,
@@ -90,7 +99,6 @@ pub async fn run(
         // such collections are backed up shard by shard, with their keys.
         let custom = crate::manifest::custom_sharded(&config);
         let mode = match req.mode {
-            Mode::Auto if custom => Mode::Stream,
             Mode::Auto => auto_mode(node, &info),
             Mode::File if custom => {
                 return Err(Error::Invalid(format!(
@@ -99,12 +107,12 @@ pub async fn run(
             }
             m => m,
         };
+        if matches!(mode, Mode::File | Mode::ShardFile) && node.snapshots_dir.is_none() {
+            return Err(Error::Invalid(
+                "file and shard-file modes need the snapshots directory (--snapshots-dir)".into(),
+            ));
+        }
         if mode == Mode::File {
-            if node.snapshots_dir.is_none() {
-                return Err(Error::Invalid(
-                    "FILE mode needs the snapshots directory (--snapshots-dir)".into(),
-                ));
-            }
             jobs.push(Job::File {
                 collection: c.clone(),
             });
@@ -138,6 +146,7 @@ pub async fn run(
                     collection: c.clone(),
                     shard: id,
                     shard_key: s.shard_key.clone(),
+                    file: mode == Mode::ShardFile,
                 });
             }
         }
@@ -301,27 +310,27 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
             collection,
             shard,
             shard_key,
+            file,
         } => {
             let rel = keys::shard_rel_key(&node.name, &collection, shard);
-            let src = match node.qdrant.stream_shard(&collection, shard).await {
-                // The shard exists (placement listed it): a 404 means this
-                // Qdrant predates the live shard snapshot endpoint.
-                Err(Error::Qdrant { status: 404, .. }) => {
-                    return Err(Error::Invalid(format!(
-                        "this Qdrant has no live shard snapshot endpoint (GET /collections/{collection}/shards/{shard}/snapshot); back up with --mode file"
-                    )));
-                }
-                r => r?,
+            let key = keys::join(root, &rel);
+            let out = if file {
+                let snap = Snap::Shard(shard);
+                upload_snapshot_file(node, store, &key, &collection, snap, opts, &on_part, cancel)
+                    .await?
+            } else {
+                let src = match node.qdrant.stream_shard(&collection, shard).await {
+                    // The shard exists (placement listed it): a 404 means this
+                    // Qdrant predates the live shard snapshot endpoint.
+                    Err(Error::Qdrant { status: 404, .. }) => {
+                        return Err(Error::Invalid(format!(
+                            "this Qdrant has no live shard snapshot endpoint (GET /collections/{collection}/shards/{shard}/snapshot); back up with --mode shard-file"
+                        )));
+                    }
+                    r => r?,
+                };
+                upload_stream(store.clone(), &key, src, opts, &on_part, cancel).await?
             };
-            let out = upload_stream(
-                store.clone(),
-                &keys::join(root, &rel),
-                src,
-                opts,
-                &on_part,
-                cancel,
-            )
-            .await?;
             (
                 collection,
                 rel,
@@ -332,6 +341,7 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
             )
         }
         Job::File { collection } => {
+            // The key names the snapshot file, known once Qdrant wrote it.
             let (rel, out) =
                 upload_collection_snapshot(node, store, root, &collection, opts, &on_part, cancel)
                     .await?;
@@ -364,9 +374,10 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
     ))
 }
 
-/// Two collection snapshots of one collection in the same second collide
-/// in Qdrant, so they are taken one at a time per collection.
-fn collection_lock(c: &str) -> Arc<tokio::sync::Mutex<()>> {
+/// Two snapshots of one collection (or of one shard) in the same second
+/// collide in Qdrant (the name holds the second), so each is taken and
+/// uploaded one at a time.
+fn snapshot_lock(c: &str) -> Arc<tokio::sync::Mutex<()>> {
     static LOCKS: std::sync::OnceLock<
         std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     > = std::sync::OnceLock::new();
@@ -375,6 +386,13 @@ fn collection_lock(c: &str) -> Arc<tokio::sync::Mutex<()>> {
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     m.entry(c.to_string()).or_default().clone()
+}
+
+/// A snapshot file Qdrant writes on the snapshots volume.
+#[derive(Clone, Copy)]
+enum Snap {
+    Collection,
+    Shard(u32),
 }
 
 async fn upload_collection_snapshot(
@@ -386,65 +404,121 @@ async fn upload_collection_snapshot(
     on_part: &(dyn Fn(u64) + Send + Sync),
     cancel: &CancellationToken,
 ) -> Result<(String, crate::upload::UploadOutcome)> {
+    let mut rel = String::new();
+    let key = |name: &str| {
+        rel = keys::file_rel_key(&node.name, c, name);
+        keys::join(root, &rel)
+    };
+    let out = upload_file(node, store, key, c, Snap::Collection, opts, on_part, cancel).await?;
+    Ok((rel, out))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upload_snapshot_file(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    key: &str,
+    c: &str,
+    snap: Snap,
+    opts: &UploadOptions,
+    on_part: &(dyn Fn(u64) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<crate::upload::UploadOutcome> {
+    upload_file(
+        node,
+        store,
+        |_| key.to_string(),
+        c,
+        snap,
+        opts,
+        on_part,
+        cancel,
+    )
+    .await
+}
+
+/// Has Qdrant write the snapshot, uploads the file to the key `key` gives
+/// for its name, checks Qdrant's checksum, and deletes the file whatever
+/// happened (it is a copy of the data on the node's disk).
+#[allow(clippy::too_many_arguments)]
+async fn upload_file(
+    node: &Node,
+    store: &Arc<dyn ObjectStore>,
+    key: impl FnOnce(&str) -> String,
+    c: &str,
+    snap: Snap,
+    opts: &UploadOptions,
+    on_part: &(dyn Fn(u64) + Send + Sync),
+    cancel: &CancellationToken,
+) -> Result<crate::upload::UploadOutcome> {
     let dir = node
         .snapshots_dir
         .clone()
         .ok_or_else(|| Error::Invalid("no snapshots directory".into()))?;
-    let lock = collection_lock(c);
+    let lock = match snap {
+        Snap::Collection => snapshot_lock(c),
+        Snap::Shard(s) => snapshot_lock(&format!("{c}/shards/{s}")),
+    };
     let _held = lock.lock().await;
-    let snap = node.qdrant.create_collection_snapshot(c).await?;
-    node.note_snapshot(c, &snap.name);
+    let q = &node.qdrant;
+    let (desc, path) = match snap {
+        Snap::Collection => {
+            let d = q.create_collection_snapshot(c).await?;
+            let p = dir.join(c).join(&d.name);
+            (d, p)
+        }
+        Snap::Shard(s) => {
+            let d = q.create_shard_snapshot(c, s).await?;
+            let p = dir.join(c).join("shards").join(s.to_string()).join(&d.name);
+            (d, p)
+        }
+    };
+    node.note_snapshot(c, &desc.name);
     let result = async {
-        keys::validate_segment("snapshot", &snap.name)?;
-        let path = dir.join(c).join(&snap.name);
+        keys::validate_segment("snapshot", &desc.name)?;
+        let key = key(&desc.name);
         let file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Error::io(&path, e))?;
         let p = path.clone();
         let src = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
             .map_err(move |e| Error::io(&p, e));
-        let rel = keys::file_rel_key(&node.name, c, &snap.name);
-        let out = upload_stream(
-            store.clone(),
-            &keys::join(root, &rel),
-            src,
-            opts,
-            on_part,
-            cancel,
-        )
-        .await?;
-        if let Some(sum) = &snap.checksum
+        let out = upload_stream(store.clone(), &key, src, opts, on_part, cancel).await?;
+        if let Some(sum) = &desc.checksum
             && !sum.eq_ignore_ascii_case(&out.sha256)
         {
-            let _ = store.delete(&keys::join(root, &rel)).await;
+            let _ = store.delete(&key).await;
             return Err(Error::ChecksumMismatch {
-                key: rel,
+                key,
                 expected: sum.clone(),
                 actual: out.sha256,
             });
         }
-        Ok((rel, out))
+        Ok(out)
     }
     .await;
-    // The file is a copy of the collection on the node's disk: never leave it.
-    match node.qdrant.delete_collection_snapshot(c, &snap.name).await {
-        Ok(()) => node.forget_snapshot(c, &snap.name),
+    let deleted = match snap {
+        Snap::Collection => q.delete_collection_snapshot(c, &desc.name).await,
+        Snap::Shard(s) => q.delete_shard_snapshot(c, s, &desc.name).await,
+    };
+    match deleted {
+        Ok(()) => node.forget_snapshot(c, &desc.name),
         Err(e) => {
-            tracing::warn!(collection = c, snapshot = %snap.name, error = %e, "could not delete the local snapshot");
+            tracing::warn!(collection = c, snapshot = %desc.name, error = %e, "could not delete the local snapshot");
         }
     }
     result
 }
 
-/// FILE when the snapshots volume has at least twice the collection's
-/// estimated size free, STREAM otherwise. Qdrant reports no on-disk size,
+/// Shard files when the snapshots volume has at least twice the
+/// collection's estimated size free, the live stream otherwise. Qdrant reports no on-disk size,
 /// so the estimate is points x (dense vector bytes + 1 KiB payload/index).
 fn auto_mode(node: &Node, info: &Value) -> Mode {
     let Some(free) = node.snapshots_dir.as_deref().and_then(free_space) else {
         return Mode::Stream;
     };
     if free >= 2 * estimate_size(info) {
-        Mode::File
+        Mode::ShardFile
     } else {
         Mode::Stream
     }

@@ -51,7 +51,7 @@ impl Node {
 
     /// Deletes what a killed agent left on the snapshots volume: restore
     /// downloads (`<collection>/restore-<16 hex>.snapshot`) and the
-    /// collection snapshots its FILE-mode backups noted. Anything else there
+    /// collection and shard snapshots its file-mode backups noted. Anything else there
     /// (snapshots a user took) is left alone. Returns the paths removed.
     pub fn sweep_leftovers(&self) -> Vec<PathBuf> {
         let Some(dir) = &self.snapshots_dir else {
@@ -88,8 +88,19 @@ impl Node {
                 && crate::keys::validate_segment("collection", c).is_ok()
                 && crate::keys::validate_segment("snapshot", name).is_ok()
             {
-                remove(dir.join(c).join(name));
-                remove(dir.join(c).join(format!("{name}.checksum")));
+                // A collection snapshot, or a shard's (`<c>-shard-<id>-...`).
+                let mut at = vec![dir.join(c)];
+                if let Some(id) = name
+                    .strip_prefix(&format!("{c}-shard-"))
+                    .and_then(|r| r.split('-').next())
+                    .and_then(|id| id.parse::<u32>().ok())
+                {
+                    at.push(dir.join(c).join("shards").join(id.to_string()));
+                }
+                for d in at {
+                    remove(d.join(name));
+                    remove(d.join(format!("{name}.checksum")));
+                }
             }
             let _ = std::fs::remove_file(entry.path());
         }
@@ -148,6 +159,16 @@ mod tests {
         ] {
             std::fs::write(docs.join(f), b"x").unwrap();
         }
+        // A killed shard-file backup's copy, and a user's shard snapshot.
+        let shard = docs.join("shards/2");
+        std::fs::create_dir_all(&shard).unwrap();
+        for f in [
+            "docs-shard-2-2026-11-30-13-48-44.snapshot",
+            "docs-shard-2-mine.snapshot",
+        ] {
+            std::fs::write(shard.join(f), b"x").unwrap();
+        }
+        node.note_snapshot("docs", "docs-shard-2-2026-11-30-13-48-44.snapshot");
         node.note_snapshot("docs", "docs-111.snapshot");
         node.note_snapshot("docs", "docs-333.snapshot");
         node.forget_snapshot("docs", "docs-333.snapshot");
@@ -162,9 +183,11 @@ mod tests {
             [
                 "docs-111.snapshot",
                 "docs-111.snapshot.checksum",
+                "docs-shard-2-2026-11-30-13-48-44.snapshot",
                 "restore-0123456789abcdef.snapshot"
             ]
         );
+        assert!(shard.join("docs-shard-2-mine.snapshot").exists());
         assert!(docs.join("docs-222.snapshot").exists());
         assert!(docs.join("restore-notes.snapshot").exists());
         assert!(node.sweep_leftovers().is_empty(), "the journal is cleared");

@@ -404,6 +404,38 @@ impl Qdrant {
         .await
     }
 
+    /// A snapshot of one shard written to the snapshots volume
+    /// (`<snapshots>/<c>/shards/<shard>/<name>`); it restores like a live
+    /// shard snapshot.
+    pub async fn create_shard_snapshot(&self, c: &str, shard: u32) -> Result<SnapshotDescription> {
+        let s = shard.to_string();
+        self.call(
+            &format!("POST /collections/{c}/shards/{shard}/snapshots"),
+            self.req(
+                reqwest::Method::POST,
+                &["collections", c, "shards", &s, "snapshots"],
+            )
+            .query(&[("wait", "true")])
+            .timeout(LONG),
+        )
+        .await
+    }
+
+    pub async fn delete_shard_snapshot(&self, c: &str, shard: u32, name: &str) -> Result<()> {
+        let s = shard.to_string();
+        let _: Value = self
+            .call(
+                &format!("DELETE /collections/{c}/shards/{shard}/snapshots/{name}"),
+                self.req(
+                    reqwest::Method::DELETE,
+                    &["collections", c, "shards", &s, "snapshots", name],
+                )
+                .query(&[("wait", "true")]),
+            )
+            .await?;
+        Ok(())
+    }
+
     pub async fn list_collection_snapshots(&self, c: &str) -> Result<Vec<SnapshotDescription>> {
         self.call(
             &format!("GET /collections/{c}/snapshots"),

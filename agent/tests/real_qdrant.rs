@@ -108,7 +108,7 @@ fn alias_of(base: &str, alias: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn stream_file_and_auto_backups_of_real_qdrant_restore_every_point() {
+async fn backups_in_every_mode_of_real_qdrant_restore_every_point() {
     let env = Env::new("real-modes");
     // One-node clusters: custom sharding needs distributed mode.
     let source = need(RealQdrant::start_with(1, true, None));
@@ -139,7 +139,10 @@ async fn stream_file_and_auto_backups_of_real_qdrant_restore_every_point() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--mode stream"), "{}", stderr(&o));
 
-    for (i, mode) in ["stream", "file", "auto"].into_iter().enumerate() {
+    for (i, mode) in ["stream", "shard-file", "file", "auto"]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("b-{mode}");
         let wanted: &[&str] = if mode == "file" {
             &["docs", "notes"]
@@ -222,7 +225,7 @@ async fn stream_file_and_auto_backups_of_real_qdrant_restore_every_point() {
     }
     // The alias came back with the first restore and was never moved.
     assert_eq!(alias_of(&dst, "docs-current").as_deref(), Some("docs"));
-    // File mode leaves no snapshot file behind on either side.
+    // The file modes leave no snapshot file behind on either side.
     for dir in [&source.nodes[0].snapshots, &target.nodes[0].snapshots] {
         let left: Vec<_> = walk(dir)
             .into_iter()

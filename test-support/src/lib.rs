@@ -4,6 +4,7 @@
 //! the Qdrant TEST DOUBLE for what the real server cannot do on request
 //! (stall or break a stream, answer as an old version).
 
+pub mod bench;
 pub mod bins;
 pub mod control_plane;
 pub mod gate;

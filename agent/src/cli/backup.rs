@@ -11,8 +11,14 @@ use std::time::Duration;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ModeArg {
+    /// Each shard's live snapshot streamed to S3; needs no disk.
     Stream,
+    /// Each shard's snapshot file, written by Qdrant, uploaded, deleted.
+    ShardFile,
+    /// One collection snapshot file per collection (restores only into the
+    /// same shard count).
     File,
+    /// shard-file where the snapshots volume has room, stream otherwise.
     Auto,
 }
 
@@ -33,7 +39,8 @@ pub struct BackupArgs {
     /// Collection to back up, optionally with shards: NAME or NAME:0,2. Repeatable; default all.
     #[arg(long = "collection")]
     pub collections: Vec<String>,
-    #[arg(long, value_enum, default_value_t = ModeArg::Stream)]
+    /// How each shard is read from Qdrant.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
     /// Parts in flight per shard upload.
     #[arg(long, default_value_t = defaults::CONCURRENCY)]
@@ -62,6 +69,7 @@ pub async fn run(a: BackupArgs) -> Result<()> {
         mode: match a.mode {
             ModeArg::Stream => Mode::Stream,
             ModeArg::File => Mode::File,
+            ModeArg::ShardFile => Mode::ShardFile,
             ModeArg::Auto => Mode::Auto,
         },
         upload: UploadOptions {

@@ -26,8 +26,13 @@ pub struct RestoreArgs {
     /// Restore collection OLD under the name NEW. Repeatable.
     #[arg(long = "rename")]
     pub rename: Vec<String>,
-    /// Do not read every object once to check sha256 before touching Qdrant.
+    /// Read every object once to check its sha256 before touching Qdrant.
+    /// Without it each object is hashed while it streams into Qdrant, which
+    /// checks that sha256 before it recovers anything.
     #[arg(long)]
+    pub verify_first: bool,
+    /// The default since one pass checks the same; kept for scripts.
+    #[arg(long, hide = true)]
     pub skip_verify: bool,
     /// Seconds to wait for each collection to turn green.
     #[arg(long, default_value_t = defaults::GREEN_TIMEOUT_SECS)]
@@ -46,7 +51,7 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         backup_name: a.name.clone(),
         collections,
         rename,
-        verify_first: !a.skip_verify,
+        verify_first: a.verify_first && !a.skip_verify,
         create_collections: true,
         restore_aliases: true,
         green_timeout: Duration::from_secs(a.green_timeout),

@@ -29,6 +29,7 @@ pub fn backup_request(r: &StartBackupRequest) -> BackupRequest {
         mode: match r.mode() {
             BackupMode::File => Mode::File,
             BackupMode::Auto => Mode::Auto,
+            BackupMode::ShardFile => Mode::ShardFile,
             _ => Mode::Stream,
         },
         upload: UploadOptions {

@@ -262,6 +262,7 @@ fn start_request(b: &QdrantBackup, storage: &StorageTarget, t: &AgentTask) -> St
         mode: match b.spec.mode {
             BackupMode::Stream => pb::BackupMode::Stream,
             BackupMode::File => pb::BackupMode::File,
+            BackupMode::ShardFile => pb::BackupMode::ShardFile,
             BackupMode::Auto => pb::BackupMode::Auto,
         } as i32,
         skip_manifest: true,

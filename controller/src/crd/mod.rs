@@ -141,11 +141,14 @@ pub enum DeletionPolicy {
 #[serde(rename_all = "lowercase")]
 pub enum BackupMode {
     /// Live shard snapshots streamed to S3; needs no free disk.
-    #[default]
     Stream,
+    /// Shard snapshot files written by Qdrant, uploaded, deleted.
+    #[serde(rename = "shard-file")]
+    ShardFile,
     /// Collection snapshot files written by Qdrant, uploaded, deleted.
     File,
-    /// `file` when the snapshots volume has room, `stream` otherwise.
+    /// `shard-file` when the snapshots volume has room, `stream` otherwise.
+    #[default]
     Auto,
 }
 

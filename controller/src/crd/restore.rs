@@ -43,6 +43,11 @@ pub struct QdrantRestoreSpec {
     /// Restore collection KEY under the name VALUE.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub collection_mapping: BTreeMap<String, String>,
+    /// Read every object once to check its sha256 before touching Qdrant.
+    /// Without it each object is hashed while it streams into Qdrant, which
+    /// checks that sha256 before it recovers anything (half the reads).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub verify_first: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]

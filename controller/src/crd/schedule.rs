@@ -100,7 +100,7 @@ impl Default for BackupTemplate {
         Self {
             deletion_policy: DeletionPolicy::Delete,
             labels: BTreeMap::new(),
-            mode: BackupMode::Stream,
+            mode: BackupMode::Auto,
             verify: false,
         }
     }

@@ -319,8 +319,9 @@ pub fn request(
             .filter(|(k, _)| names.contains(&k.as_str()))
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
-        // Verified once, in the Verify stage (or the single-node task).
-        skip_verify: upload || stage == pb::RestoreStage::Finish,
+        // Read in full only when asked, and then once, before any upload:
+        // Qdrant checks each upload's sha256 in any case.
+        skip_verify: !r.spec.verify_first || upload || stage == pb::RestoreStage::Finish,
         stage: stage as i32,
         ..Default::default()
     }
@@ -466,8 +467,8 @@ mod tests {
     }
 
     #[test]
-    fn stages_verify_once_and_name_shards_only_when_uploading() {
-        let r = restore("  collectionMapping: {docs: docs-copy}\n");
+    fn stages_verify_once_when_asked_and_name_shards_only_when_uploading() {
+        let r = restore("  collectionMapping: {docs: docs-copy}\n  verifyFirst: true\n");
         assert_eq!(first_stage(1), RestoreStage::All);
         assert_eq!(first_stage(3), RestoreStage::Verify);
         let src = source(&restore("  source: {s3: {bucket: b, path: p/n}}\n"), None).unwrap();
@@ -491,7 +492,17 @@ mod tests {
         let upload = request(&r, &storage, &src, &t, proto_stage(RestoreStage::Upload));
         assert!(upload.skip_verify);
         assert_eq!(upload.collections[0].shard_ids, [2]);
-        assert_eq!(sources(&[t.clone(), t]), ["docs", "other"]);
+        assert_eq!(sources(&[t.clone(), t.clone()]), ["docs", "other"]);
+        // By default one pass: Qdrant checks each upload's sha256.
+        let one_pass = restore("  collectionMapping: {docs: docs-copy}\n");
+        let create = request(
+            &one_pass,
+            &storage,
+            &src,
+            &t,
+            proto_stage(RestoreStage::Verify),
+        );
+        assert!(create.skip_verify);
     }
 
     #[test]
