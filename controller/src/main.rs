@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::PostParams;
 use kube::api::{Api, ListParams};
+use qdrant_operator::cluster::render;
 use qdrant_operator::crd::QdrantCluster;
 use qdrant_operator::pki::{CA_SECRET, Ca};
 use qdrant_operator::runtime::{Context, http, lease, metrics::Metrics};
@@ -37,6 +38,13 @@ struct Args {
     /// text or json.
     #[arg(long, default_value = "json")]
     log_format: String,
+    /// Qdrant's image repository for clusters without `spec.image` (the tag
+    /// is their `spec.version`), e.g. a mirror in your own registry.
+    #[arg(long, env = "QDRANT_IMAGE", default_value = render::DEFAULT_IMAGE)]
+    qdrant_image: String,
+    /// The agent image for clusters without `spec.agent.image`.
+    #[arg(long, env = "AGENT_IMAGE", default_value_t = render::default_agent_image())]
+    agent_image: String,
 }
 
 #[tokio::main]
@@ -109,6 +117,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?);
     let mut ctx = Context::new(client, ca, identity, metrics);
     ctx.leadership = leadership;
+    ctx.images = render::Images {
+        qdrant: args.qdrant_image,
+        agent: args.agent_image,
+    };
     let ctx = Arc::new(ctx);
     tracing::info!(
         "reconciling QdrantClusters, QdrantBackups, QdrantRestores and QdrantBackupSchedules"

@@ -286,7 +286,11 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
     let mut c = cluster(false, false);
     let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(
         ready_sts(
-            &serde_json::to_value(qdrant_operator::cluster::render::statefulset(&c)).unwrap(),
+            &serde_json::to_value(qdrant_operator::cluster::render::statefulset(
+                &c,
+                &Default::default(),
+            ))
+            .unwrap(),
         )
         .1,
     )

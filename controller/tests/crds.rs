@@ -235,3 +235,36 @@ fn the_operator_deployment_is_locked_down() {
     );
     assert!(c.resources.as_ref().unwrap().requests.is_some());
 }
+
+/// Every variable the Deployment sets is one the binary reads, and the
+/// image variables hold the binary's own defaults, so an edit to either
+/// side cannot drift silently.
+#[test]
+fn the_deployment_sets_only_variables_the_operator_reads() {
+    let text = std::fs::read_to_string(manifests().join("operator/deployment.yaml")).unwrap();
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_yaml::from_str(&text).unwrap();
+    let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let help = std::process::Command::new(test_support::stack::workspace_bin("qdrant-operator"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout).replace('\n', " ");
+    for e in &env {
+        assert!(
+            help.contains(&format!("[env: {}", e.name)),
+            "the operator reads no {}: {help}",
+            e.name
+        );
+    }
+    let value = |n: &str| {
+        env.iter()
+            .find(|e| e.name == n)
+            .and_then(|e| e.value.clone())
+    };
+    let images = qdrant_operator::cluster::render::Images::default();
+    assert_eq!(value("QDRANT_IMAGE"), Some(images.qdrant));
+    assert_eq!(value("AGENT_IMAGE"), Some(images.agent));
+}

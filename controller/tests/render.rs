@@ -20,7 +20,7 @@ fn example() -> QdrantCluster {
 
 #[test]
 fn statefulset_matches_its_golden_file() {
-    let rendered = serde_yaml::to_string(&statefulset(&example())).unwrap();
+    let rendered = serde_yaml::to_string(&statefulset(&example(), &Images::default())).unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/statefulset.yaml");
     if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
         std::fs::write(&path, &rendered).unwrap();
@@ -35,7 +35,7 @@ fn statefulset_matches_its_golden_file() {
 
 #[test]
 fn the_agent_sidecar_shares_snapshots_runs_as_qdrant_and_needs_no_api_access() {
-    let sts = statefulset(&example());
+    let sts = statefulset(&example(), &Images::default());
     let pod = sts.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.automount_service_account_token, Some(false));
     assert_eq!(pod.service_account_name.as_deref(), Some("vectors-qdrant"));
@@ -119,11 +119,51 @@ fn the_agent_sidecar_shares_snapshots_runs_as_qdrant_and_needs_no_api_access() {
 }
 
 #[test]
+fn operator_wide_images_apply_unless_the_cluster_names_its_own() {
+    let images = Images {
+        qdrant: "registry.example.com/mirror/qdrant".into(),
+        agent: "registry.example.com/mirror/qdrant-agent:0.1.0".into(),
+    };
+    let image_of = |c: &QdrantCluster| -> Vec<String> {
+        statefulset(c, &images)
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .map(|c| c.image.unwrap())
+            .collect()
+    };
+    let plain = cluster(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\nspec: {version: v1.18.3}\n",
+    );
+    assert_eq!(
+        image_of(&plain),
+        [
+            "registry.example.com/mirror/qdrant:v1.18.3",
+            "registry.example.com/mirror/qdrant-agent:0.1.0"
+        ]
+    );
+    let own = cluster(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\n\
+         spec: {version: v1.18.3, image: own/qdrant, agent: {image: own/agent:1}}\n",
+    );
+    assert_eq!(image_of(&own), ["own/qdrant:v1.18.3", "own/agent:1"]);
+}
+
+#[test]
 fn agent_off_means_no_sidecar_and_no_token_volume() {
     let c = cluster(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\nspec: {version: v1.18.3, agent: {enabled: false}}\n",
     );
-    let pod = statefulset(&c).spec.unwrap().template.spec.unwrap();
+    let pod = statefulset(&c, &Images::default())
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
     assert_eq!(pod.containers.len(), 1);
     assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "agent-token"));
 }
@@ -177,7 +217,7 @@ fn user_config_is_merged_but_cannot_move_paths_or_ports() {
 fn every_object_is_owned_by_the_cluster_and_labelled() {
     let c = example();
     let metas = [
-        statefulset(&c).metadata,
+        statefulset(&c, &Images::default()).metadata,
         headless_service(&c).metadata,
         client_service(&c).metadata,
         config_map(&c).metadata,
@@ -213,7 +253,7 @@ fn every_object_is_owned_by_the_cluster_and_labelled() {
 fn a_config_change_changes_the_pod_template_so_pods_roll() {
     let c = example();
     let ann = |c: &QdrantCluster| {
-        statefulset(c)
+        statefulset(c, &Images::default())
             .spec
             .unwrap()
             .template

@@ -124,7 +124,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     ssa(client, &ns, &render::headless_service(&c)).await?;
     ssa(client, &ns, &render::client_service(&c)).await?;
     ssa(client, &ns, &render::pod_disruption_budget(&c)).await?;
-    let mut desired = render::statefulset(&c);
+    let mut desired = render::statefulset(&c, &ctx.images);
     // Agents read their certificate at start: a renewed one rolls the pods.
     if let (Some(id), Some(meta)) = (
         tls_identity,

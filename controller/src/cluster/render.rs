@@ -344,7 +344,7 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-fn qdrant_container(c: &QdrantCluster) -> Container {
+fn qdrant_container(c: &QdrantCluster, images: &Images) -> Container {
     let s = &c.spec;
     let mut ports = vec![
         ContainerPort {
@@ -389,7 +389,7 @@ fn qdrant_container(c: &QdrantCluster) -> Container {
         name: "qdrant".into(),
         image: Some(format!(
             "{}:{}",
-            s.image.as_deref().unwrap_or(DEFAULT_IMAGE),
+            s.image.as_deref().unwrap_or(&images.qdrant),
             s.version
         )),
         command: Some(vec!["/bin/bash".into(), "/qdrant/start.sh".into()]),
@@ -413,7 +413,27 @@ fn qdrant_container(c: &QdrantCluster) -> Container {
     }
 }
 
-/// The agent image the operator ships with, unless the cluster names one.
+/// The images a cluster runs unless its spec names others: set
+/// operator-wide (`--qdrant-image`, `--agent-image`) for clusters that pull
+/// from a registry the user controls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images {
+    /// Qdrant's image repository; the tag is the cluster's `spec.version`.
+    pub qdrant: String,
+    /// The agent's image, with its tag.
+    pub agent: String,
+}
+
+impl Default for Images {
+    fn default() -> Self {
+        Self {
+            qdrant: DEFAULT_IMAGE.into(),
+            agent: default_agent_image(),
+        }
+    }
+}
+
+/// The agent image the operator ships with.
 pub fn default_agent_image() -> String {
     format!(
         "ghcr.io/qdrant-operator/qdrant-agent:{}",
@@ -421,7 +441,7 @@ pub fn default_agent_image() -> String {
     )
 }
 
-fn agent_container(c: &QdrantCluster) -> Container {
+fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
     let a = &c.spec.agent;
     let mut env = vec![EnvVar {
         name: "NODE_NAME".into(),
@@ -444,7 +464,7 @@ fn agent_container(c: &QdrantCluster) -> Container {
     });
     Container {
         name: "agent".into(),
-        image: Some(a.image.clone().unwrap_or_else(default_agent_image)),
+        image: Some(a.image.clone().unwrap_or_else(|| images.agent.clone())),
         args: Some(
             [
                 "serve",
@@ -500,10 +520,10 @@ fn agent_container(c: &QdrantCluster) -> Container {
     }
 }
 
-pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
+pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
     let s = &c.spec;
     let n = Names::of(c);
-    let mut containers = vec![qdrant_container(c)];
+    let mut containers = vec![qdrant_container(c, images)];
     let mut volumes = vec![
         Volume {
             name: "config".into(),
@@ -532,7 +552,7 @@ pub fn statefulset(c: &QdrantCluster) -> StatefulSet {
         },
     ];
     if s.agent.enabled {
-        containers.push(agent_container(c));
+        containers.push(agent_container(c, images));
         volumes.push(Volume {
             name: "agent-token".into(),
             secret: Some(SecretVolumeSource {

@@ -46,6 +46,8 @@ pub struct Context {
     /// How long one reconcile follows running agent tasks before it writes
     /// progress and yields.
     pub follow_window: Duration,
+    /// The images of clusters that name none.
+    pub images: crate::cluster::render::Images,
     /// Set when leader election runs: no reconcile starts once this
     /// process may have lost the lease.
     pub leadership: Option<Arc<lease::Leadership>>,
@@ -72,6 +74,7 @@ impl Context {
             tls,
             now: jiff::Timestamp::now,
             follow_window: Duration::from_secs(10),
+            images: Default::default(),
             leadership: None,
             failures: Backoff::default(),
         }
