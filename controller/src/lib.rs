@@ -13,3 +13,4 @@ pub mod restore;
 pub mod runtime;
 pub mod schedule;
 pub mod tasks;
+pub mod wake;

@@ -102,9 +102,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .pod_name
             .clone()
             .unwrap_or_else(|| format!("qdrant-operator-{:08x}", rand::random::<u32>()));
+        // Its own client, so renewals never queue behind the reconcilers'
+        // requests: a burst of work must not cost the lease.
+        let own = Client::try_default().await?;
         Some(
             lease::acquire(
-                Api::<Lease>::namespaced(client.clone(), &args.namespace),
+                Api::<Lease>::namespaced(own, &args.namespace),
                 args.lease_name.clone(),
                 me,
             )

@@ -769,6 +769,16 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     })
     .await;
     s3_secret(&w, "not-yet");
+    // The Secret's watch wakes it: a waiting backup polls only every five
+    // minutes.
+    eventually(15, "waiting starts once its Secret exists", &diag, || {
+        let backups = backups.clone();
+        async move {
+            let st = backups.get("waiting").await.ok()?.status?;
+            (st.phase != Some(OperationPhase::Pending)).then_some(())
+        }
+    })
+    .await;
     for name in ["waiting", "x-later"] {
         let st = eventually(120, &format!("backup {name} ends"), &diag, || ended(name))
             .await

@@ -5,6 +5,7 @@
 use crate::crd::{OperationPhase, QdrantBackup, QdrantCluster};
 use crate::operation::cluster_gate;
 use kube::ResourceExt;
+use std::borrow::Borrow;
 
 pub use crate::operation::Step;
 
@@ -23,10 +24,10 @@ fn is_terminal(b: &QdrantBackup) -> bool {
     )
 }
 
-pub fn next_step(
+pub fn next_step<O: Borrow<QdrantBackup>>(
     b: &QdrantBackup,
     cluster: Option<&QdrantCluster>,
-    others: &[QdrantBackup],
+    others: &[O],
     now: jiff::Timestamp,
 ) -> Step {
     let status = b.status.clone().unwrap_or_default();
@@ -83,6 +84,7 @@ pub fn next_step(
     };
     let blocker = others
         .iter()
+        .map(Borrow::borrow)
         .filter(|o| {
             o.name_any() != b.name_any()
                 && o.spec.cluster_ref == b.spec.cluster_ref
@@ -120,6 +122,8 @@ mod tests {
     use super::*;
     use crate::crd::ClusterPhase;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    const NONE: &[QdrantBackup] = &[];
 
     fn t(s: i64) -> jiff::Timestamp {
         jiff::Timestamp::from_second(1_800_000_000 + s).unwrap()
@@ -161,7 +165,7 @@ mod tests {
         let running = cluster(ClusterPhase::Running, true);
         let failed = backup("b", 0, Some(OperationPhase::Failed), ", retentionDays: 1");
         assert_eq!(
-            next_step(&failed, Some(&running), &[], t(10 * 86400)),
+            next_step(&failed, Some(&running), NONE, t(10 * 86400)),
             Step::Done
         );
         let mut done = backup(
@@ -172,16 +176,16 @@ mod tests {
         );
         done.status.as_mut().unwrap().completion_time = Some(Time(t(100)));
         assert_eq!(
-            next_step(&done, None, &[], t(100 + 7 * 86400 - 1)),
+            next_step(&done, None, NONE, t(100 + 7 * 86400 - 1)),
             Step::Done
         );
         assert_eq!(
-            next_step(&done, None, &[], t(100 + 7 * 86400)),
+            next_step(&done, None, NONE, t(100 + 7 * 86400)),
             Step::Expire
         );
         let kept = backup("b", 0, Some(OperationPhase::Completed), "");
         assert_eq!(
-            next_step(&kept, None, &[], t(1 << 30)),
+            next_step(&kept, None, NONE, t(1 << 30)),
             Step::Done,
             "no retentionDays: kept forever"
         );
@@ -190,7 +194,7 @@ mod tests {
     #[test]
     fn waits_for_a_missing_or_unready_cluster_and_fails_without_an_agent() {
         let b = backup("b", 0, None, "");
-        let Step::Wait { reason, message } = next_step(&b, None, &[], t(0)) else {
+        let Step::Wait { reason, message } = next_step(&b, None, NONE, t(0)) else {
             panic!()
         };
         assert_eq!(
@@ -203,7 +207,7 @@ mod tests {
         let running = backup("b", 0, Some(OperationPhase::InProgress), "");
         assert!(
             matches!(
-                next_step(&running, None, &[], t(0)),
+                next_step(&running, None, NONE, t(0)),
                 Step::Fail {
                     reason: "ClusterNotFound",
                     ..
@@ -211,21 +215,24 @@ mod tests {
             ),
             "a cluster deleted under a running backup fails it"
         );
-        let Step::Wait { reason, message } =
-            next_step(&b, Some(&cluster(ClusterPhase::Upgrading, true)), &[], t(0))
-        else {
+        let Step::Wait { reason, message } = next_step(
+            &b,
+            Some(&cluster(ClusterPhase::Upgrading, true)),
+            NONE,
+            t(0),
+        ) else {
             panic!()
         };
         assert_eq!(reason, "ClusterNotReady");
         assert!(message.contains("is Upgrading, not Running"));
         let Step::Fail { reason, .. } =
-            next_step(&b, Some(&cluster(ClusterPhase::Running, false)), &[], t(0))
+            next_step(&b, Some(&cluster(ClusterPhase::Running, false)), NONE, t(0))
         else {
             panic!()
         };
         assert_eq!(reason, "AgentDisabled");
         assert_eq!(
-            next_step(&b, Some(&cluster(ClusterPhase::Running, true)), &[], t(0)),
+            next_step(&b, Some(&cluster(ClusterPhase::Running, true)), NONE, t(0)),
             Step::Run
         );
         // A backup already running goes on while the cluster rolls.
@@ -234,7 +241,7 @@ mod tests {
             next_step(
                 &started,
                 Some(&cluster(ClusterPhase::Degraded, true)),
-                &[],
+                NONE,
                 t(0)
             ),
             Step::Run
@@ -287,8 +294,8 @@ mod tests {
             ", activeDeadlineSeconds: 3600",
         );
         b.status.as_mut().unwrap().start_time = Some(Time(t(0)));
-        assert_eq!(next_step(&b, Some(&c), &[], t(3599)), Step::Run);
-        let Step::Fail { reason, message } = next_step(&b, Some(&c), &[], t(3600)) else {
+        assert_eq!(next_step(&b, Some(&c), NONE, t(3599)), Step::Run);
+        let Step::Fail { reason, message } = next_step(&b, Some(&c), NONE, t(3600)) else {
             panic!()
         };
         assert_eq!(reason, "DeadlineExceeded");
@@ -297,8 +304,8 @@ mod tests {
         let mut b = backup("b", 0, Some(OperationPhase::InProgress), "");
         b.status.as_mut().unwrap().start_time = Some(Time(t(0)));
         let day = DEFAULT_DEADLINE_SECONDS;
-        assert_eq!(next_step(&b, Some(&c), &[], t(day - 1)), Step::Run);
-        let Step::Fail { message, .. } = next_step(&b, Some(&c), &[], t(day)) else {
+        assert_eq!(next_step(&b, Some(&c), NONE, t(day - 1)), Step::Run);
+        let Step::Fail { message, .. } = next_step(&b, Some(&c), NONE, t(day)) else {
             panic!("the default deadline passed")
         };
         assert!(message.contains("the default"), "{message}");
@@ -307,7 +314,7 @@ mod tests {
     #[test]
     fn invalid_collection_names_fail_at_once() {
         let b = backup("b", 0, None, ", collections: [\"a/b\"]");
-        let Step::Fail { reason, .. } = next_step(&b, None, &[], t(0)) else {
+        let Step::Fail { reason, .. } = next_step(&b, None, NONE, t(0)) else {
             panic!()
         };
         assert_eq!(reason, "InvalidSpec");

@@ -25,11 +25,13 @@ use crate::plan::{self, from_agent};
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
 use crate::tasks::{self, Observed, Outcome};
+use crate::wake;
 use decide::{Step, cluster_prefix, next_step};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use qdrant_agent_proto::v1::TaskPhase;
 use qdrant_agent_proto::v1::{
@@ -46,11 +48,21 @@ pub const FINALIZER: &str = "qdrant.io/backup";
 pub const MAX_ATTEMPTS: u32 = 3;
 
 pub async fn reconcile(b: Arc<QdrantBackup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    reconcile_in(b, ctx, None).await
+}
+
+/// A reconcile that reads the namespace's other backups from `store` (the
+/// controller's cache) when given, else from the API server.
+async fn reconcile_in(
+    b: Arc<QdrantBackup>,
+    ctx: Arc<Context>,
+    store: Option<Store<QdrantBackup>>,
+) -> Result<Action, Error> {
     runtime::finalized(
         b,
         ctx,
         FINALIZER,
-        async |o: Arc<QdrantBackup>, ctx: &Context| apply(&o, ctx).await,
+        async |o: Arc<QdrantBackup>, ctx: &Context| apply(&o, ctx, store).await,
         async |o: Arc<QdrantBackup>, ctx: &Context| cleanup(&o, ctx).await,
     )
     .await
@@ -78,14 +90,43 @@ fn s3_path(b: &QdrantBackup) -> String {
     )
 }
 
-async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
+/// The other backups of `b`'s namespace, which decide whether it may start.
+/// Shared, not copied: thousands of backups may wait at once.
+async fn others(
+    b: &QdrantBackup,
+    ctx: &Context,
+    store: Option<Store<QdrantBackup>>,
+) -> Result<Vec<Arc<QdrantBackup>>, Error> {
+    let ns = b.namespace();
+    match store {
+        // Read from the cache once it holds the whole first list: a
+        // partial one could miss the backup that runs.
+        Some(store) if store.wait_until_ready().await.is_ok() => {
+            let mut all = store.state();
+            all.retain(|o| o.namespace() == ns);
+            Ok(all)
+        }
+        _ => {
+            let api: Api<QdrantBackup> =
+                Api::namespaced(ctx.client.clone(), &ns.unwrap_or_default());
+            let list = api.list(&ListParams::default()).await?.items;
+            Ok(list.into_iter().map(Arc::new).collect())
+        }
+    }
+}
+
+async fn apply(
+    b: &QdrantBackup,
+    ctx: &Context,
+    store: Option<Store<QdrantBackup>>,
+) -> Result<Action, Error> {
     let ns = b.namespace().unwrap_or_default();
     let clusters: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let backups: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let cluster = clusters.get_opt(&b.spec.cluster_ref.name).await?;
     let status = status_of(b);
     let others = match status.phase {
-        None | Some(OperationPhase::Pending) => backups.list(&ListParams::default()).await?.items,
+        None | Some(OperationPhase::Pending) => others(b, ctx, store).await?,
         _ => vec![],
     };
     let now = (ctx.now)();
@@ -119,7 +160,8 @@ async fn apply(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
         }
         Step::Wait { reason, message } => {
             operation::wait(b, ctx, reason, message).await?;
-            Ok(Action::requeue(Duration::from_secs(15)))
+            // Watches wake it when the cluster or the backup ahead changes.
+            Ok(Action::requeue(operation::WATCHED_WAIT))
         }
         Step::Fail { reason, message } => fail(b, ctx, cluster.as_ref(), reason, message).await,
         Step::Run => {
@@ -722,5 +764,10 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
 /// Runs the QdrantBackup controller until shutdown.
 pub async fn run(ctx: Arc<Context>) {
     let controller = runtime::controller::<QdrantBackup>(&ctx.client);
-    runtime::run(controller, ctx.clone(), reconcile).await;
+    let store = controller.store();
+    let controller = wake::woken(controller, &ctx.client);
+    runtime::run(controller, ctx.clone(), move |b, ctx| {
+        reconcile_in(b, ctx, Some(store.clone()))
+    })
+    .await;
 }

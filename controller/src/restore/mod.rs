@@ -580,5 +580,6 @@ async fn cleanup(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
 /// Runs the QdrantRestore controller until shutdown.
 pub async fn run(ctx: Arc<Context>) {
     let controller = runtime::controller::<QdrantRestore>(&ctx.client);
+    let controller = crate::wake::woken(controller, &ctx.client);
     runtime::run(controller, ctx.clone(), reconcile).await;
 }

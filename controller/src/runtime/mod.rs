@@ -173,12 +173,18 @@ pub fn error_policy<K: Kind>(obj: Arc<K>, err: &Error, ctx: Arc<Context>) -> Act
     Action::requeue(delay)
 }
 
+/// Reconciles of one kind running at once. Unbounded, thousands of new
+/// objects would each hold a request to the API server at the same time;
+/// a running backup or restore holds its slot for one follow window.
+pub const CONCURRENCY: u16 = 64;
+
 /// A controller for every namespace's objects of kind `K`.
 pub fn controller<K: Kind>(client: &kube::Client) -> Controller<K> {
     Controller::new(
         Api::<K>::all(client.clone()),
         kube::runtime::watcher::Config::default().any_semantic(),
     )
+    .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
 }
 
 /// Runs `controller` until shutdown with `reconcile`, measured and backed off.

@@ -94,6 +94,22 @@ pub async fn announce<K: Operation>(
     Ok(())
 }
 
+/// Waits that a watch ends (see `crate::wake`): the cluster, a Secret or a
+/// QdrantBackup changing wakes the object at once.
+const WATCHED: [&str; 6] = [
+    "ClusterNotFound",
+    "ClusterNotReady",
+    "WaitingForBackup",
+    "SecretNotFound",
+    "AgentTokenMissing",
+    "BackupNotComplete",
+];
+
+/// How long an object waiting for a watched change sleeps without one: a
+/// safety net only, so thousands of waiting objects cost the API server
+/// next to nothing.
+pub const WATCHED_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Where a step left an operation, once waits are written.
 pub enum Settled {
     Action(Action),
@@ -116,7 +132,12 @@ pub async fn settle<K: Operation>(
         Ok(a) => Ok(Settled::Action(a)),
         Err(Halt::Wait { reason, message }) => {
             wait(obj, ctx, reason, message).await?;
-            Ok(Settled::Action(Action::requeue(ctx.wait_delay(obj))))
+            let delay = if WATCHED.contains(&reason) {
+                WATCHED_WAIT
+            } else {
+                ctx.wait_delay(obj)
+            };
+            Ok(Settled::Action(Action::requeue(delay)))
         }
         Err(Halt::Fail { reason, message }) => Ok(Settled::Fail { reason, message }),
         Err(Halt::Kube(e)) => Err(e.into()),
