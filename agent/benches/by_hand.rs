@@ -212,6 +212,7 @@ fn main() {
     let base = node.url.clone();
     let dir = tempfile::tempdir().expect("tmp");
     let s3root: PathBuf = dir.path().join("s3");
+    std::fs::create_dir_all(&s3root).expect("s3 root");
     let s3 = S3sFs::start(&s3root, KEY, SECRET).expect("s3s-fs");
     s3.bucket("bench").expect("bucket");
     let cols = ["one-shard", "four-shards"];
