@@ -324,7 +324,7 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
                     // Qdrant predates the live shard snapshot endpoint.
                     Err(Error::Qdrant { status: 404, .. }) => {
                         return Err(Error::Invalid(format!(
-                            "this Qdrant has no live shard snapshot endpoint (GET /collections/{collection}/shards/{shard}/snapshot); back up with --mode shard-file"
+                            "this Qdrant has no live shard snapshot endpoint (GET /collections/{collection}/shards/{shard}/snapshot); back up with --mode shard-file or --mode file"
                         )));
                     }
                     r => r?,

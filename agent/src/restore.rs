@@ -1,9 +1,12 @@
 //! The restore task. Refuses, touching nothing, a backup without a
-//! manifest, from another Qdrant minor version, or with an object whose
-//! sha256 differs. Then creates each missing collection from its saved
-//! config, streams each shard object into Qdrant's shard snapshot upload
-//! (FILE-mode objects are downloaded with ranged GETs and recovered from the
-//! snapshots volume), re-creates aliases and waits for green.
+//! manifest, from another Qdrant minor version, or (with `verify_first`)
+//! with an object whose sha256 differs. Then creates each missing
+//! collection from its saved config, streams each shard object into
+//! Qdrant's shard snapshot upload with its sha256, which Qdrant checks
+//! before it recovers (FILE-mode objects are downloaded with ranged GETs and
+//! recovered from the snapshots volume), re-creates aliases and waits for
+//! green. Collections go at once, sharing one budget of objects in flight;
+//! a failure removes the collections this restore created.
 
 use crate::error::{Error, Result};
 use crate::keys;
@@ -136,29 +139,51 @@ pub async fn run(
         verify(&store, &root, &plan, req.concurrency, cancel).await?;
     }
 
-    let mut created: Vec<String> = Vec::new();
-    let result = async {
-        for (entry, name, objects) in &plan {
-            restore_collection(
-                node,
-                &store,
-                &root,
-                req,
-                entry,
-                name,
-                objects,
-                progress,
-                cancel,
-                &mut created,
-            )
-            .await?;
-        }
+    // Collections go at once, `concurrency` of them, sharing one budget of
+    // `concurrency` objects in flight. The first failure stops the others.
+    let created = std::sync::Mutex::new(Vec::<String>::new());
+    let uploads = tokio::sync::Semaphore::new(req.concurrency.max(1));
+    let work = cancel.child_token();
+    let cx = Collection {
+        node,
+        store: &store,
+        root: &root,
+        req,
+        progress,
+        cancel: &work,
+        created: &created,
+        uploads: &uploads,
+    };
+    // By index: a closure over references to the plan's items would not be
+    // general enough for the task's Send future.
+    let (cx, plan) = (&cx, &plan);
+    let results: Vec<Result<()>> = futures::stream::iter(0..plan.len())
+        .map(|i| async move {
+            let (entry, name, objects) = &plan[i];
+            let r = restore_collection(cx, entry, name, objects).await;
+            if r.is_err() {
+                cx.cancel.cancel();
+            }
+            r
+        })
+        .buffer_unordered(req.concurrency.max(1))
+        .collect()
+        .await;
+    // The error that stopped the others, not their cancellation.
+    let mut errors: Vec<Error> = results.into_iter().filter_map(Result::err).collect();
+    let first = errors
+        .iter()
+        .position(|e| !matches!(e, Error::Cancelled))
+        .unwrap_or(0);
+    let result = if errors.is_empty() {
         Ok(())
-    }
-    .await;
+    } else {
+        Err(errors.swap_remove(first))
+    };
     if let Err(e) = result {
         // Collections this task created hold a partial restore: remove them,
         // so nothing half-restored passes for the real thing.
+        let created = created.into_inner().unwrap_or_else(|p| p.into_inner());
         for c in &created {
             if let Err(de) = node.qdrant.delete_collection(c).await {
                 tracing::warn!(collection = %c, error = %de, "could not remove a partially restored collection");
@@ -283,18 +308,29 @@ async fn hash_stream(mut s: ByteStream, cancel: &CancellationToken) -> Result<(u
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What every collection of one restore shares.
+struct Collection<'a> {
+    node: &'a Node,
+    store: &'a Arc<dyn ObjectStore>,
+    root: &'a str,
+    req: &'a RestoreRequest,
+    progress: &'a Progress,
+    cancel: &'a CancellationToken,
+    /// The collections this restore created, for the rollback.
+    created: &'a std::sync::Mutex<Vec<String>>,
+    /// Objects in flight into Qdrant, across collections.
+    uploads: &'a tokio::sync::Semaphore,
+}
+
 async fn restore_collection(
-    node: &Node,
-    store: &Arc<dyn ObjectStore>,
-    root: &str,
-    req: &RestoreRequest,
+    cx: &Collection<'_>,
     entry: &CollectionEntry,
     name: &str,
     objects: &[&ObjectEntry],
-    progress: &Progress,
-    cancel: &CancellationToken,
-    created: &mut Vec<String>,
 ) -> Result<()> {
+    let Collection {
+        node, req, cancel, ..
+    } = *cx;
     let q = &node.qdrant;
     let mut shard_map: HashMap<u32, u32> = objects
         .iter()
@@ -304,7 +340,10 @@ async fn restore_collection(
     if req.create_collections && req.stage.creates() {
         q.create_collection(name, &create_body_from_config(&entry.config)?)
             .await?;
-        created.push(name.to_string());
+        cx.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.to_string());
         if manifest::custom_sharded(&entry.config) {
             shard_map = create_shard_keys(node, name, entry).await?;
         }
@@ -315,10 +354,7 @@ async fn restore_collection(
         }
     }
     if req.stage.uploads() {
-        upload_objects(
-            node, store, root, req, name, objects, &shard_map, progress, cancel,
-        )
-        .await?;
+        upload_objects(cx, name, objects, &shard_map).await?;
     }
     if req.stage.finishes() {
         if req.restore_aliases {
@@ -329,18 +365,22 @@ async fn restore_collection(
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn upload_objects(
-    node: &Node,
-    store: &Arc<dyn ObjectStore>,
-    root: &str,
-    req: &RestoreRequest,
+    cx: &Collection<'_>,
     name: &str,
     objects: &[&ObjectEntry],
     shard_map: &HashMap<u32, u32>,
-    progress: &Progress,
-    cancel: &CancellationToken,
 ) -> Result<()> {
+    let Collection {
+        node,
+        store,
+        root,
+        req,
+        progress,
+        cancel,
+        uploads,
+        ..
+    } = *cx;
     let q = &node.qdrant;
     let before: Vec<String> = q
         .list_collection_snapshots(name)
@@ -358,6 +398,7 @@ async fn upload_objects(
         shard_map,
         progress,
         cancel,
+        uploads,
     };
     let owned: Vec<ObjectEntry> = objects.iter().map(|o| (*o).clone()).collect();
     let ctx = &ctx;
@@ -385,9 +426,14 @@ struct ObjCtx<'a> {
     shard_map: &'a HashMap<u32, u32>,
     progress: &'a Progress,
     cancel: &'a CancellationToken,
+    uploads: &'a tokio::sync::Semaphore,
 }
 
 async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<()> {
+    let _slot = tokio::select! {
+        p = cx.uploads.acquire() => p.map_err(|_| Error::Cancelled)?,
+        _ = cx.cancel.cancelled() => return Err(Error::Cancelled),
+    };
     let key = keys::join(cx.root, &o.key);
     match o.mode {
         ObjectMode::Stream => {
@@ -395,17 +441,25 @@ async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<()> {
                 .shard_id
                 .ok_or_else(|| Error::Invalid(format!("{key} has no shard id")))?;
             let to = *cx.shard_map.get(&from).unwrap_or(&from);
+            let verdict = Verdict::default();
             let body = checked_stream(
                 cx.store.get(&key, None).await?,
                 o,
                 cx.progress.clone(),
                 cx.cancel.clone(),
+                verdict.clone(),
             );
             let others = cx.node.qdrant.placement(cx.name).await?.other_active(to);
-            cx.node
+            let sent = cx
+                .node
                 .qdrant
                 .upload_shard(cx.name, to, body, o.size, &o.sha256)
-                .await?;
+                .await;
+            // A mismatch found in flight breaks the upload's body: say that,
+            // not that Qdrant failed.
+            if let Err(e) = sent {
+                return Err(verdict.take().unwrap_or(e));
+            }
             wait_sync_started(cx.node, cx.name, to, &others, cx.cancel).await?;
         }
         ObjectMode::File => {
@@ -486,11 +540,25 @@ async fn create_shard_keys(
 /// be `Sync`; the S3 stream is not), counting and hashing them. It ends in
 /// an error instead of a clean end when the bytes differ from the manifest,
 /// so Qdrant receives a broken upload rather than a bad snapshot.
+/// Why a checked stream broke off, for the caller whose request carried it.
+#[derive(Clone, Default)]
+struct Verdict(Arc<std::sync::Mutex<Option<Error>>>);
+
+impl Verdict {
+    fn set(&self, e: Error) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+    }
+    fn take(&self) -> Option<Error> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
 fn checked_stream(
     mut src: ByteStream,
     o: &ObjectEntry,
     progress: Progress,
     cancel: CancellationToken,
+    verdict: Verdict,
 ) -> impl futures::Stream<Item = Result<Bytes>> + Send + Sync + 'static {
     let (key, want_size, want_sum) = (o.key.clone(), o.size, o.sha256.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes>>(8);
@@ -514,13 +582,13 @@ fn checked_stream(
                 None => {
                     let sum = hex::encode(h.finalize());
                     if n != want_size || sum != want_sum {
-                        let _ = tx
-                            .send(Err(Error::ChecksumMismatch {
-                                key,
-                                expected: want_sum,
-                                actual: sum,
-                            }))
-                            .await;
+                        let mismatch = || Error::ChecksumMismatch {
+                            key: key.clone(),
+                            expected: want_sum.clone(),
+                            actual: sum.clone(),
+                        };
+                        verdict.set(mismatch());
+                        let _ = tx.send(Err(mismatch())).await;
                     }
                     return;
                 }

@@ -210,6 +210,7 @@ async fn restore_refuses_a_tampered_object_and_touches_nothing() {
         &url,
         "--name",
         "b1",
+        "--verify-first",
     ]);
     assert!(!out.status.success());
     assert!(
@@ -221,8 +222,8 @@ async fn restore_refuses_a_tampered_object_and_touches_nothing() {
     assert!(dst.collection_names().is_empty(), "nothing created");
     assert!(dst.uploads().is_empty(), "nothing uploaded");
 
-    // Without the up-front check, the bad shard is still refused while it
-    // streams, and the collections created for the restore are removed.
+    // By default (one pass), the bad shard is refused while it streams,
+    // saying so, and the collections created for the restore are removed.
     let out = env.run(&[
         "restore",
         "--qdrant-url",
@@ -231,11 +232,15 @@ async fn restore_refuses_a_tampered_object_and_touches_nothing() {
         &url,
         "--name",
         "b1",
-        "--skip-verify",
         "--collection",
         "imgs",
     ]);
     assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("[ChecksumMismatch]"),
+        "{}",
+        stderr(&out)
+    );
     assert!(
         dst.collection_names().is_empty(),
         "partial restore rolled back: {:?}",
