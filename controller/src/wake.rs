@@ -114,6 +114,28 @@ pub fn on_secret<K: Waiting>(store: &Store<K>, s: &PartialObjectMeta<Secret>) ->
     })
 }
 
+/// A Secret that appears or changes: the clusters whose API key it holds.
+pub fn clusters_using(
+    store: &Store<QdrantCluster>,
+    s: &PartialObjectMeta<Secret>,
+) -> Vec<ObjectRef<QdrantCluster>> {
+    let name = s.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|c| c.namespace() == s.namespace())
+        .filter(|c| {
+            c.spec.api_key.as_ref().is_some_and(|k| {
+                k.secret_ref.name == name
+                    || k.read_only_secret_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name)
+            })
+        })
+        .map(|c| ObjectRef::from_obj(&**c))
+        .collect()
+}
+
 /// A QdrantBackup that changes: the backups and restores waiting for it.
 pub fn on_backup<K: Waiting>(store: &Store<K>, b: &QdrantBackup) -> Vec<ObjectRef<K>> {
     select(store, b.namespace(), |o| o.waits_for(b))
@@ -164,7 +186,7 @@ mod tests {
         .unwrap()
     }
 
-    fn store<K: Waiting>(objs: Vec<K>) -> Store<K> {
+    fn store<K: Kind>(objs: Vec<K>) -> Store<K> {
         let (reader, mut writer) = reflector::store::<K>();
         for o in objs {
             writer.apply_watcher_event(&Event::Apply(o));
@@ -172,7 +194,7 @@ mod tests {
         reader
     }
 
-    fn names<K: Waiting>(mut refs: Vec<ObjectRef<K>>) -> Vec<String> {
+    fn names<K: Kind>(mut refs: Vec<ObjectRef<K>>) -> Vec<String> {
         refs.sort_by(|a, b| a.name.cmp(&b.name));
         refs.into_iter().map(|r| r.name).collect()
     }
@@ -229,6 +251,22 @@ mod tests {
             names(on_backup(&s, &ended)),
             ["waits-cluster", "waits-secret"]
         );
+    }
+
+    #[test]
+    fn a_secret_wakes_the_clusters_whose_api_key_it_holds() {
+        let cluster = |name: &str, key: &str| -> QdrantCluster {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantCluster",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"version": "v1.18.3", "apiKey": {"secretRef": {"name": key, "key": "k"}}}
+            }))
+            .unwrap()
+        };
+        let s = store(vec![cluster("a", "key-a"), cluster("b", "key-b")]);
+        let woken = clusters_using(&s, &meta::<Secret>("ns", "key-b", &[]));
+        assert_eq!(names(woken), ["b"]);
+        assert!(clusters_using(&s, &meta::<Secret>("other", "key-b", &[])).is_empty());
     }
 
     #[test]

@@ -24,6 +24,10 @@ const API_KEY: &str = "real-cluster-api-key-7f3e";
 fn first_cluster(w: &World) {
     w.kubectl(&["create", "namespace", NS]);
     w.secret(NS, "qdrant-api-key", &[("api-key", API_KEY)]);
+    apply_example_cluster(w);
+}
+
+fn apply_example_cluster(w: &World) {
     let example =
         std::fs::read_to_string(repo().join("manifests/examples/qdrantcluster.yaml")).unwrap();
     // As an earlier operator version left it: with a finalizer that only
@@ -83,8 +87,6 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     let w = World::start().await;
     let operator = w.operator("qdrant-operator-0");
     let kubelet = w.kubelet(NS);
-    first_cluster(&w);
-
     let diag = || {
         format!(
             "operator log:\n{}\nkube-controller-manager:\n{}",
@@ -92,6 +94,21 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
             w.cp.log_tail("kube-controller-manager.log")
         )
     };
+    // The cluster before its API key Secret: it says which Secret it waits
+    // for, and the Secret's watch wakes it (it would look again only in 5
+    // minutes).
+    w.kubectl(&["create", "namespace", NS]);
+    apply_example_cluster(&w);
+    let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
+    eventually(30, "the cluster waits for its Secret", &diag, || async {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        st.conditions
+            .iter()
+            .any(|c| c.reason == "SecretMissing")
+            .then_some(())
+    })
+    .await;
+    w.secret(NS, "qdrant-api-key", &[("api-key", API_KEY)]);
     // The StatefulSet exists: every object before it was applied as the
     // operator's ServiceAccount.
     let sts: Api<StatefulSet> = Api::namespaced(w.admin.clone(), NS);

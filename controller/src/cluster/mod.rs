@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
@@ -111,8 +112,8 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     let before = decide(&c, &observed);
     if !before.apply {
         write_status(&c, ctx, &before, None).await?;
-        // Secrets are not watched: look again in a while.
-        return Ok(Action::requeue(Duration::from_secs(60)));
+        // The Secret's watch wakes it when the Secret appears.
+        return Ok(Action::requeue(crate::runtime::operation::WATCHED_WAIT));
     }
     let mut tls_identity = None;
     if c.spec.agent.enabled {
@@ -308,5 +309,11 @@ pub async fn run(ctx: Arc<Context>) {
             managed.clone(),
         )
         .owns(Api::<ServiceAccount>::all(client.clone()), managed);
+    let store = controller.store();
+    let controller = controller.watches(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        watcher::Config::default(),
+        move |s| crate::wake::clusters_using(&store, &s),
+    );
     runtime::run(controller, ctx.clone(), reconcile).await;
 }
