@@ -315,9 +315,18 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
             let rel = keys::shard_rel_key(&node.name, &collection, shard);
             let key = keys::join(root, &rel);
             let out = if file {
-                let snap = Snap::Shard(shard);
-                upload_snapshot_file(node, store, &key, &collection, snap, opts, &on_part, cancel)
-                    .await?
+                let (snap, named) = (Snap::Shard(shard), |_: &str| key.clone());
+                upload_file(
+                    node,
+                    store,
+                    named,
+                    &collection,
+                    snap,
+                    opts,
+                    &on_part,
+                    cancel,
+                )
+                .await?
             } else {
                 let src = match node.qdrant.stream_shard(&collection, shard).await {
                     // The shard exists (placement listed it): a 404 means this
@@ -411,30 +420,6 @@ async fn upload_collection_snapshot(
     };
     let out = upload_file(node, store, key, c, Snap::Collection, opts, on_part, cancel).await?;
     Ok((rel, out))
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn upload_snapshot_file(
-    node: &Node,
-    store: &Arc<dyn ObjectStore>,
-    key: &str,
-    c: &str,
-    snap: Snap,
-    opts: &UploadOptions,
-    on_part: &(dyn Fn(u64) + Send + Sync),
-    cancel: &CancellationToken,
-) -> Result<crate::upload::UploadOutcome> {
-    upload_file(
-        node,
-        store,
-        |_| key.to_string(),
-        c,
-        snap,
-        opts,
-        on_part,
-        cancel,
-    )
-    .await
 }
 
 /// Has Qdrant write the snapshot, uploads the file to the key `key` gives
