@@ -66,6 +66,9 @@ pub async fn run(
 ) -> Result<Manifest> {
     keys::validate_segment("backup", &req.backup_name)?;
     keys::validate_segment("node", &node.name)?;
+    // Before anything is touched: a first part larger than the whole
+    // memory budget could never be filled.
+    req.upload.check()?;
     let started_at = now();
     let store = target.store.clone();
     manifest::claim(&*store, &target.prefix, &req.backup_name, &req.owner).await?;

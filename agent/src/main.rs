@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    qdrant_agent::upload::Budget::install(cli.memory_budget);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

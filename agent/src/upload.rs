@@ -1,8 +1,11 @@
 //! Streams bytes of unknown length into a multipart upload: parts are cut
 //! as the source is read, at most `concurrency` parts are in flight, and
 //! sha256 is computed on the way. Memory is bounded by
-//! (concurrency + 1) x part size whatever the stream's length. Any failure
-//! or cancel aborts the upload, so no orphaned parts stay behind.
+//! (concurrency + 1) x part size whatever the stream's length, and all
+//! uploads of the process together by one [`Budget`]: a part's bytes are
+//! reserved before it is filled and freed when its upload ends, so
+//! concurrency and part growth adapt to it. Any failure or cancel aborts the
+//! upload, so no orphaned parts stay behind.
 
 use crate::error::{Error, Result};
 use crate::keys::part_size;
@@ -16,10 +19,82 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// The bytes all part buffers of the process may hold at once.
+#[derive(Debug, Clone)]
+pub struct Budget {
+    kib: Arc<tokio::sync::Semaphore>,
+    bytes: u64,
+}
+
+/// The smallest budget: two parts of S3's minimum size and some room.
+pub const MIN_BUDGET: u64 = 16 << 20;
+
+static BUDGET: OnceLock<Budget> = OnceLock::new();
+
+impl Budget {
+    pub fn new(bytes: u64) -> Self {
+        let bytes = bytes.max(MIN_BUDGET);
+        Self {
+            kib: Arc::new(tokio::sync::Semaphore::new((bytes >> 10) as usize)),
+            bytes,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Sets the process's budget; the first call wins.
+    pub fn install(bytes: u64) -> Budget {
+        BUDGET.get_or_init(|| Budget::new(bytes)).clone()
+    }
+
+    /// The process's budget, once installed.
+    pub fn installed() -> Option<Budget> {
+        BUDGET.get().cloned()
+    }
+
+    /// Reserves `len` bytes, waiting at most `patience` for uploads to free
+    /// them.
+    async fn reserve(
+        &self,
+        len: u64,
+        patience: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        if len > self.bytes {
+            return Err(self.too_small(len));
+        }
+        let kib = len.div_ceil(1024) as u32;
+        tokio::select! {
+            _ = cancel.cancelled() => Err(Error::Cancelled),
+            r = tokio::time::timeout(patience, self.kib.clone().acquire_many_owned(kib)) => match r {
+                Ok(Ok(p)) => Ok(p),
+                Ok(Err(_)) => Err(Error::Internal("memory budget closed".into())),
+                Err(_) => Err(Error::Stalled(format!(
+                    "no memory of the agent's budget ({}) was freed in {}s",
+                    crate::cli::human(self.bytes),
+                    patience.as_secs()
+                ))),
+            },
+        }
+    }
+
+    pub fn too_small(&self, part: u64) -> Error {
+        Error::Invalid(format!(
+            "a part of {} does not fit the agent's memory budget of {}: raise --memory-budget or lower --part-size",
+            crate::cli::human(part),
+            crate::cli::human(self.bytes)
+        ))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
     pub part_size: u64,
     pub concurrency: usize,
+    /// What the part buffers may hold, shared with every other upload.
+    pub budget: Option<Budget>,
     /// Longest wait for a free upload slot. Kept under Qdrant's 5-minute
     /// limit on a stalled snapshot reader, so a slow S3 ends in a clear error
     /// rather than a silently cut stream.
@@ -28,11 +103,23 @@ pub struct UploadOptions {
     pub read_timeout: Duration,
 }
 
+impl UploadOptions {
+    /// Refuses options whose first part could never fit the budget.
+    pub fn check(&self) -> Result<()> {
+        let first = part_size(self.part_size, 1);
+        match &self.budget {
+            Some(b) if first > b.bytes() => Err(b.too_small(first)),
+            _ => Ok(()),
+        }
+    }
+}
+
 impl Default for UploadOptions {
     fn default() -> Self {
         Self {
             part_size: crate::defaults::PART_SIZE,
             concurrency: crate::defaults::CONCURRENCY,
+            budget: Budget::installed(),
             slot_timeout: crate::defaults::STALL_TIMEOUT,
             read_timeout: crate::defaults::STALL_TIMEOUT,
         }
@@ -79,6 +166,7 @@ pub async fn upload_stream<S>(
 where
     S: Stream<Item = Result<Bytes>> + Send + Unpin,
 {
+    opts.check()?;
     let id = store.create_multipart(key).await?;
     if let Ok(mut l) = live().lock() {
         l.insert(id.clone());
@@ -147,17 +235,33 @@ where
     let mut hasher = Sha256::new();
     let mut done: Vec<CompletedPart> = Vec::new();
     let mut number: u32 = 1;
-    let mut target = part_size(opts.part_size, number) as usize;
+    // Parts grow with their number, never past the budget.
+    let size_of = |n: u32| {
+        let s = part_size(opts.part_size, n);
+        opts.budget.as_ref().map_or(s, |b| s.min(b.bytes()))
+    };
+    // The bytes of the part being filled, reserved before it fills.
+    let reserve = async |len: u64| match &opts.budget {
+        None => Ok(None),
+        Some(b) => b.reserve(len, opts.slot_timeout, cancel).await.map(Some),
+    };
+    let mut target = size_of(number) as usize;
+    let mut held = reserve(target as u64).await?;
     let mut buf = BytesMut::with_capacity(target);
     let mut size: u64 = 0;
 
-    let send = |data: Bytes, number: u32, in_flight: &mut JoinSet<PartResult>| {
+    let send = |data: Bytes,
+                number: u32,
+                held: Option<tokio::sync::OwnedSemaphorePermit>,
+                in_flight: &mut JoinSet<PartResult>| {
         let store = store.clone();
         let (key, id) = (key.to_string(), id.to_string());
         let len = data.len() as u64;
         in_flight.spawn(async move {
-            let part = store.upload_part(&key, &id, number as i32, data).await?;
-            Ok((part, len))
+            let part = store.upload_part(&key, &id, number as i32, data).await;
+            // The part's memory is free once its upload ended.
+            drop(held);
+            Ok((part?, len))
         });
     };
 
@@ -187,7 +291,7 @@ where
         while buf.len() >= target {
             let part = buf.split_to(target).freeze();
             wait_for_slot(in_flight, concurrency, &mut done, opts, on_part, cancel).await?;
-            send(part, number, in_flight);
+            send(part, number, held.take(), in_flight);
             number += 1;
             if number > crate::keys::MAX_PARTS {
                 return Err(Error::Invalid(format!(
@@ -195,14 +299,15 @@ where
                     crate::keys::MAX_PARTS
                 )));
             }
-            target = part_size(opts.part_size, number) as usize;
+            target = size_of(number) as usize;
+            held = reserve(target as u64).await?;
             buf.reserve(target.saturating_sub(buf.len()));
         }
     }
     // The last part may be short; an empty source still needs one part.
     if !buf.is_empty() || number == 1 {
         wait_for_slot(in_flight, concurrency, &mut done, opts, on_part, cancel).await?;
-        send(buf.freeze(), number, in_flight);
+        send(buf.freeze(), number, held.take(), in_flight);
         number += 1;
     }
     wait_for_slot(in_flight, 1, &mut done, opts, on_part, cancel).await?;
@@ -295,6 +400,127 @@ mod tests {
         assert_eq!(out.sha256, hex::encode(Sha256::digest(&expected)));
         assert_eq!(counted.into_inner(), total as u64);
         assert_eq!(&get_all(&*store, "b/k").await.unwrap()[..], &expected[..]);
+    }
+
+    /// Counts the part bytes the store holds at once, and makes each part
+    /// take a while so uploads overlap.
+    struct Counting {
+        inner: LocalStore,
+        now: std::sync::atomic::AtomicU64,
+        max: std::sync::atomic::AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl ObjectStore for Counting {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        async fn create_multipart(&self, key: &str) -> Result<String> {
+            self.inner.create_multipart(key).await
+        }
+        async fn upload_part(
+            &self,
+            k: &str,
+            id: &str,
+            n: i32,
+            data: Bytes,
+        ) -> Result<CompletedPart> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let len = data.len() as u64;
+            let held = self.now.fetch_add(len, SeqCst) + len;
+            self.max.fetch_max(held, SeqCst);
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let r = self.inner.upload_part(k, id, n, data).await;
+            self.now.fetch_sub(len, SeqCst);
+            r
+        }
+        async fn complete_multipart(&self, k: &str, id: &str, p: Vec<CompletedPart>) -> Result<()> {
+            self.inner.complete_multipart(k, id, p).await
+        }
+        async fn abort_multipart(&self, k: &str, id: &str) -> Result<()> {
+            self.inner.abort_multipart(k, id).await
+        }
+        async fn list_multipart(&self, p: &str) -> Result<Vec<crate::store::PendingUpload>> {
+            self.inner.list_multipart(p).await
+        }
+        async fn put(&self, k: &str, d: Bytes) -> Result<()> {
+            self.inner.put(k, d).await
+        }
+        async fn put_new(&self, k: &str, d: Bytes) -> Result<bool> {
+            self.inner.put_new(k, d).await
+        }
+        async fn get(&self, k: &str, r: Option<(u64, u64)>) -> Result<crate::store::ByteStream> {
+            self.inner.get(k, r).await
+        }
+        async fn head(&self, k: &str) -> Result<Option<u64>> {
+            self.inner.head(k).await
+        }
+        async fn list(&self, p: &str) -> Result<Vec<crate::store::ObjectInfo>> {
+            self.inner.list(p).await
+        }
+        async fn delete(&self, k: &str) -> Result<()> {
+            self.inner.delete(k).await
+        }
+    }
+
+    #[tokio::test]
+    async fn uploads_together_stay_within_one_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let counting = Arc::new(Counting {
+            inner: LocalStore::new(dir.path().into()),
+            now: 0.into(),
+            max: 0.into(),
+        });
+        let store: Arc<dyn ObjectStore> = counting.clone();
+        // Unbounded, three uploads of 4 parts in flight would hold 60 MiB.
+        let opts = UploadOptions {
+            part_size: 5 << 20,
+            concurrency: 4,
+            budget: Some(Budget::new(16 << 20)),
+            ..Default::default()
+        };
+        let total = 20 << 20;
+        let cancel = CancellationToken::new();
+        let one = |k: &'static str| {
+            upload_stream(
+                store.clone(),
+                k,
+                chunks(total, 1 << 20),
+                &opts,
+                &|_| {},
+                &cancel,
+            )
+        };
+        let (a, b, c) = tokio::join!(one("b/a"), one("b/b"), one("b/c"));
+        for r in [a, b, c] {
+            assert_eq!(r.unwrap().size, total as u64);
+        }
+        let max = counting.max.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(max <= 16 << 20, "{max} bytes of parts held at once");
+        assert!(max >= 10 << 20, "parts still overlap: {max}");
+    }
+
+    #[tokio::test]
+    async fn a_part_larger_than_the_budget_is_refused_before_anything_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn ObjectStore> = Arc::new(LocalStore::new(dir.path().into()));
+        let opts = UploadOptions {
+            part_size: 64 << 20,
+            budget: Some(Budget::new(16 << 20)),
+            ..Default::default()
+        };
+        let err = upload_stream(
+            store.clone(),
+            "b/k",
+            chunks(1 << 20, 1 << 20),
+            &opts,
+            &|_| {},
+            &CancellationToken::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("memory budget"), "{err}");
+        assert!(store.list_multipart("").await.unwrap().is_empty());
     }
 
     #[tokio::test]

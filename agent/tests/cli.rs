@@ -797,6 +797,22 @@ async fn common_mistakes_get_one_line_that_names_the_fix() {
         &env.run(&["backup", "--qdrant-url", "localhost:6333", "--to", &to]),
         "use http://localhost:6333",
     );
+    // A part that the memory budget cannot hold is refused before Qdrant
+    // or the store is touched (nothing answers on port 9).
+    one_line(
+        &env.run(&[
+            "backup",
+            "--qdrant-url",
+            "http://127.0.0.1:9",
+            "--to",
+            &to,
+            "--memory-budget",
+            "32MiB",
+            "--part-size",
+            "64MiB",
+        ]),
+        "a part of 64.0 MiB does not fit the agent's memory budget of 32.0 MiB: raise --memory-budget or lower --part-size [InvalidRequest]",
+    );
     one_line(
         &env.run(&[
             "backup",

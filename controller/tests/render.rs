@@ -154,6 +154,53 @@ fn operator_wide_images_apply_unless_the_cluster_names_its_own() {
 }
 
 #[test]
+fn the_agents_memory_follows_its_budget_unless_resources_are_given() {
+    let agent = |spec: &str| {
+        let c = cluster(&format!(
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: q, namespace: ns}}\n\
+             spec: {{version: v1.18.3, agent: {{{spec}}}}}\n"
+        ));
+        let pod = statefulset(&c, &Images::default())
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap();
+        pod.containers
+            .into_iter()
+            .find(|c| c.name == "agent")
+            .unwrap()
+    };
+    let memory = |c: &k8s_openapi::api::core::v1::Container| {
+        let r = c.resources.clone().unwrap();
+        let of = |m: Option<std::collections::BTreeMap<String, _>>| {
+            m.and_then(|m| m.get("memory").cloned())
+                .map(|q: k8s_openapi::apimachinery::pkg::api::resource::Quantity| q.0)
+        };
+        (of(r.requests), of(r.limits))
+    };
+    let budget = |c: &k8s_openapi::api::core::v1::Container| {
+        c.env
+            .clone()
+            .unwrap()
+            .into_iter()
+            .find(|e| e.name == "QDRANT_AGENT_MEMORY_BUDGET")
+            .and_then(|e| e.value)
+    };
+    let default = agent("enabled: true");
+    assert_eq!(budget(&default).as_deref(), Some("256MiB"));
+    assert_eq!(
+        memory(&default),
+        (Some("320Mi".into()), Some("320Mi".into()))
+    );
+    let small = agent("memoryBudgetMiB: 64");
+    assert_eq!(budget(&small).as_deref(), Some("64MiB"));
+    assert_eq!(memory(&small), (Some("128Mi".into()), Some("128Mi".into())));
+    let own = agent("resources: {limits: {memory: 1Gi}}");
+    assert_eq!(memory(&own), (None, Some("1Gi".into())));
+}
+
+#[test]
 fn agent_off_means_no_sidecar_and_no_token_volume() {
     let c = cluster(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\nspec: {version: v1.18.3, agent: {enabled: false}}\n",

@@ -75,6 +75,7 @@ pub async fn run(a: BackupArgs) -> Result<()> {
         upload: UploadOptions {
             part_size: a.part_size,
             concurrency: a.concurrency,
+            budget: crate::upload::Budget::installed(),
             slot_timeout: Duration::from_secs(a.stall_timeout),
             read_timeout: Duration::from_secs(a.stall_timeout),
         },

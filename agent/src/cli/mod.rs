@@ -33,6 +33,11 @@ pub struct Cli {
     /// Log format: text for people, json for log pipelines.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "QDRANT_AGENT_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// The memory all uploads of this process may hold in part buffers at
+    /// once (e.g. 256MiB); parts wait for it, so concurrency adapts. Keep it
+    /// under the container's memory limit, with room for the rest.
+    #[arg(long, global = true, default_value = "256MiB", value_parser = parse_size, env = "QDRANT_AGENT_MEMORY_BUDGET")]
+    pub memory_budget: u64,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -153,6 +153,8 @@ impl Agent for AgentService {
     ) -> Result<Response<Task>, Status> {
         let r = req.into_inner();
         let breq = convert::backup_request(&r);
+        // A part size the agent's memory budget cannot hold is refused now.
+        breq.upload.check().map_err(convert::to_status)?;
         let mut rest = r.clone();
         rest.storage = None;
         self.start(

@@ -25,6 +25,8 @@ pub const STORAGE_PATH: &str = "/qdrant/storage";
 pub const SNAPSHOTS_PATH: &str = "/qdrant/snapshots";
 pub const AGENT_TOKEN_DIR: &str = "/var/run/qdrant-agent";
 pub const AGENT_TLS_DIR: &str = "/var/run/qdrant-agent-tls";
+/// Memory the agent needs beyond its transfer budget (runtime, TLS, gRPC).
+pub const AGENT_MEMORY_OVERHEAD_MIB: u32 = 64;
 /// Key of the agent token in its Secret.
 pub const AGENT_TOKEN_KEY: &str = "token";
 
@@ -462,6 +464,24 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
         value: Some("json".into()),
         ..Default::default()
     });
+    env.push(EnvVar {
+        name: "QDRANT_AGENT_MEMORY_BUDGET".into(),
+        value: Some(format!("{}MiB", a.memory_budget_mib)),
+        ..Default::default()
+    });
+    // The budget plus what the agent needs besides its part buffers.
+    let memory = Quantity(format!(
+        "{}Mi",
+        a.memory_budget_mib + AGENT_MEMORY_OVERHEAD_MIB
+    ));
+    let resources = a.resources.clone().unwrap_or_else(|| ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".into(), Quantity("50m".into())),
+            ("memory".into(), memory.clone()),
+        ])),
+        limits: Some(BTreeMap::from([("memory".into(), memory)])),
+        ..Default::default()
+    });
     Container {
         name: "agent".into(),
         image: Some(a.image.clone().unwrap_or_else(|| images.agent.clone())),
@@ -494,7 +514,7 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
             ..Default::default()
         }]),
         env: Some(env),
-        resources: a.resources.clone(),
+        resources: Some(resources),
         volume_mounts: Some(vec![
             mount("snapshots", SNAPSHOTS_PATH),
             VolumeMount {

@@ -167,8 +167,14 @@ pub struct AgentSpec {
     /// Agent image (default: the operator's matching agent image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Default: memory requested and limited to `memoryBudgetMiB` + 64 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// MiB all of the agent's transfers may hold at once (part buffers):
+    /// parts wait for room, so large shards never need more.
+    #[serde(default = "default_memory_budget", rename = "memoryBudgetMiB")]
+    #[schemars(range(min = 16, max = 65536))]
+    pub memory_budget_mib: u32,
     /// gRPC port of the agent.
     #[serde(default = "default_agent_port")]
     #[schemars(range(min = 1, max = 65535))]
@@ -183,12 +189,17 @@ fn default_agent_port() -> i32 {
     50051
 }
 
+fn default_memory_budget() -> u32 {
+    256
+}
+
 impl Default for AgentSpec {
     fn default() -> Self {
         Self {
             enabled: true,
             image: None,
             resources: None,
+            memory_budget_mib: default_memory_budget(),
             port: default_agent_port(),
         }
     }
