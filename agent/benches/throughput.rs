@@ -8,6 +8,10 @@
 //! BENCH_DOWNLOAD_ENDPOINT (a bucket named `bench` must exist on each, or
 //! will be created with a plain PUT); when unset, a moto server is started.
 //!
+//! BENCH_BACKUP_ONLY=1 runs only the streamed backup (no file on disk), for
+//! the agent's peak RSS at large sizes; BENCH_MEMORY_BUDGET sets its
+//! --memory-budget.
+//!
 //!   cargo bench -p qdrant-agent --bench throughput
 //!   BENCH_SIZE_MIB=4096 BENCH_UPLOAD_ENDPOINT=http://127.0.0.1:9000 cargo bench -p qdrant-agent --bench throughput
 
@@ -30,6 +34,8 @@ fn agent(endpoint: &str, args: &[&str]) -> Command {
     let mut c = Command::new(AGENT);
     c.args(args)
         .args(["--s3-endpoint", endpoint])
+        // The agent's own variable: unset, its default budget applies.
+        .envs(std::env::var("BENCH_MEMORY_BUDGET").map(|b| ("QDRANT_AGENT_MEMORY_BUDGET", b)))
         .env(
             "AWS_ACCESS_KEY_ID",
             std::env::var("BENCH_ACCESS_KEY").unwrap_or("test".into()),
@@ -126,7 +132,11 @@ fn main() {
     src.add_collection("bench", 384, &[size]);
     let src_url = rt.block_on(src.clone().start()).expect("double");
     let file = dir.path().join("shard.snapshot");
-    rt.block_on(write_source_file(&file, size));
+    // Only the streamed backup (its memory at large sizes): no copy on disk.
+    let only_backup = std::env::var_os("BENCH_BACKUP_ONLY").is_some();
+    if !only_backup {
+        rt.block_on(write_source_file(&file, size));
+    }
 
     // A fresh prefix per run: the agent refuses to overwrite a backup.
     let run = format!("{}-{}", std::process::id(), rand_suffix());
@@ -162,6 +172,9 @@ fn main() {
     };
     let a = stream_backup(&up);
     let agent_up = line("agent backup, stream mode (Qdrant -> S3)", size, &a);
+    if only_backup {
+        return;
+    }
     let s = measure(&mut s5cmd(
         &up,
         &["cp", &file.display().to_string(), &s5_url],
