@@ -268,7 +268,11 @@ async fn a_missing_api_key_secret_fails_the_cluster_and_applies_nothing() {
     let action = reconcile(Arc::new(cluster(false, true)), ctx)
         .await
         .unwrap();
-    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    // The Secret's watch wakes it; the requeue is only a safety net.
+    assert_eq!(
+        action,
+        Action::requeue(qdrant_operator::runtime::operation::WATCHED_WAIT)
+    );
     server.await.unwrap();
 }
 
