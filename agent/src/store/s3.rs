@@ -11,6 +11,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use std::time::Duration;
 
+/// How long CompleteMultipartUpload may take to answer.
+const COMPLETE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// S3 settings beside the URL. `Debug` never prints the secret.
 #[derive(Clone, Default)]
 pub struct S3Config {
@@ -319,6 +322,18 @@ impl ObjectStore for S3Store {
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
                     .build(),
+            )
+            // Assembling a large object takes a while. S3 and MinIO keep the
+            // connection alive meanwhile, other stores stay silent: do not
+            // give up (and retry against an upload that is being completed).
+            .customize()
+            .config_override(
+                aws_sdk_s3::config::Builder::default().timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .connect_timeout(Duration::from_secs(10))
+                        .read_timeout(COMPLETE_TIMEOUT)
+                        .build(),
+                ),
             )
             .send()
             .await
