@@ -12,6 +12,11 @@ fn cluster(yaml: &str) -> QdrantCluster {
     c
 }
 
+/// The pod template's spec of the StatefulSet rendered for `c`.
+fn pod(c: &QdrantCluster, images: &Images) -> k8s_openapi::api::core::v1::PodSpec {
+    statefulset(c, images).spec.unwrap().template.spec.unwrap()
+}
+
 fn example() -> QdrantCluster {
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/qdrantcluster.yaml");
@@ -125,12 +130,7 @@ fn operator_wide_images_apply_unless_the_cluster_names_its_own() {
         agent: "registry.example.com/mirror/qdrant-agent:0.1.0".into(),
     };
     let image_of = |c: &QdrantCluster| -> Vec<String> {
-        statefulset(c, &images)
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap()
+        pod(c, &images)
             .containers
             .into_iter()
             .map(|c| c.image.unwrap())
@@ -160,13 +160,8 @@ fn the_agents_memory_follows_its_budget_unless_resources_are_given() {
             "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: q, namespace: ns}}\n\
              spec: {{version: v1.18.3, agent: {{{spec}}}}}\n"
         ));
-        let pod = statefulset(&c, &Images::default())
-            .spec
-            .unwrap()
-            .template
-            .spec
-            .unwrap();
-        pod.containers
+        pod(&c, &Images::default())
+            .containers
             .into_iter()
             .find(|c| c.name == "agent")
             .unwrap()
@@ -205,12 +200,7 @@ fn agent_off_means_no_sidecar_and_no_token_volume() {
     let c = cluster(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: q, namespace: ns}\nspec: {version: v1.18.3, agent: {enabled: false}}\n",
     );
-    let pod = statefulset(&c, &Images::default())
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
+    let pod = pod(&c, &Images::default());
     assert_eq!(pod.containers.len(), 1);
     assert!(!pod.volumes.unwrap().iter().any(|v| v.name == "agent-token"));
 }
