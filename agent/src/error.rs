@@ -17,6 +17,15 @@ pub enum Error {
         status: u16,
         detail: String,
     },
+    /// Qdrant answered, but a peer it needed for the request is down.
+    #[error(
+        "Qdrant could not reach {peer} for {what}: start that node (or wait until it is back), then retry; {detail}"
+    )]
+    QdrantPeerUnavailable {
+        what: String,
+        peer: String,
+        detail: String,
+    },
     #[error("object store: {op} {key}: {detail}")]
     Store {
         op: &'static str,
@@ -74,6 +83,7 @@ impl Error {
             Error::Incomplete(_) => "BackupIncomplete",
             Error::QdrantUnreachable { .. } => "QdrantUnreachable",
             Error::Qdrant { status: 404, .. } => "QdrantNotFound",
+            Error::QdrantPeerUnavailable { .. } => "QdrantPeerUnavailable",
             Error::Qdrant { .. } => "QdrantError",
             Error::Store { reason, .. } => reason,
             Error::Unsupported(_) => "StoreUnsupported",

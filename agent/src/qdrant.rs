@@ -161,6 +161,17 @@ impl Qdrant {
                     .map(str::to_string)
             })
             .unwrap_or_else(|| body.chars().take(300).collect());
+        // Qdrant's messages span lines; errors are read one per line.
+        let detail = detail.split_whitespace().collect::<Vec<_>>().join(" ");
+        if status.is_server_error()
+            && let Some(peer) = unreachable_peer(&detail)
+        {
+            return Err(Error::QdrantPeerUnavailable {
+                what: what.to_string(),
+                peer,
+                detail,
+            });
+        }
         Err(Error::Qdrant {
             what: what.to_string(),
             status: status.as_u16(),
@@ -539,6 +550,39 @@ fn drop_nulls(v: &mut Value) {
 }
 
 /// "1.18.3" -> (1, 18). Snapshots restore only within one minor version.
+/// The peer named in a Qdrant error that came from failing to reach it, as
+/// Qdrant 1.x words it ("Failed to connect to http://…/", "tcp connect
+/// error", "The service is currently unavailable"); `None` otherwise.
+fn unreachable_peer(detail: &str) -> Option<String> {
+    const SIGNS: [&str; 3] = [
+        "Failed to connect to ",
+        "tcp connect error",
+        "service is currently unavailable",
+    ];
+    if !SIGNS.iter().any(|s| detail.contains(s)) {
+        return None;
+    }
+    let url = detail.split("Failed to connect to ").nth(1).map(|rest| {
+        rest.split([',', '"', ' '])
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    });
+    let addr = || {
+        detail.split("(\"tcp connect error\", ").nth(1).map(|rest| {
+            rest.split([',', ')', ' '])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+    };
+    Some(
+        url.or_else(addr)
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| "a peer node".to_string(), |p| format!("peer {p}")),
+    )
+}
+
 pub fn minor_version(v: &str) -> Option<(u64, u64)> {
     let mut it = v.trim_start_matches('v').split('.');
     Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
@@ -574,6 +618,26 @@ mod tests {
         assert!(body.get("optimizer_config").is_none());
         assert_eq!(body["quantization_config"]["scalar"]["type"], "int8");
         assert!(create_body_from_config(&json!({})).is_err());
+    }
+
+    #[test]
+    fn a_peer_qdrant_could_not_reach_is_named() {
+        // Two answers of Qdrant 1.18.3 to GET /collections/{c} with a peer down.
+        let refused = "Service internal error: 1 of 1 read operations failed: Service internal error: Tonic status error: code: 'The service is currently unavailable', message: \"tcp connect error\", source: tonic::transport::Error(Transport, ConnectError(ConnectError(\"tcp connect error\", 127.0.0.1:16351, Os { code: 111 })))";
+        let failed = "Service internal error: 1 of 1 read operations failed: Service internal error: Tonic status error: code: 'The service is currently unavailable', message: \"Failed to connect to http://127.0.0.1:16351/, error: transport error\"";
+        assert_eq!(
+            unreachable_peer(refused).as_deref(),
+            Some("peer 127.0.0.1:16351")
+        );
+        assert_eq!(
+            unreachable_peer(failed).as_deref(),
+            Some("peer http://127.0.0.1:16351/")
+        );
+        assert_eq!(
+            unreachable_peer("Service internal error: service is currently unavailable").as_deref(),
+            Some("a peer node")
+        );
+        assert_eq!(unreachable_peer("Wrong input: bad vector size"), None);
     }
 
     #[test]

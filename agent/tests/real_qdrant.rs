@@ -313,7 +313,7 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_three_node_cluster_backs_up_from_one_node_and_restores_with_every_replica_active() {
     let env = Env::new("real-cluster");
-    let q = need(RealQdrant::start(3, None));
+    let mut q = need(RealQdrant::start(3, None));
     let base = q.nodes[0].url.clone();
     let vectors: Value = serde_json::from_str(VECTORS).unwrap();
     // Replication factor 3: node 0 holds a replica of every shard. Writes
@@ -366,6 +366,35 @@ async fn a_three_node_cluster_backs_up_from_one_node_and_restores_with_every_rep
         assert_eq!(local.len(), 3, "{placement}");
         assert!(local.iter().all(|s| s["state"] == "Active"), "{placement}");
     }
+
+    // One shard per node, then a node down: Qdrant answers 500 for the
+    // collection, and the user is told which peer and what to do, in a line.
+    create(
+        &base,
+        "spread",
+        json!({"vectors": vectors, "shard_number": 3, "replication_factor": 1}),
+    );
+    q.stop_node(2);
+    let o = env.run(&[
+        "backup",
+        "--qdrant-url",
+        &base,
+        "--to",
+        &env.url("peer-down"),
+        "--name",
+        "nightly",
+    ]);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: Qdrant could not reach peer ")
+            && last.contains(&format!("127.0.0.1:{}", q.nodes[2].p2p_port))
+            && last.contains("start that node")
+            && last.ends_with("[QdrantPeerUnavailable]"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
 
 /// A collection whose optimizer has work pending is `grey` after a restart
