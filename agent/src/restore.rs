@@ -435,6 +435,18 @@ async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<()> {
         _ = cx.cancel.cancelled() => return Err(Error::Cancelled),
     };
     let key = keys::join(cx.root, &o.key);
+    // Downloads draw on the agent's one memory budget, as uploads do.
+    let streams = match o.mode {
+        ObjectMode::Stream => 1,
+        ObjectMode::File => RANGES_AT_ONCE as u64,
+    };
+    let _memory = match crate::upload::Budget::installed() {
+        Some(b) => Some(
+            b.hold(streams * crate::upload::DOWNLOAD_HOLD, cx.cancel)
+                .await?,
+        ),
+        None => None,
+    };
     match o.mode {
         ObjectMode::Stream => {
             let from = o
@@ -651,6 +663,8 @@ async fn recover_from_file(
 }
 
 const RANGE: u64 = 16 << 20;
+/// Ranged GETs of one FILE-mode object in flight.
+const RANGES_AT_ONCE: usize = 4;
 
 async fn download_ranged(
     store: &Arc<dyn ObjectStore>,
@@ -675,7 +689,7 @@ async fn download_ranged(
         .collect();
     futures::stream::iter(ranges)
         .map(|r| download_range(store, key, path, r, progress, cancel))
-        .buffer_unordered(4)
+        .buffer_unordered(RANGES_AT_ONCE)
         .try_collect::<Vec<()>>()
         .await?;
     Ok(())

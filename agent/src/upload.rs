@@ -4,8 +4,9 @@
 //! (concurrency + 1) x part size whatever the stream's length, and all
 //! uploads of the process together by one [`Budget`]: a part's bytes are
 //! reserved before it is filled and freed when its upload ends, so
-//! concurrency and part growth adapt to it. Any failure or cancel aborts the
-//! upload, so no orphaned parts stay behind.
+//! concurrency and part growth adapt to it; restores hold their share
+//! ([`DOWNLOAD_HOLD`] per object in flight) from the same budget. Any
+//! failure or cancel aborts the upload, so no orphaned parts stay behind.
 
 use crate::error::{Error, Result};
 use crate::keys::part_size;
@@ -25,6 +26,13 @@ pub struct Budget {
     kib: Arc<tokio::sync::Semaphore>,
     bytes: u64,
 }
+
+/// What one object streaming from the store may buffer on its way to Qdrant
+/// or to disk: the body channel's 8 chunks and the HTTP clients' read and
+/// write buffers (a few hundred KiB each at most). A
+/// restore holds it from the budget per object (per range in FILE mode), so
+/// downloads share the one budget with uploads.
+pub const DOWNLOAD_HOLD: u64 = 4 << 20;
 
 /// The smallest budget: two parts of S3's minimum size and some room.
 pub const MIN_BUDGET: u64 = 16 << 20;
@@ -78,6 +86,16 @@ impl Budget {
                 ))),
             },
         }
+    }
+
+    /// Holds `len` bytes for a download's buffers while the permit lives.
+    pub async fn hold(
+        &self,
+        len: u64,
+        cancel: &CancellationToken,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.reserve(len.min(self.bytes), crate::defaults::STALL_TIMEOUT, cancel)
+            .await
     }
 
     pub fn too_small(&self, part: u64) -> Error {

@@ -248,6 +248,56 @@ async fn restore_refuses_a_tampered_object_and_touches_nothing() {
     );
 }
 
+/// Downloads draw on the agent's memory budget as uploads do: a restore
+/// asked for 8 objects at once under a 16 MiB budget has only as many
+/// streaming into Qdrant as the budget holds (4 MiB each).
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_downloads_stay_within_the_memory_budget() {
+    let env = Env::new("restore-budget");
+    let (_src, src_url) = double("1.18.3", |d| {
+        d.add_collection("wide", 64, &[64 * 1024; 10]);
+    })
+    .await;
+    let url = env.url("p");
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &src_url,
+        "--to",
+        &url,
+        "--name",
+        "b1",
+    ]));
+    let restore = |budget: &'static str| {
+        let env = &env;
+        let url = url.clone();
+        async move {
+            let (dst, dst_url) = double("1.18.3", |d| {
+                d.hold_uploads(std::time::Duration::from_millis(400));
+            })
+            .await;
+            assert_ok(&env.run(&[
+                "restore",
+                "--qdrant-url",
+                &dst_url,
+                "--from",
+                &url,
+                "--name",
+                "b1",
+                "--concurrency",
+                "8",
+                "--memory-budget",
+                budget,
+            ]));
+            assert_eq!(dst.uploads().len(), 10);
+            dst.most_uploads_at_once()
+        }
+    };
+    assert_eq!(restore("16MiB").await, 4, "16 MiB holds four downloads");
+    // The same restore with room for all: the limit above was the budget's.
+    assert_eq!(restore("256MiB").await, 8);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_refuses_another_minor_version_and_a_missing_manifest() {
     let env = Env::new("refuse");

@@ -83,6 +83,10 @@ struct Inner {
     no_streaming: bool,
     /// New collections' replicas stay Initializing this long.
     init_delay: Option<Duration>,
+    /// Shard uploads answer this long after their body is read.
+    upload_hold: Option<Duration>,
+    uploads_now: usize,
+    uploads_most: usize,
 }
 
 /// The members of a simulated Qdrant cluster, by peer id.
@@ -287,8 +291,6 @@ impl Double {
         self.lock().faults.insert((c.into(), shard), f);
     }
 
-    /// Behave like a Qdrant without the live shard snapshot endpoint: the
-    /// route does not exist (404, empty body).
     /// Collections created through the API start with every replica
     /// Initializing, and turn Active after `d` (on every member).
     pub fn initialize_replicas_for(&self, d: Duration) {
@@ -312,6 +314,19 @@ impl Double {
         }
     }
 
+    /// Each shard upload answers `d` after its body is read, as a slow
+    /// recovery would, so that concurrent uploads overlap.
+    pub fn hold_uploads(&self, d: Duration) {
+        self.lock().upload_hold = Some(d);
+    }
+
+    /// The most shard uploads that were open at once.
+    pub fn most_uploads_at_once(&self) -> usize {
+        self.lock().uploads_most
+    }
+
+    /// Behave like a Qdrant without the live shard snapshot endpoint: the
+    /// route does not exist (404, empty body).
     pub fn without_streaming(&self) {
         self.lock().no_streaming = true;
     }
@@ -815,6 +830,26 @@ async fn stream_shard(
         .unwrap_or_else(|_| err(StatusCode::INTERNAL_SERVER_ERROR, "response"))
 }
 
+/// Counts a shard upload as open while it lives.
+struct OpenUpload(Arc<Mutex<Inner>>);
+
+impl OpenUpload {
+    fn new(d: &Double) -> Self {
+        let mut g = d.lock();
+        g.uploads_now += 1;
+        g.uploads_most = g.uploads_most.max(g.uploads_now);
+        drop(g);
+        Self(d.inner.clone())
+    }
+}
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.uploads_now -= 1;
+    }
+}
+
 async fn upload_shard(
     State(d): State<Double>,
     h: HeaderMap,
@@ -834,6 +869,7 @@ async fn upload_shard(
             format!("Not found: Shard {s} of collection `{c}` is not found"),
         );
     }
+    let _open = OpenUpload::new(&d);
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let mut got = false;
@@ -864,6 +900,10 @@ async fn upload_shard(
             StatusCode::BAD_REQUEST,
             "multipart field `snapshot` is required",
         );
+    }
+    let hold = d.lock().upload_hold;
+    if let Some(h) = hold {
+        tokio::time::sleep(h).await;
     }
     let sha = hex::encode(hasher.finalize());
     if let Some(want) = q.get("checksum")
