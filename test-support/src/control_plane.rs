@@ -2,7 +2,9 @@
 //! kube-apiserver (RBAC on, client-certificate admin, service-account token
 //! signing, an audit log of what the operator's ServiceAccount did) and
 //! kube-controller-manager (StatefulSet, garbage-collector, namespace,
-//! disruption controllers). No kubelet and no scheduler: see `kubelet`.
+//! disruption and volume-binding controllers: claims bind to the
+//! PersistentVolumes a test creates, which growing a claim needs). No
+//! kubelet and no scheduler: see `kubelet`.
 //!
 //! Dropping it stops the controller manager and the API server before etcd,
 //! SIGKILL after a grace period, so no server outlives the test.
@@ -134,7 +136,7 @@ impl ControlPlane {
                 .args(["--service-account-private-key-file", &p("sa.key")])
                 .args(["--root-ca-file", &p("ca.crt")])
                 .arg("--leader-elect=false")
-                .arg("--controllers=statefulset,garbagecollector,namespace,serviceaccount-token,disruption")
+                .arg("--controllers=statefulset,garbagecollector,namespace,serviceaccount-token,disruption,persistentvolume-binder")
                 .args(["--bind-address", "127.0.0.1", "--secure-port", "0"])
                 .stdout(Stdio::null())
                 .stderr(log_file(&d, "kube-controller-manager.log")?),
