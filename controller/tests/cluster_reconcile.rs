@@ -104,6 +104,19 @@ async fn agent_secrets_current_and_objects_applied(
 }
 const CLUSTERS: &str = "/apis/qdrant.io/v1alpha1/namespaces/search/qdrantclusters";
 
+/// The reconciler looks for each node's volume claim to grow it; the
+/// StatefulSet controller has made none yet.
+async fn no_claims_yet(api: &mut ApiServer) {
+    for i in 0..3 {
+        api.expect(
+            "GET",
+            &format!("{NS}/persistentvolumeclaims/storage-vectors-{i}"),
+            |_| not_found(),
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn a_cluster_left_with_the_old_finalizer_loses_it_before_anything_else() {
     let (ctx, mut api) = setup();
@@ -197,6 +210,7 @@ async fn a_cluster_applies_every_object_and_reports_its_phase() {
         // Distributed pods start together: ordered, they would wait on
         // peers that wait on them.
         assert_eq!(sts["spec"]["podManagementPolicy"], "Parallel");
+        no_claims_yet(&mut api).await;
         let (_, status) = api
             .expect(
                 "PATCH",
@@ -324,10 +338,14 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         agent_secrets_current_and_objects_applied(&mut api, &fingerprint, &not_after).await;
         // A StatefulSet made by an earlier version keeps its (immutable)
         // podManagementPolicy: changing it would fail every apply.
+        // So does its (immutable) claim template: a larger persistence.size
+        // grows the claims instead.
         let earlier = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "vectors", "namespace": "search"},
             "spec": {"podManagementPolicy": "OrderedReady", "serviceName": "vectors-headless",
-                     "selector": {}, "template": {}}});
+                     "selector": {}, "template": {},
+                     "volumeClaimTemplates": [{"metadata": {"name": "storage"},
+                        "spec": {"resources": {"requests": {"storage": "5Gi"}}}}]}});
         api.expect(
             "GET",
             "/apis/apps/v1/namespaces/search/statefulsets/vectors",
@@ -342,6 +360,11 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
             )
             .await;
         assert_eq!(sent["spec"]["podManagementPolicy"], "OrderedReady");
+        assert_eq!(
+            sent["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+            "5Gi"
+        );
+        no_claims_yet(&mut api).await;
         // The pods run with the certificate the Secret holds: a renewal
         // changes this annotation, and so rolls them.
         assert_eq!(

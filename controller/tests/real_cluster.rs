@@ -41,6 +41,161 @@ fn apply_example_cluster(w: &World) {
     w.apply(&example);
 }
 
+/// Volumes as a cloud's storage provides them: a default StorageClass that
+/// allows expansion, and a PersistentVolume reserved for each node's claim,
+/// so the claims bind (growing a claim needs it bound).
+fn expandable_volumes(cluster: &str, nodes: usize, size: &str) -> String {
+    let mut yaml = "apiVersion: storage.k8s.io/v1\nkind: StorageClass\n\
+         metadata: {name: expandable, annotations: {storageclass.kubernetes.io/is-default-class: \"true\"}}\n\
+         provisioner: kubernetes.io/no-provisioner\nallowVolumeExpansion: true\nvolumeBindingMode: Immediate\n"
+        .to_string();
+    for i in 0..nodes {
+        yaml.push_str(&format!(
+            "---\napiVersion: v1\nkind: PersistentVolume\nmetadata: {{name: {cluster}-{i}}}\n\
+             spec:\n  capacity: {{storage: {size}}}\n  accessModes: [ReadWriteOnce]\n  storageClassName: expandable\n\
+             \x20 hostPath: {{path: /nonexistent/{cluster}-{i}}}\n\
+             \x20 claimRef: {{namespace: {NS}, name: storage-{cluster}-{i}}}\n"
+        ));
+    }
+    yaml
+}
+
+fn volumes_sized(c: &QdrantCluster) -> Option<(String, String, String)> {
+    let st = c.status.as_ref()?;
+    let v = st.conditions.iter().find(|c| c.type_ == "VolumesSized")?;
+    Some((v.status.clone(), v.reason.clone(), v.message.clone()))
+}
+
+async fn grows_its_volumes(w: &World, clusters: &Api<QdrantCluster>, diag: &impl Fn() -> String) {
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(w.admin.clone(), NS);
+    let request = |pvc: &k8s_openapi::api::core::v1::PersistentVolumeClaim| {
+        let r = pvc.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?;
+        r.get("storage").map(|q| q.0.clone())
+    };
+    eventually(
+        60,
+        "every claim is bound and sized as asked",
+        diag,
+        || async {
+            let c = clusters.get("vectors").await.ok()?;
+            let (ok, reason, _) = volumes_sized(&c)?;
+            let bound = (0..3).all(|i| {
+                w.kubectl(&[
+                    "-n",
+                    NS,
+                    "get",
+                    "pvc",
+                    &format!("storage-vectors-{i}"),
+                    "-o",
+                    "jsonpath={.status.phase}",
+                ]) == "Bound"
+            });
+            (bound && ok == "True" && reason == "AsRequested").then_some(())
+        },
+    )
+    .await;
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"persistence":{"size":"20Gi"}}}"#,
+    ]);
+    let (_, _, msg) = eventually(
+        60,
+        "the claims ask for 20Gi and the cluster waits for them",
+        diag,
+        || async {
+            for i in 0..3 {
+                let pvc = claims.get(&format!("storage-vectors-{i}")).await.ok()?;
+                (request(&pvc)?.as_str() == "20Gi").then_some(())?;
+            }
+            let c = clusters.get("vectors").await.ok()?;
+            volumes_sized(&c).filter(|(ok, reason, _)| ok == "False" && reason == "Resizing")
+        },
+    )
+    .await;
+    assert!(msg.contains("storage-vectors-2 (10Gi)"), "{msg}");
+    let sts: Api<StatefulSet> = Api::namespaced(w.admin.clone(), NS);
+    let template = sts
+        .get("vectors")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .volume_claim_templates
+        .unwrap();
+    assert_eq!(
+        request(&template[0]).as_deref(),
+        Some("10Gi"),
+        "the template is kept"
+    );
+    let notes = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=ExpandingVolumes",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    for i in 0..3 {
+        assert!(
+            notes.contains(&format!("storage-vectors-{i} (was 10Gi)")),
+            "an Event names each claim: {notes}"
+        );
+    }
+    // What the storage provider's resizer does when it has grown a volume.
+    for i in 0..3 {
+        w.kubectl(&[
+            "patch",
+            "pv",
+            &format!("vectors-{i}"),
+            "-p",
+            r#"{"spec":{"capacity":{"storage":"20Gi"}}}"#,
+        ]);
+        w.kubectl(&[
+            "-n",
+            NS,
+            "patch",
+            "pvc",
+            &format!("storage-vectors-{i}"),
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"capacity":{"storage":"20Gi"}}}"#,
+        ]);
+    }
+    eventually(90, "the cluster sees every volume grown", diag, || async {
+        let c = clusters.get("vectors").await.ok()?;
+        volumes_sized(&c).filter(|(ok, reason, _)| ok == "True" && reason == "AsRequested")
+    })
+    .await;
+    // Volumes never shrink: the API server refuses it, saying what to do.
+    let shrink = w.cp.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"persistence":{"size":"15Gi"}}}"#,
+    ]);
+    let shrink = need(shrink);
+    assert!(!shrink.status.success());
+    assert!(
+        String::from_utf8_lossy(&shrink.stderr).contains("persistence.size cannot shrink"),
+        "{}",
+        String::from_utf8_lossy(&shrink.stderr)
+    );
+}
+
 /// Collections of several shard counts and replication factors, with
 /// points (vector and payload) and an alias: (name, shards, replication).
 const COLLECTIONS: [(&str, u32, u32); 3] = [("docs", 3, 2), ("images", 2, 1), ("logs", 1, 3)];
@@ -98,6 +253,7 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     // for, and the Secret's watch wakes it (it would look again only in 5
     // minutes).
     w.kubectl(&["create", "namespace", NS]);
+    w.apply(&expandable_volumes("vectors", 3, "10Gi"));
     apply_example_cluster(&w);
     let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
     eventually(30, "the cluster waits for its Secret", &diag, || async {
@@ -160,6 +316,11 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     ));
     assert_eq!(code, 401);
 
+    // A larger persistence.size grows each node's volume claim (the
+    // StatefulSet's claim template cannot change), and the cluster says so
+    // until the storage provider has grown them.
+    grows_its_volumes(&w, &clusters, &diag).await;
+
     // A backup of real distributed collections: each shard stored once.
     let source = format!("http://{ip}:6333");
     seed(&source);
@@ -221,6 +382,41 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     // A restore into a 2-node cluster brings every point back.
     w.apply(&cluster_yaml(NS, "vectors-staging", 2));
     w.running(NS, "vectors-staging", 2, 240, &diag).await;
+    // Its claims have no volumes to bind to, so the API server refuses to
+    // grow them: the cluster says why and what to do, in its status and an
+    // Event, and keeps running.
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors-staging",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"persistence":{"size":"2Gi"}}}"#,
+    ]);
+    let (_, _, why) = eventually(60, "the refused expansion is reported", &diag, || async {
+        let c = clusters.get("vectors-staging").await.ok()?;
+        volumes_sized(&c).filter(|(ok, reason, _)| ok == "False" && reason == "ExpansionRefused")
+    })
+    .await;
+    assert!(
+        why.contains("storage-vectors-staging-0")
+            && why.contains("bound claims")
+            && why.contains("allowVolumeExpansion"),
+        "{why}"
+    );
+    let warned = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "events",
+        "--field-selector",
+        "reason=ExpansionRefused,type=Warning",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(warned.lines().count(), 1, "{warned}");
     w.apply(&format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: restore-all, namespace: {NS}}}\n\
          spec:\n  backupRef: {{name: before-migration}}\n  targetClusterRef: {{name: vectors-staging}}\n"

@@ -79,10 +79,10 @@ async fn every_example_applies_and_invalid_resources_are_refused_with_their_reas
             "spec.storage.s3.endpoint",
         ),
         (
-            "a volume size changed on an existing cluster",
+            "a volume size shrunk on an existing cluster",
             "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: vectors, namespace: search}\n\
-             spec: {replicas: 3, version: v1.18.3, cluster: {enabled: true}, persistence: {size: 20Gi}}\n",
-            "persistence.size cannot change on an existing cluster",
+             spec: {replicas: 3, version: v1.18.3, cluster: {enabled: true}, persistence: {size: 9.5Gi}}\n",
+            "persistence.size cannot shrink",
         ),
         (
             "a storage class set on an existing cluster",

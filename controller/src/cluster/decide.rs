@@ -15,6 +15,8 @@ pub struct Observed {
     /// Names of Secrets the spec refers to that do not exist.
     pub missing_secrets: Vec<String>,
     pub deleting: bool,
+    /// The nodes' volume claims, once they exist.
+    pub claims: Vec<super::volumes::Claim>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +45,17 @@ pub fn validate(c: &QdrantCluster) -> Vec<String> {
 }
 
 pub fn decide(c: &QdrantCluster, o: &Observed) -> Decision {
+    let mut d = decide_phase(c, o);
+    if d.apply
+        && let Some((ok, reason, msg)) =
+            super::volumes::condition(&c.spec.persistence.size, &o.claims)
+    {
+        d.conditions.push(("VolumesSized", ok, reason, msg));
+    }
+    d
+}
+
+fn decide_phase(c: &QdrantCluster, o: &Observed) -> Decision {
     let fail = |reason: &'static str, msg: String| Decision {
         apply: false,
         phase: ClusterPhase::Failed,

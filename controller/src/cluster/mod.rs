@@ -8,7 +8,7 @@ use decide::{Observed, conditions, decide};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -25,6 +25,7 @@ pub const FINALIZER: &str = "qdrant.io/cluster";
 
 pub mod decide;
 pub mod render;
+pub mod volumes;
 
 /// Reconciles one QdrantCluster. It has no finalizer: owned objects go with
 /// it through owner references.
@@ -138,24 +139,38 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
             .get_or_insert_with(Default::default)
             .insert(render::ANN_AGENT_TLS.into(), id);
     }
-    // podManagementPolicy cannot change: a StatefulSet made by an earlier
-    // version keeps its own (the README says how to switch).
+    let name = render::Names::of(&c).statefulset();
     let existing = Api::<StatefulSet>::namespaced(client.clone(), &ns)
-        .get_opt(&render::Names::of(&c).statefulset())
+        .get_opt(&name)
         .await?;
-    if let (Some(spec), Some(e)) = (
-        desired.spec.as_mut(),
-        existing
-            .and_then(|e| e.spec)
-            .and_then(|s| s.pod_management_policy),
-    ) {
-        spec.pod_management_policy = Some(e);
+    if let (Some(spec), Some(e)) = (desired.spec.as_mut(), existing.as_ref()) {
+        // podManagementPolicy cannot change: a StatefulSet made by an earlier
+        // version keeps its own (the README says how to switch).
+        if let Some(p) = e
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_management_policy.clone())
+        {
+            spec.pod_management_policy = Some(p);
+        }
+        // Nor can the claim template: it keeps its size, and a larger
+        // persistence.size grows each claim instead.
+        if let Some(size) = volumes::template_size(e) {
+            render::set_claim_size(spec, &size);
+        }
     }
     let sts = ssa(client, &ns, &desired).await?;
     observed.statefulset = Some(sts.clone());
+    observed.claims = volumes::grow(ctx, &c, &name).await?;
     let d = decide(&c, &observed);
     write_status(&c, ctx, &d, Some(&sts)).await?;
+    let resizing = d
+        .conditions
+        .iter()
+        .any(|(ty, ok, ..)| *ty == "VolumesSized" && !ok);
     Ok(match d.phase {
+        // Nothing announces a finished resize but the claims' status.
+        _ if resizing => Action::requeue(Duration::from_secs(30)),
         ClusterPhase::Running => Action::requeue(Duration::from_secs(300)),
         _ => Action::requeue(Duration::from_secs(15)),
     })
@@ -243,6 +258,23 @@ async fn write_status(
         return Ok(());
     }
     report::write_status(&ctx.client, c, Some(&previous), &status).await?;
+    // A refused expansion changes no phase, but the user must hear of it.
+    let refused = |cs: &[Condition]| {
+        cs.iter()
+            .find(|c| c.type_ == "VolumesSized" && c.reason == "ExpansionRefused")
+            .map(|c| c.message.clone())
+    };
+    if let (Some(msg), None) = (refused(&status.conditions), refused(&previous.conditions)) {
+        report::event(
+            &ctx.recorder,
+            &c.object_ref(&()),
+            EventType::Warning,
+            "ExpansionRefused",
+            "Reconcile",
+            msg,
+        )
+        .await;
+    }
     if previous.phase != Some(d.phase) {
         let (reason, ok, msg) = d
             .conditions

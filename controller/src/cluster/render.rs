@@ -540,6 +540,19 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
     }
 }
 
+/// Sets the storage request of the `storage` claim template.
+pub fn set_claim_size(spec: &mut StatefulSetSpec, size: &str) {
+    let requests = spec
+        .volume_claim_templates
+        .iter_mut()
+        .flatten()
+        .filter(|t| t.metadata.name.as_deref() == Some("storage"))
+        .filter_map(|t| t.spec.as_mut()?.resources.as_mut()?.requests.as_mut());
+    for r in requests {
+        r.insert("storage".into(), Quantity(size.into()));
+    }
+}
+
 pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
     let s = &c.spec;
     let n = Names::of(c);

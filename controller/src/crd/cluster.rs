@@ -81,11 +81,11 @@ fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
-/// Storage of each Qdrant node. Size and storage class are fixed once the
-/// cluster exists: they are the StatefulSet's volume claim template, which
-/// Kubernetes does not let change.
+/// Storage of each Qdrant node. The size may grow (the operator expands each
+/// volume claim, where the storage class allows it) but never shrink; the
+/// storage class is fixed once the cluster exists.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
-#[x_kube(validation = Rule::new("self.size == oldSelf.size").message("persistence.size cannot change on an existing cluster (it is the StatefulSet's volume claim template); to grow the volumes, expand each PVC (kubectl patch pvc <name> -p '{\"spec\":{\"resources\":{\"requests\":{\"storage\":\"<size>\"}}}}') where the storage class allows expansion"))]
+#[x_kube(validation = Rule::new("quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0").message("persistence.size cannot shrink: volumes only grow; to use smaller volumes, restore a backup into a new QdrantCluster"))]
 #[x_kube(validation = Rule::new("has(self.storageClassName) == has(oldSelf.storageClassName) && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)").message("persistence.storageClassName cannot change on an existing cluster; restore a backup into a new QdrantCluster with the new class instead"))]
 #[serde(rename_all = "camelCase")]
 pub struct Persistence {
