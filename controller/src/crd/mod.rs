@@ -12,7 +12,9 @@ pub use cluster::*;
 pub use restore::*;
 pub use schedule::*;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -36,7 +38,53 @@ pub fn all() -> Vec<CustomResourceDefinition> {
         63,
         "a QdrantBackupSchedule name has at most 63 characters: its backups carry it in a label",
     );
-    vec![cluster, QdrantBackup::crd(), schedule, QdrantRestore::crd()]
+    let mut crds = vec![cluster, QdrantBackup::crd(), schedule, QdrantRestore::crd()];
+    for crd in &mut crds {
+        for v in &mut crd.spec.versions {
+            if let Some(s) = v
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                kubernetes_formats(s);
+            }
+        }
+    }
+    crds
+}
+
+/// Unsigned integers' `uint32`/`uint64` formats are not OpenAPI's: the API
+/// server warns "unrecognized format" on every apply. They become a plain
+/// integer with a minimum of 0.
+fn kubernetes_formats(s: &mut JSONSchemaProps) {
+    if matches!(
+        s.format.as_deref(),
+        Some("uint32" | "uint64" | "uint16" | "uint8" | "uint")
+    ) {
+        s.format = None;
+        s.minimum = Some(s.minimum.unwrap_or(0.0).max(0.0));
+    }
+    let children = s
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(s.items.iter_mut().flat_map(|i| match i {
+            JSONSchemaPropsOrArray::Schema(s) => vec![s.as_mut()],
+            JSONSchemaPropsOrArray::Schemas(v) => v.iter_mut().collect(),
+        }))
+        .chain(s.additional_properties.iter_mut().filter_map(|a| match a {
+            JSONSchemaPropsOrBool::Schema(s) => Some(s.as_mut()),
+            JSONSchemaPropsOrBool::Bool(_) => None,
+        }))
+        .chain(
+            [&mut s.all_of, &mut s.any_of, &mut s.one_of]
+                .into_iter()
+                .flatten()
+                .flatten(),
+        );
+    for c in children {
+        kubernetes_formats(c);
+    }
 }
 
 /// A CEL rule on `metadata.name`, which the API server checks only for
