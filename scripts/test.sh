@@ -10,12 +10,16 @@ cd "$(dirname "$0")/.."
 
 scripts/setup.sh   # everything the tests need, into .tools/ (once)
 
-# What `kubectl apply -k manifests/` would send, and the rendered StatefulSet.
+# What `kubectl apply -k manifests/` and `helm install` would send, and the
+# rendered StatefulSet.
 rendered=$(mktemp --suffix=.yaml)
+chart=$(mktemp --suffix=.yaml)
 kubectl kustomize manifests/ >"$rendered"
-kubernetes-validate --quiet -k 1.33.0 --strict "$rendered" controller/tests/snapshots/statefulset.yaml
-rm -f "$rendered"
-echo "manifests valid for Kubernetes 1.33"
+.tools/helm/bin/python scripts/helm.py template qdrant-operator charts/qdrant-operator \
+  -n qdrant-operator --include-crds >"$chart"
+kubernetes-validate --quiet -k 1.33.0 --strict "$rendered" "$chart" controller/tests/snapshots/statefulset.yaml
+rm -f "$rendered" "$chart"
+echo "manifests and Helm chart valid for Kubernetes 1.33"
 
 port=$(free_port)
 start_moto "$port"

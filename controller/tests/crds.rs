@@ -9,19 +9,29 @@ fn manifests() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests")
 }
 
+/// Both installs, kustomize's and the Helm chart's, carry the CRDs the Rust
+/// types generate.
 #[test]
 fn checked_in_crds_match_the_rust_types() {
-    for (file, yaml) in rendered().unwrap() {
-        let path = manifests().join("crds").join(&file);
-        let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(
-            on_disk == yaml,
-            "{} is out of date: run `cargo run -p qdrant-operator --bin crdgen`",
-            path.display()
+    let chart = manifests().join("../charts/qdrant-operator/crds");
+    for dir in [manifests().join("crds"), chart] {
+        for (file, yaml) in rendered().unwrap() {
+            let path = dir.join(&file);
+            let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(
+                on_disk == yaml,
+                "{} is out of date: run `cargo run -p qdrant-operator --bin crdgen`",
+                path.display()
+            );
+        }
+        let files = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(
+            files,
+            4,
+            "{} holds exactly the generated CRDs",
+            dir.display()
         );
     }
-    let files = std::fs::read_dir(manifests().join("crds")).unwrap().count();
-    assert_eq!(files, 4, "manifests/crds holds exactly the generated CRDs");
 }
 
 #[test]

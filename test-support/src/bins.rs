@@ -117,3 +117,24 @@ fn unpack(packed: &Path, dir: &Path, name: &str) -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", target.display()))?;
     Ok(target)
 }
+
+/// Runs `scripts/helm.py`, the `helm` commands of Helm's own Go engine that
+/// `scripts/setup.sh` installs into `.tools/helm`, as the admin of
+/// `kubeconfig` when given.
+pub fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<std::process::Output, String> {
+    let root = workspace_root();
+    let python = root.join(".tools/helm/bin/python");
+    if !python.is_file() {
+        return Err(format!(
+            "{} not found: run scripts/setup.sh (it installs Helm's engine)",
+            python.display()
+        ));
+    }
+    let mut cmd = Command::new(python);
+    cmd.arg(root.join("scripts/helm.py")).args(args);
+    if let Some(k) = kubeconfig {
+        cmd.env("KUBECONFIG", k);
+    }
+    cmd.output()
+        .map_err(|e| format!("cannot run scripts/helm.py: {e}"))
+}
