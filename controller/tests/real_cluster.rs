@@ -819,8 +819,8 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     assert_eq!(st.phase, Some(OperationPhase::Failed));
     // The surviving nodes' Qdrant cannot read the collection either (its
     // GET /collections/{c} answers 500 while a peer holding a shard is
-    // down), so either the agents fail on it or the lost task finds no
-    // replica; both end the backup with the cause.
+    // down), so either the agents fail on it, naming the peer, or the lost
+    // task finds no replica; both end the backup with the cause.
     let error = st.error.clone().unwrap_or_default();
     match st.conditions[0].reason.as_str() {
         "NoActiveReplica" => {
@@ -830,7 +830,12 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
             );
             assert!(error.contains(&pod), "{error}");
         }
-        "QdrantError" => assert!(error.contains("Connection refused"), "{error}"),
+        "QdrantPeerUnavailable" => {
+            assert!(
+                error.contains("could not reach peer") && error.contains("start that node"),
+                "{error}"
+            )
+        }
         other => panic!("unexpected reason {other}: {st:#?}"),
     }
     let left = store.list("int/search/vectors/orphaned/").await.unwrap();
