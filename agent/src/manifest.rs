@@ -485,6 +485,12 @@ pub async fn commit(
     owner: &str,
 ) -> Result<String> {
     check_owner(store, prefix, &m.backup_name, owner).await?;
+    let manifest = keys::manifest_key(prefix, &m.backup_name);
+    if !owner.is_empty() && store.head(&manifest).await?.is_some() {
+        // The owner committed it already: an earlier call whose answer was
+        // lost (a timeout, a restarted controller). Committing is idempotent.
+        return Ok(manifest);
+    }
     let root = keys::backup_root(prefix, &m.backup_name);
     for (_, o) in m.objects() {
         let key = keys::join(&root, &o.key);
@@ -733,8 +739,13 @@ mod tests {
             assert_eq!(s.head("p/b/pod-0/docs/0.snapshot").await.unwrap(), Some(4));
             let e = commit(&s, "p", &empty("b"), "uid-2").await.unwrap_err();
             assert_eq!(e.reason(), "BackupNotOwned");
-            // The owner commits: the marker stays with the backup.
+            // The owner commits: the marker stays with the backup. A retry
+            // of a commit whose answer was lost succeeds; another owner's
+            // is still refused.
             commit(&s, "p", &empty("b"), "uid-1").await.unwrap();
+            commit(&s, "p", &empty("b"), "uid-1").await.unwrap();
+            let e = commit(&s, "p", &empty("b"), "uid-2").await.unwrap_err();
+            assert_eq!(e.reason(), "BackupNotOwned");
             assert_eq!(
                 owner_of(&s, "p", "b").await.unwrap().as_deref(),
                 Some("uid-1")
