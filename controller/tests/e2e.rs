@@ -386,6 +386,58 @@ async fn a_killed_agent_whose_shard_has_no_other_replica_fails_the_backup_and_le
     env.assert_no_credentials_leaked(&[&cluster]);
 }
 
+/// Every object is uploaded, then the store refuses the manifest for a
+/// while (503 SlowDown, more times than one call's retries): the backup
+/// waits and tries the commit again instead of failing and deleting a
+/// complete upload, and completes once the store takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_the_store_refuses_for_a_while_is_retried_and_nothing_is_discarded() {
+    let env = Env::new("commit-retry");
+    let cluster = Cluster::start("vectors", 2, 30, VERSION).await;
+    cluster.register(&env.kube, VERSION);
+    cluster.doubles[0].add_replicated_collection("docs", 8, &[MIB, 2 * MIB], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy = test_support::s3_server::FaultProxy::start(
+        &env.s3.endpoint,
+        "manifest-unavailable",
+        dir.path(),
+    )
+    .unwrap();
+    env.backup(
+        "flaky",
+        "vectors",
+        json!({"storage": {"s3": {"bucket": env.bucket, "endpoint": proxy.endpoint,
+            "region": "us-east-1", "credentialsSecretRef": {"name": "s3-creds"}}}}),
+    );
+    let b = env
+        .drive(&env.ctx(&cluster), "flaky", 120, ended)
+        .await
+        .unwrap();
+    let status = b.status.clone().unwrap();
+    assert_eq!(phase(&b), Some(OperationPhase::Completed), "{status:?}");
+    assert!(proxy.injected() >= 6, "the store refused the manifest");
+    assert!(
+        env.has_event("CommitRetrying", "writing the manifest"),
+        "{:?}",
+        env.kube.events(NS)
+    );
+    // The backup is whole: every object of its manifest restores.
+    let store = env.store().await;
+    let prefix = format!("{NS}/vectors");
+    let m = manifest::read(&*store, &prefix, "flaky").await.unwrap();
+    for (c, o) in m.objects() {
+        let bytes = get_all(&*store, &format!("{prefix}/flaky/{}", o.key))
+            .await
+            .unwrap();
+        let shard = o.shard_id.unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            generated_sha256(seed_for(&c.name, shard), [MIB, 2 * MIB][shard as usize])
+        );
+    }
+    assert_eq!(m.objects().count(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restore_into_another_minor_version_or_without_a_manifest_fails_and_touches_nothing() {
     let env = Env::new("refuse");
@@ -441,6 +493,118 @@ async fn a_restore_into_another_minor_version_or_without_a_manifest_fails_and_to
 
 fn far_future() -> jiff::Timestamp {
     jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 40)
+}
+
+/// `spec.verify`: the store hands back different bytes than were uploaded
+/// (a byte flipped on every read, as rotted storage would): the backup does
+/// not pass for Completed; it fails naming the object, and is deleted like
+/// any failed backup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_that_does_not_read_back_as_written_fails_its_verification() {
+    let env = Env::new("verify-fail");
+    let cluster = Cluster::start("vectors", 2, 33, VERSION).await;
+    cluster.register(&env.kube, VERSION);
+    cluster.doubles[0].add_replicated_collection("docs", 8, &[MIB, MIB], 1);
+    let dir = tempfile::tempdir().unwrap();
+    let proxy =
+        test_support::s3_server::FaultProxy::start(&env.s3.endpoint, "corrupt-read", dir.path())
+            .unwrap();
+    env.backup(
+        "rotten",
+        "vectors",
+        json!({"verify": true, "storage": {"s3": {"bucket": env.bucket, "endpoint": proxy.endpoint,
+            "region": "us-east-1", "credentialsSecretRef": {"name": "s3-creds"}}}}),
+    );
+    let b = env
+        .drive(&env.ctx(&cluster), "rotten", 60, ended)
+        .await
+        .unwrap();
+    let status = b.status.unwrap();
+    assert_eq!(status.phase, Some(OperationPhase::Failed), "{status:#?}");
+    assert_eq!(status.conditions[0].reason, "ChecksumMismatch");
+    let error = status.error.unwrap();
+    assert!(
+        error.contains("did not check out") && error.contains(".snapshot"),
+        "{error}"
+    );
+    let v = status.verification.expect("the verification ran");
+    assert_eq!(v.task.state, AgentTaskState::Failed);
+    assert!(v.completion_time.is_some());
+    assert!(proxy.injected() > 0);
+    assert!(env.has_event("Failed", "ChecksumMismatch"));
+    // Nothing that reads back wrong stays to be restored later.
+    let store = env.store().await;
+    let left = store.list(&format!("{NS}/vectors/rotten/")).await.unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// The QdrantCluster is deleted mid-backup (its pods, agents included, go
+/// with it): the backup fails saying where what it wrote is left and the
+/// command that deletes it, and that command, run as written, leaves
+/// nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_whose_cluster_is_deleted_says_what_is_left_and_how_to_delete_it() {
+    use qdrant_operator::crd::QdrantCluster;
+    let env = Env::new("orphan");
+    let mut cluster = Cluster::start("vectors", 2, 36, VERSION).await;
+    cluster.register(&env.kube, VERSION);
+    cluster.doubles[0].add_replicated_collection("docs", 8, &[MIB, 20 * MIB], 1);
+    cluster.doubles[1].set_fault("docs", 1, Fault::StallAfter(9 * MIB));
+    let ctx = env.ctx(&cluster);
+    env.backup("orphaned", "vectors", json!({}));
+    env.drive(&ctx, "orphaned", 30, |b| {
+        b.status
+            .as_ref()
+            .is_some_and(|s| s.tasks.iter().any(|t| t.bytes_done >= 8 * MIB))
+    })
+    .await
+    .unwrap();
+    for a in &mut cluster.agents {
+        a.kill();
+    }
+    Api::<QdrantCluster>::namespaced(env.client.clone(), NS)
+        .delete("vectors", &DeleteParams::default())
+        .await
+        .unwrap();
+    let b = env.drive(&ctx, "orphaned", 60, ended).await.unwrap();
+    let status = b.status.unwrap();
+    assert_eq!(status.phase, Some(OperationPhase::Failed));
+    let error = status.error.unwrap();
+    let root = format!("s3://{}/{NS}/vectors/orphaned/", env.bucket);
+    assert!(error.contains(&root), "{error}");
+    let command = error
+        .split("delete it with: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no command in: {error}"));
+    assert!(env.has_event("ObjectsLeft", command));
+    let store = env.store().await;
+    assert!(
+        !store.list_multipart("").await.unwrap().is_empty(),
+        "the killed agent's upload is open"
+    );
+    // The command as written, with the user's S3 credentials.
+    let args: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(args[0], "qdrant-agent");
+    let out = std::process::Command::new(pods::agent_bin())
+        .args(&args[1..])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(store.list_multipart("").await.unwrap().is_empty());
+    assert!(
+        store
+            .list(&format!("{NS}/vectors/orphaned/"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

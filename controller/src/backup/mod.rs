@@ -656,6 +656,12 @@ async fn fail(
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
+    // This reconcile may have written status since `b` was read (a failed
+    // verification does): fail from the latest, or that write is undone.
+    let api: Api<QdrantBackup> =
+        Api::namespaced(ctx.client.clone(), &b.namespace().unwrap_or_default());
+    let latest = api.get_opt(&b.name_any()).await.ok().flatten();
+    let b = latest.as_ref().unwrap_or(b);
     let previous = status_of(b);
     let mut message = message;
     // A name that is taken was refused before anything was written: what
@@ -664,9 +670,36 @@ async fn fail(
         && reason != "BackupExists"
         && let Err(e) = discard(b, ctx, cluster, &previous).await
     {
-        message = format!("{message}; its partial objects could not be deleted: {e}");
+        let left = left_behind(b);
+        message = format!("{message}; its partial objects could not be deleted ({e}): {left}");
+        report::event(
+            &ctx.recorder,
+            &b.object_ref(&()),
+            EventType::Warning,
+            "ObjectsLeft",
+            "Fail",
+            left,
+        )
+        .await;
     }
     operation::failed(b, ctx, reason, message).await
+}
+
+/// Where a backup's objects and open uploads are when no agent is left to
+/// delete them, and the command that deletes exactly those.
+fn left_behind(b: &QdrantBackup) -> String {
+    let s3 = &b.spec.storage.s3;
+    format!(
+        "everything it wrote (objects and open multipart uploads) is under {}/; delete it with: qdrant-agent delete --from s3://{}/{} --name {}{}",
+        s3_path(b),
+        s3.bucket,
+        prefix(b),
+        b.name_any(),
+        s3.endpoint
+            .as_ref()
+            .map(|e| format!(" --s3-endpoint {e}"))
+            .unwrap_or_default()
+    )
 }
 
 /// Cancels the running tasks, waits (briefly) for them to stop, then
@@ -728,19 +761,9 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
             "ObjectsLeft",
             "Delete",
             format!(
-                "cluster {} is gone, so no agent can delete {}; delete it with: qdrant-agent delete --from s3://{}/{} --name {}{}",
+                "cluster {} is gone, so no agent can delete the backup: {}",
                 b.spec.cluster_ref.name,
-                s3_path(b),
-                b.spec.storage.s3.bucket,
-                prefix(b),
-                b.name_any(),
-                b.spec
-                    .storage
-                    .s3
-                    .endpoint
-                    .as_ref()
-                    .map(|e| format!(" --s3-endpoint {e}"))
-                    .unwrap_or_default()
+                left_behind(b)
             ),
         )
         .await;
