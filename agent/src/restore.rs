@@ -112,13 +112,10 @@ pub async fn run(
     }
     let create = req.create_collections && req.stage.creates();
     if create {
-        // Restoring over a live collection would replace its data: refuse,
-        // before anything is touched, and say how to restore beside it.
+        // Refused before anything is touched.
         for (_, name, _) in &plan {
             if node.qdrant.collection(name).await?.is_some() {
-                return Err(Error::Invalid(format!(
-                    "collection {name:?} already exists in the target Qdrant; restore it under another name (--rename {name}=NEW) or delete it first"
-                )));
+                return Err(exists(name));
             }
         }
     }
@@ -192,6 +189,14 @@ pub async fn run(
         return Err(e);
     }
     Ok(())
+}
+
+/// Restoring over a live collection would replace its data: refused, saying
+/// how to restore beside it.
+fn exists(name: &str) -> Error {
+    Error::Invalid(format!(
+        "collection {name:?} already exists in the target Qdrant; restore it under another name (--rename {name}=NEW) or delete it first"
+    ))
 }
 
 type Plan<'a> = Vec<(&'a CollectionEntry, String, Vec<&'a ObjectEntry>)>;
@@ -338,8 +343,14 @@ async fn restore_collection(
         .map(|s| (s, s))
         .collect();
     if req.create_collections && req.stage.creates() {
+        // Another restore may have created it since the check above: 409,
+        // and this restore touches nothing of it.
         q.create_collection(name, &create_body_from_config(&entry.config)?)
-            .await?;
+            .await
+            .map_err(|e| match e {
+                Error::Qdrant { status: 409, .. } => exists(name),
+                e => e,
+            })?;
         cx.created
             .lock()
             .unwrap_or_else(|p| p.into_inner())

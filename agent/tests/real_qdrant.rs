@@ -439,3 +439,59 @@ async fn a_grey_collection_backs_up_and_restores() {
     same_points(&src, "pending", &dst, "pending");
     assert_eq!(status(&dst, "pending"), json!("grey"));
 }
+
+/// Two restores of one backup into the same new collection at once (two
+/// people, two scripts): one creates and fills it, the other is refused in
+/// one line and removes nothing of it; every point is there afterwards.
+/// Several rounds, so both orders of the race come up.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_restores_into_the_same_collection_at_once_leave_it_whole() {
+    let env = Env::new("real-race");
+    let source = need(RealQdrant::start(1, None));
+    let target = need(RealQdrant::start(1, None));
+    let (src, dst) = (source.nodes[0].url.clone(), target.nodes[0].url.clone());
+    let vectors: Value = serde_json::from_str(VECTORS).unwrap();
+    create(&src, "docs", json!({"vectors": vectors, "shard_number": 2}));
+    upsert(&src, "docs", 2000, None);
+    let to = env.url("race");
+    assert_ok(&env.run(&["backup", "--qdrant-url", &src, "--to", &to, "--name", "r"]));
+    for round in 0..3 {
+        let name = format!("docs-{round}");
+        let rename = format!("docs={name}");
+        let restore = || {
+            env.agent(&[
+                "restore",
+                "--qdrant-url",
+                &dst,
+                "--from",
+                &to,
+                "--name",
+                "r",
+                "--rename",
+                &rename,
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        };
+        let (a, b) = (restore(), restore());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let won: Vec<bool> = outs.iter().map(|o| o.status.success()).collect();
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "exactly one wins: {:?}",
+            outs.iter().map(stderr).collect::<Vec<_>>()
+        );
+        let lost = outs.iter().find(|o| !o.status.success()).unwrap();
+        let err = stderr(lost);
+        let last = err.lines().last().unwrap_or_default();
+        assert!(
+            last.contains(&format!("collection \"{name}\" already exists"))
+                && last.ends_with("[InvalidRequest]"),
+            "{err}"
+        );
+        same_points(&src, "docs", &dst, &name);
+    }
+}
