@@ -250,8 +250,11 @@ pub struct AgentTask {
     /// 1 for the first try; a lost task's shards go to a new task with the
     /// next attempt.
     pub attempt: u32,
-    /// The shards the task covers (for a restore: the backup's names).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The shards the task covers (for a restore: the backup's names),
+    /// written as runs of one collection's shard ids: a task of thousands
+    /// of shards stays a few bytes per shard in status.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "shard_runs")]
+    #[schemars(with = "Vec<shard_runs::Run>")]
     pub shards: Vec<TaskShard>,
     pub state: AgentTaskState,
     #[serde(default)]
@@ -265,6 +268,61 @@ pub struct AgentTask {
 pub struct TaskShard {
     pub collection: String,
     pub shard_id: u32,
+}
+
+/// `AgentTask.shards` in status: consecutive shards of one collection as one
+/// run. Reads the one-object-per-shard form earlier versions wrote too.
+mod shard_runs {
+    use super::TaskShard;
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Shards of one collection.
+    #[derive(Serialize, Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Run {
+        pub collection: String,
+        pub shard_ids: Vec<u32>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Run(Run),
+        Shard(TaskShard),
+    }
+
+    pub fn serialize<S: Serializer>(shards: &[TaskShard], s: S) -> Result<S::Ok, S::Error> {
+        let mut runs: Vec<Run> = Vec::new();
+        for t in shards {
+            match runs.last_mut() {
+                Some(r) if r.collection == t.collection => r.shard_ids.push(t.shard_id),
+                _ => runs.push(Run {
+                    collection: t.collection.clone(),
+                    shard_ids: vec![t.shard_id],
+                }),
+            }
+        }
+        runs.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TaskShard>, D::Error> {
+        let written = Vec::<Written>::deserialize(d)?;
+        Ok(written
+            .into_iter()
+            .flat_map(|w| match w {
+                Written::Run(r) => r
+                    .shard_ids
+                    .into_iter()
+                    .map(|shard_id| TaskShard {
+                        collection: r.collection.clone(),
+                        shard_id,
+                    })
+                    .collect(),
+                Written::Shard(t) => vec![t],
+            })
+            .collect())
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -308,4 +366,60 @@ pub fn rendered() -> Result<Vec<(String, String)>, serde_yaml::Error> {
             ))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shard(c: &str, id: u32) -> TaskShard {
+        TaskShard {
+            collection: c.into(),
+            shard_id: id,
+        }
+    }
+
+    fn task(shards: Vec<TaskShard>) -> AgentTask {
+        AgentTask {
+            pod: "p-0".into(),
+            task_id: "t".into(),
+            instance_id: String::new(),
+            attempt: 1,
+            shards,
+            state: AgentTaskState::Running,
+            bytes_done: 0,
+            shards_done: 0,
+        }
+    }
+
+    #[test]
+    fn task_shards_are_written_as_runs_and_read_back_in_order() {
+        let t = task(vec![
+            shard("docs", 0),
+            shard("docs", 3),
+            shard("imgs", 1),
+            shard("docs", 1),
+        ]);
+        let v = serde_json::to_value(&t).unwrap();
+        assert_eq!(
+            v["shards"],
+            serde_json::json!([
+                {"collection": "docs", "shardIds": [0, 3]},
+                {"collection": "imgs", "shardIds": [1]},
+                {"collection": "docs", "shardIds": [1]}
+            ])
+        );
+        assert_eq!(serde_json::from_value::<AgentTask>(v).unwrap(), t);
+    }
+
+    #[test]
+    fn task_shards_written_one_per_object_by_earlier_versions_still_read() {
+        let v = serde_json::json!({"pod": "p-0", "taskId": "t", "attempt": 1, "state": "Running",
+            "shards": [{"collection": "docs", "shardId": 2}, {"collection": "docs", "shardIds": [4, 5]}]});
+        let t: AgentTask = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            t.shards,
+            [shard("docs", 2), shard("docs", 4), shard("docs", 5)]
+        );
+    }
 }
