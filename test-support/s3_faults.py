@@ -6,10 +6,13 @@ connection, once per upload), always-500 (500 InternalError every time),
 corrupt-once (flip one byte of the part's body on its way, once per upload),
 manifest-unavailable (503 SlowDown to the first MANIFEST_FAULTS PUTs of a
 manifest.json, default 6: more than one call's retries), corrupt-read (flip one
-byte of every snapshot object read back, as a store that rotted would).
+byte of every snapshot object read back, as a store that rotted would),
+slow-reads (hold every read of a snapshot object HOLD_SECONDS, default 60, so
+a task that reads is certainly mid-flight).
 Each injected fault appends a line to the file named by FAULT_LOG.
 """
 
+import asyncio
 import os
 
 from mitmproxy import http
@@ -26,7 +29,13 @@ def _error(code, message):
     )
 
 
-def request(flow: http.HTTPFlow) -> None:
+async def request(flow: http.HTTPFlow) -> None:
+    if MODE == "slow-reads":
+        if flow.request.method == "GET" and flow.request.path.split("?")[0].endswith(".snapshot"):
+            with open(LOG, "a") as f:
+                f.write(f"{MODE} {flow.request.path}\n")
+            await asyncio.sleep(float(os.environ.get("HOLD_SECONDS", "60")))
+        return
     if MODE == "corrupt-read":
         return
     if MODE == "manifest-unavailable":

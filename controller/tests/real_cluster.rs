@@ -932,6 +932,53 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
         );
     }
 
+    // Lost in the first stage (reading every object before touching
+    // Qdrant, verifyFirst; reads held still): the restore fails as promptly,
+    // rolls back whatever it may have created, and hangs nowhere.
+    w.running(NS, "target", 2, 180, &diag).await;
+    let faults = tempfile::tempdir().unwrap();
+    let slow = need(test_support::s3_server::FaultProxy::start(
+        &s3.endpoint,
+        "slow-reads",
+        faults.path(),
+    ));
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: lost-verifying, namespace: {NS}}}\n\
+         spec:\n  targetClusterRef: {{name: target}}\n  verifyFirst: true\n  source:\n    s3: {{bucket: {bucket}, region: us-east-1, \
+         endpoint: \"{}\", credentialsSecretRef: {{name: backup-s3-credentials}}, path: int/{NS}/vectors/interrupted}}\n",
+        slow.endpoint
+    ));
+    let r = eventually(120, "restore lost-verifying verifying", &diag, || async {
+        let r = restores.get("lost-verifying").await.ok()?;
+        let st = r.status.as_ref()?;
+        (st.stage == Some(qdrant_operator::crd::RestoreStage::Verify)
+            && !st.tasks.is_empty()
+            && st.tasks.iter().all(|t| !t.instance_id.is_empty()))
+        .then_some(r)
+    })
+    .await;
+    let victim = r.status.unwrap().tasks[0].pod.clone();
+    kubelet.kill_container(&victim, "agent").await;
+    let st = eventually(120, "restore lost-verifying ends", &diag, || async {
+        let st = restores.get("lost-verifying").await.ok()?.status?;
+        matches!(
+            st.phase?,
+            OperationPhase::Completed | OperationPhase::Failed
+        )
+        .then_some(st)
+    })
+    .await;
+    assert_eq!(st.phase, Some(OperationPhase::Failed), "{st:#?}");
+    assert_eq!(st.conditions[0].reason, "AgentLost", "{st:#?}");
+    assert!(
+        st.error.clone().unwrap_or_default().contains(&victim),
+        "{st:#?}"
+    );
+    for pod in ["target-0", "target-1"] {
+        let base = format!("http://{}:6333", kubelet.pod_ip(pod).await.unwrap());
+        assert_eq!(collections(&base), 0, "{pod} keeps a collection");
+    }
+
     // Bad input: an unknown collection fails, naming it.
     let ended = |name: &'static str| {
         let backups = backups.clone();
