@@ -260,7 +260,7 @@ fn every_object_is_owned_by_the_cluster_and_labelled() {
         config_map(&c).metadata,
         service_account(&c).metadata,
         pod_disruption_budget(&c).metadata,
-        agent_token_secret(&c, "t").metadata,
+        agent_token_secret(owned_meta(&c, Names::of(&c).agent_token()), "t").metadata,
     ];
     for m in metas {
         let owners = m.owner_references.unwrap();

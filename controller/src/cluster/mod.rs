@@ -8,7 +8,7 @@ use decide::{Observed, conditions, decide};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
@@ -118,8 +118,11 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     }
     let mut tls_identity = None;
     if c.spec.agent.enabled {
-        ensure_agent_token(&secrets, &c).await?;
-        tls_identity = Some(ensure_agent_tls(client, &secrets, &c, &ctx.ca).await?);
+        let n = render::Names::of(&c);
+        ensure_agent_token(&secrets, render::owned_meta(&c, n.agent_token())).await?;
+        let dns = crate::pki::agent_dns_names(&n.headless(), &ns);
+        let meta = render::owned_meta(&c, n.agent_tls());
+        tls_identity = Some(ensure_agent_tls(client, &secrets, meta, dns, &ctx.ca).await?);
     }
     ssa(client, &ns, &render::service_account(&c)).await?;
     ssa(client, &ns, &render::config_map(&c)).await?;
@@ -176,10 +179,10 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     })
 }
 
-/// Creates the agent's bearer token once; an existing one is never replaced
-/// (that would cut the controller off from running agents).
-async fn ensure_agent_token(secrets: &Api<Secret>, c: &QdrantCluster) -> Result<(), Error> {
-    let name = render::Names::of(c).agent_token();
+/// Creates the agents' bearer token Secret once; an existing one is never
+/// replaced (that would cut the controller off from running agents).
+pub async fn ensure_agent_token(secrets: &Api<Secret>, meta: ObjectMeta) -> Result<(), Error> {
+    let name = meta.name.clone().unwrap_or_default();
     if secrets.get_opt(&name).await?.is_some() {
         return Ok(());
     }
@@ -189,7 +192,7 @@ async fn ensure_agent_token(secrets: &Api<Secret>, c: &QdrantCluster) -> Result<
     match secrets
         .create(
             &PostParams::default(),
-            &render::agent_token_secret(c, &token),
+            &render::agent_token_secret(meta, &token),
         )
         .await
     {
@@ -199,19 +202,20 @@ async fn ensure_agent_token(secrets: &Api<Secret>, c: &QdrantCluster) -> Result<
     }
 }
 
-/// Issues the agents' server certificate when it is missing, was signed by
-/// another CA, or nears its expiry; returns the identity of the current one
-/// for the pod template (so a renewal rolls the pods, whose agents read it
-/// at start).
-async fn ensure_agent_tls(
+/// Issues the agents' server certificate for `dns` when it is missing, was
+/// signed by another CA, or nears its expiry; returns the identity of the
+/// current one for the pod template (so a renewal rolls the pods, whose
+/// agents read it at start).
+pub async fn ensure_agent_tls(
     client: &Client,
     secrets: &Api<Secret>,
-    c: &QdrantCluster,
+    meta: ObjectMeta,
+    dns: Vec<String>,
     ca: &crate::pki::Ca,
 ) -> Result<String, Error> {
-    let n = render::Names::of(c);
+    let name = meta.name.clone().unwrap_or_default();
     let now = jiff::Timestamp::now();
-    if let Some(s) = secrets.get_opt(&n.agent_tls()).await? {
+    if let Some(s) = secrets.get_opt(&name).await? {
         let ann = s.metadata.annotations.unwrap_or_default();
         let stale = crate::pki::needs_reissue(
             ann.get(crate::pki::ANN_CA).map(String::as_str),
@@ -223,9 +227,9 @@ async fn ensure_agent_tls(
             return Ok(render::agent_tls_identity(&ann));
         }
     }
-    let ns = c.namespace().unwrap_or_default();
-    let leaf = ca.server_cert(crate::pki::agent_dns_names(&n.headless(), &ns), now)?;
-    let secret = render::agent_tls_secret(c, &leaf, ca);
+    let ns = meta.namespace.clone().unwrap_or_default();
+    let leaf = ca.server_cert(dns, now)?;
+    let secret = render::agent_tls_secret(meta, &leaf, ca);
     ssa(client, &ns, &secret).await?;
     Ok(render::agent_tls_identity(
         &secret.metadata.annotations.unwrap_or_default(),

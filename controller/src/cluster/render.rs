@@ -166,10 +166,15 @@ pub fn pod_disruption_budget(c: &QdrantCluster) -> PodDisruptionBudget {
     }
 }
 
+/// Metadata of an object the cluster owns.
+pub fn owned_meta(c: &QdrantCluster, name: String) -> ObjectMeta {
+    meta(c, name)
+}
+
 /// The agent's bearer token, shared by the agents and the controller.
-pub fn agent_token_secret(c: &QdrantCluster, token: &str) -> Secret {
+pub fn agent_token_secret(metadata: ObjectMeta, token: &str) -> Secret {
     Secret {
-        metadata: meta(c, Names::of(c).agent_token()),
+        metadata,
         type_: Some("Opaque".into()),
         string_data: Some(BTreeMap::from([(AGENT_TOKEN_KEY.into(), token.into())])),
         ..Default::default()
@@ -179,8 +184,7 @@ pub fn agent_token_secret(c: &QdrantCluster, token: &str) -> Secret {
 /// The agents' TLS material: their server certificate for the pods' DNS
 /// names and the CA that client certificates must chain to. Annotations say
 /// which CA signed it and until when, for renewal.
-pub fn agent_tls_secret(c: &QdrantCluster, leaf: &crate::pki::Leaf, ca: &crate::pki::Ca) -> Secret {
-    let mut m = meta(c, Names::of(c).agent_tls());
+pub fn agent_tls_secret(mut m: ObjectMeta, leaf: &crate::pki::Leaf, ca: &crate::pki::Ca) -> Secret {
     m.annotations = Some(BTreeMap::from([
         (crate::pki::ANN_CA.into(), ca.fingerprint()),
         (crate::pki::ANN_NOT_AFTER.into(), leaf.not_after.to_string()),
@@ -445,6 +449,45 @@ pub fn default_agent_image() -> String {
 
 fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
     let a = &c.spec.agent;
+    agent_sidecar(&AgentWiring {
+        image: a.image.clone().unwrap_or_else(|| images.agent.clone()),
+        port: a.port,
+        memory_budget_mib: a.memory_budget_mib,
+        resources: a.resources.clone(),
+        api_key: c
+            .spec
+            .api_key
+            .as_ref()
+            .map(|k| secret_env("QDRANT_API_KEY", &k.secret_ref)),
+        qdrant_http_port: HTTP_PORT,
+        snapshots: mount("snapshots", SNAPSHOTS_PATH),
+        token_volume: "agent-token".into(),
+        tls_volume: "agent-tls".into(),
+        security_context: restricted(),
+    })
+}
+
+/// How an agent sidecar is wired into a pod: to a QdrantCluster's pods by
+/// the renderer, to other Qdrant pods by the injection webhook.
+pub struct AgentWiring {
+    pub image: String,
+    /// gRPC port; plaintext health answers on the next one.
+    pub port: i32,
+    pub memory_budget_mib: u32,
+    /// Replaces the default resources (budget plus overhead) whole.
+    pub resources: Option<ResourceRequirements>,
+    /// `QDRANT_API_KEY`, as the Qdrant container gets its key.
+    pub api_key: Option<EnvVar>,
+    pub qdrant_http_port: i32,
+    /// Qdrant's snapshots volume, mounted where Qdrant has it.
+    pub snapshots: VolumeMount,
+    pub token_volume: String,
+    pub tls_volume: String,
+    pub security_context: SecurityContext,
+}
+
+/// The agent container. Its readiness is gRPC health, which needs no token.
+pub fn agent_sidecar(w: &AgentWiring) -> Container {
     let mut env = vec![EnvVar {
         name: "NODE_NAME".into(),
         value_from: Some(EnvVarSource {
@@ -456,9 +499,7 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
         }),
         ..Default::default()
     }];
-    if let Some(k) = &c.spec.api_key {
-        env.push(secret_env("QDRANT_API_KEY", &k.secret_ref));
-    }
+    env.extend(w.api_key.clone());
     env.push(EnvVar {
         name: "QDRANT_AGENT_LOG_FORMAT".into(),
         value: Some("json".into()),
@@ -466,15 +507,15 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
     });
     env.push(EnvVar {
         name: "QDRANT_AGENT_MEMORY_BUDGET".into(),
-        value: Some(format!("{}MiB", a.memory_budget_mib)),
+        value: Some(format!("{}MiB", w.memory_budget_mib)),
         ..Default::default()
     });
     // The budget plus what the agent needs besides its part buffers.
     let memory = Quantity(format!(
         "{}Mi",
-        a.memory_budget_mib + AGENT_MEMORY_OVERHEAD_MIB
+        w.memory_budget_mib + AGENT_MEMORY_OVERHEAD_MIB
     ));
-    let resources = a.resources.clone().unwrap_or_else(|| ResourceRequirements {
+    let resources = w.resources.clone().unwrap_or_else(|| ResourceRequirements {
         requests: Some(BTreeMap::from([
             ("cpu".into(), Quantity("50m".into())),
             ("memory".into(), memory.clone()),
@@ -482,18 +523,19 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
         limits: Some(BTreeMap::from([("memory".into(), memory)])),
         ..Default::default()
     });
+    let snapshots_dir = w.snapshots.mount_path.clone();
     Container {
         name: "agent".into(),
-        image: Some(a.image.clone().unwrap_or_else(|| images.agent.clone())),
+        image: Some(w.image.clone()),
         args: Some(
             [
                 "serve",
                 "--listen",
-                &format!("0.0.0.0:{}", a.port),
+                &format!("0.0.0.0:{}", w.port),
                 "--qdrant-url",
-                &format!("http://127.0.0.1:{HTTP_PORT}"),
+                &format!("http://127.0.0.1:{}", w.qdrant_http_port),
                 "--snapshots-dir",
-                SNAPSHOTS_PATH,
+                &snapshots_dir,
                 "--token-file",
                 &format!("{AGENT_TOKEN_DIR}/{AGENT_TOKEN_KEY}"),
                 "--tls-cert",
@@ -503,39 +545,52 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
                 "--tls-client-ca",
                 &format!("{AGENT_TLS_DIR}/ca.crt"),
                 "--health-listen",
-                &format!("0.0.0.0:{}", agent_health_port(c)),
+                &format!("0.0.0.0:{}", w.port + 1),
             ]
             .map(String::from)
             .to_vec(),
         ),
         ports: Some(vec![ContainerPort {
             name: Some("agent".into()),
-            container_port: a.port,
+            container_port: w.port,
             ..Default::default()
         }]),
         env: Some(env),
         resources: Some(resources),
         volume_mounts: Some(vec![
-            mount("snapshots", SNAPSHOTS_PATH),
+            w.snapshots.clone(),
             VolumeMount {
                 read_only: Some(true),
-                ..mount("agent-token", AGENT_TOKEN_DIR)
+                ..mount(&w.token_volume, AGENT_TOKEN_DIR)
             },
             VolumeMount {
                 read_only: Some(true),
-                ..mount("agent-tls", AGENT_TLS_DIR)
+                ..mount(&w.tls_volume, AGENT_TLS_DIR)
             },
         ]),
         // gRPC health needs no token, so kubelet can probe it.
         readiness_probe: Some(Probe {
             grpc: Some(GRPCAction {
-                port: agent_health_port(c),
+                port: w.port + 1,
                 service: Some("qdrant.agent.v1.Agent".into()),
             }),
             period_seconds: Some(10),
             ..Default::default()
         }),
-        security_context: Some(restricted()),
+        security_context: Some(w.security_context.clone()),
+        ..Default::default()
+    }
+}
+
+/// A Secret volume of mode 0400.
+pub fn secret_volume(name: &str, secret: String) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            default_mode: Some(0o400),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }
@@ -586,24 +641,8 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
     ];
     if s.agent.enabled {
         containers.push(agent_container(c, images));
-        volumes.push(Volume {
-            name: "agent-token".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(n.agent_token()),
-                default_mode: Some(0o400),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        volumes.push(Volume {
-            name: "agent-tls".into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(n.agent_tls()),
-                default_mode: Some(0o400),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
+        volumes.push(secret_volume("agent-token", n.agent_token()));
+        volumes.push(secret_volume("agent-tls", n.agent_tls()));
     }
     let mut annotations = BTreeMap::new();
     // The config is mounted by subPath, which a running pod never re-reads:
