@@ -45,6 +45,14 @@ struct Args {
     /// The agent image for clusters without `spec.agent.image`.
     #[arg(long, env = "AGENT_IMAGE", default_value_t = render::default_agent_image())]
     agent_image: String,
+    /// Serve the sidecar injection webhook over HTTPS on this address (e.g.
+    /// 0.0.0.0:9443); off when not given.
+    #[arg(long)]
+    webhook_listen: Option<std::net::SocketAddr>,
+    /// Names (DNS or IP) the webhook's certificate is for, comma-separated
+    /// [default: qdrant-operator-webhook.<namespace>.svc].
+    #[arg(long, value_delimiter = ',')]
+    webhook_hosts: Vec<String>,
 }
 
 #[tokio::main]
@@ -95,6 +103,27 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     ready.store(true, Ordering::Relaxed);
 
+    // Before leadership: every replica answers admission requests.
+    let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
+    if let Some(listen) = args.webhook_listen {
+        let hosts = if args.webhook_hosts.is_empty() {
+            let svc = format!("qdrant-operator-webhook.{}.svc", args.namespace);
+            vec![svc.clone(), format!("{svc}.cluster.local")]
+        } else {
+            args.webhook_hosts.clone()
+        };
+        let w = qdrant_operator::webhook::Webhook {
+            client: client.clone(),
+            ca: ca.clone(),
+            agent_image: args.agent_image.clone(),
+            memory_budget_mib: qdrant_operator::inject::MEMORY_BUDGET_MIB,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = qdrant_operator::webhook::serve(listen, hosts, w).await {
+                tracing::error!(error = %e, "injection webhook stopped");
+            }
+        });
+    }
     let leadership = if args.no_leader_election {
         None
     } else {
@@ -114,7 +143,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .await,
         )
     };
-    let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
     let identity = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(
         ca.clone(),
     )?);

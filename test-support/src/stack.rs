@@ -113,6 +113,11 @@ impl World {
     /// The `qdrant-operator` binary as the Deployment runs it, as its
     /// ServiceAccount, with leader election.
     pub fn operator(&self, pod_name: &str) -> Operator {
+        self.operator_with(pod_name, &[])
+    }
+
+    /// The operator with extra command-line arguments.
+    pub fn operator_with(&self, pod_name: &str, extra: &[&str]) -> Operator {
         let log = self.dir.path().join(format!("{pod_name}.log"));
         let port = crate::s3_server::free_port().unwrap();
         let process = Guarded::spawn(
@@ -124,6 +129,7 @@ impl World {
                     "--log-format",
                     "text",
                 ])
+                .args(extra)
                 .env("KUBECONFIG", &self.operator_kubeconfig)
                 .env("POD_NAMESPACE", OPERATOR_NS)
                 .env("POD_NAME", pod_name)

@@ -1,0 +1,292 @@
+//! Which agent sidecar a Qdrant pod the operator did not render (Qdrant's
+//! own Helm chart, a hand-written StatefulSet) gets from the injection
+//! webhook, as a JSON patch. Pure: the webhook adds the I/O (the workload's
+//! token and TLS Secrets) and answers the API server.
+
+use crate::cluster::render::{self, AgentWiring};
+use k8s_openapi::api::core::v1::{Capabilities, Container, EnvVar, Pod, SecurityContext};
+use serde_json::{Value, json};
+
+/// The pod label that asks for the agent (set through the chart's
+/// `podLabels`); the webhook's objectSelector matches it.
+pub const OPT_IN: &str = "qdrant.io/backup-agent";
+/// The injected container's name.
+pub const CONTAINER: &str = "qdrant-agent";
+/// The agent's gRPC port in injected pods (health answers on the next).
+pub const PORT: i32 = 50051;
+/// The injected agent's memory budget (its container gets 64 MiB more).
+pub const MEMORY_BUDGET_MIB: u32 = 256;
+const TOKEN_VOLUME: &str = "qdrant-agent-token";
+const TLS_VOLUME: &str = "qdrant-agent-tls";
+const QDRANT_HTTP_PORT: i32 = 6333;
+
+/// The agent a workload's pods get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// The StatefulSet the pod belongs to: its Secrets are named after it.
+    pub workload: String,
+    /// JSON patch operations (RFC 6902) that add the agent.
+    pub patch: Vec<Value>,
+}
+
+/// Names of the Secrets the agents of `workload` read.
+pub fn token_secret(workload: &str) -> String {
+    format!("{workload}-agent-token")
+}
+
+pub fn tls_secret(workload: &str) -> String {
+    format!("{workload}-agent-tls")
+}
+
+/// The patch that adds the agent to `pod`; `Ok(None)` when it has one;
+/// `Err` says why this pod cannot get one (it is then admitted unchanged).
+pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Plan>, String> {
+    let spec = pod.spec.as_ref().ok_or("the pod has no spec")?;
+    if spec.containers.iter().any(|c| c.name == CONTAINER) {
+        return Ok(None);
+    }
+    let workload = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "StatefulSet")
+        .map(|o| o.name.clone())
+        .ok_or("the pod belongs to no StatefulSet; the agent is injected into a StatefulSet's pods only")?;
+    let (qdrant, snapshots) = spec
+        .containers
+        .iter()
+        .find_map(|c| {
+            let m = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path.trim_end_matches('/') == render::SNAPSHOTS_PATH)?;
+            Some((c, m.clone()))
+        })
+        .ok_or_else(|| {
+            format!(
+                "no container mounts Qdrant's snapshots directory {}; the agent shares it",
+                render::SNAPSHOTS_PATH
+            )
+        })?;
+    let container = render::agent_sidecar(&AgentWiring {
+        image: image.to_string(),
+        port: PORT,
+        memory_budget_mib,
+        resources: None,
+        api_key: api_key(qdrant),
+        qdrant_http_port: http_port(qdrant),
+        snapshots: k8s_openapi::api::core::v1::VolumeMount {
+            read_only: None,
+            ..snapshots
+        },
+        token_volume: TOKEN_VOLUME.into(),
+        tls_volume: TLS_VOLUME.into(),
+        security_context: security_context(pod, qdrant),
+    });
+    let container = Container {
+        name: CONTAINER.into(),
+        ..container
+    };
+    let volumes = [
+        render::secret_volume(TOKEN_VOLUME, token_secret(&workload)),
+        render::secret_volume(TLS_VOLUME, tls_secret(&workload)),
+    ];
+    let mut patch = vec![json!({"op": "add", "path": "/spec/containers/-", "value": container})];
+    if spec.volumes.is_none() {
+        patch.push(json!({"op": "add", "path": "/spec/volumes", "value": []}));
+    }
+    for v in volumes {
+        patch.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
+    }
+    Ok(Some(Plan { workload, patch }))
+}
+
+/// The key Qdrant itself gets from its environment, handed on as the same
+/// value or reference (never copied out of its Secret).
+fn api_key(qdrant: &Container) -> Option<EnvVar> {
+    qdrant
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "QDRANT__SERVICE__API_KEY")
+        .map(|e| EnvVar {
+            name: "QDRANT_API_KEY".into(),
+            ..e.clone()
+        })
+}
+
+fn http_port(qdrant: &Container) -> i32 {
+    qdrant
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("http"))
+        .map_or(QDRANT_HTTP_PORT, |p| p.container_port)
+}
+
+/// Qdrant's user and group (the container's, else the pod's), so the agent
+/// reads and removes the snapshot files Qdrant writes; otherwise locked
+/// down as the operator's own pods are.
+fn security_context(pod: &Pod, qdrant: &Container) -> SecurityContext {
+    let own = qdrant.security_context.as_ref();
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let user = own
+        .and_then(|s| s.run_as_user)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_user));
+    let group = own
+        .and_then(|s| s.run_as_group)
+        .or_else(|| pod_sc.and_then(|s| s.run_as_group));
+    SecurityContext {
+        run_as_user: user,
+        run_as_group: group,
+        run_as_non_root: user.map(|u| u != 0),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod as Qdrant's Helm chart renders it (container `qdrant`, the
+    /// snapshots volume at /qdrant/snapshots, uid 1000), with the key in
+    /// the environment.
+    fn chart_pod() -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "qdrant-0", "namespace": "vectors",
+                "labels": {OPT_IN: "true"},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                    "name": "qdrant", "uid": "u-1", "controller": true}]},
+            "spec": {
+                "securityContext": {"fsGroup": 3000},
+                "containers": [{
+                    "name": "qdrant", "image": "qdrant/qdrant:v1.18.3",
+                    "command": ["/bin/bash", "-c"], "args": ["./config/initialize.sh"],
+                    "env": [{"name": "QDRANT__SERVICE__API_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": "qdrant-apikey", "key": "api-key"}}}],
+                    "ports": [{"name": "http", "containerPort": 6333}, {"name": "grpc", "containerPort": 6334}],
+                    "securityContext": {"runAsUser": 1000, "runAsGroup": 2000, "runAsNonRoot": true},
+                    "volumeMounts": [
+                        {"name": "qdrant-storage", "mountPath": "/qdrant/storage"},
+                        {"name": "qdrant-snapshots", "mountPath": "/qdrant/snapshots"}]
+                }],
+                "volumes": [{"name": "qdrant-snapshots", "emptyDir": {}}]
+            }
+        }))
+        .unwrap()
+    }
+
+    fn patched(pod: &Pod, plan: &Plan) -> Pod {
+        let mut v = serde_json::to_value(pod).unwrap();
+        let ops: json_patch::Patch =
+            serde_json::from_value(Value::Array(plan.patch.clone())).unwrap();
+        json_patch::patch(&mut v, &ops).unwrap();
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_chart_pod_gets_the_agent_wired_to_its_qdrant() {
+        let pod = chart_pod();
+        let plan = plan(&pod, "registry.example.com/qdrant-agent:0.1.0", 256)
+            .unwrap()
+            .unwrap();
+        assert_eq!(plan.workload, "qdrant");
+        let p = patched(&pod, &plan);
+        let spec = p.spec.clone().unwrap();
+        let agent = spec
+            .containers
+            .iter()
+            .find(|c| c.name == CONTAINER)
+            .unwrap();
+        assert_eq!(
+            agent.image.as_deref(),
+            Some("registry.example.com/qdrant-agent:0.1.0")
+        );
+        let mounts: Vec<(&str, &str)> = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+            .collect();
+        assert!(
+            mounts.contains(&("qdrant-snapshots", "/qdrant/snapshots")),
+            "{mounts:?}"
+        );
+        let key = agent
+            .env
+            .iter()
+            .flatten()
+            .find(|e| e.name == "QDRANT_API_KEY")
+            .unwrap();
+        let r = key
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.key.as_str()),
+            ("qdrant-apikey", "api-key")
+        );
+        let sc = agent.security_context.as_ref().unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1000), Some(2000)));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        let probe = agent
+            .readiness_probe
+            .as_ref()
+            .unwrap()
+            .grpc
+            .as_ref()
+            .unwrap();
+        assert_eq!(probe.port, PORT + 1);
+        let secrets: Vec<String> = spec
+            .volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert_eq!(secrets, ["qdrant-agent-token", "qdrant-agent-tls"]);
+        // Admitted again (a reinvocation), it gets nothing more.
+        assert_eq!(plan_again(&p), None);
+    }
+
+    fn plan_again(pod: &Pod) -> Option<Plan> {
+        plan(pod, "img", 256).unwrap()
+    }
+
+    #[test]
+    fn pods_the_agent_cannot_serve_are_named_with_the_reason() {
+        let mut pod = chart_pod();
+        pod.metadata.owner_references = None;
+        assert!(
+            plan(&pod, "img", 256)
+                .unwrap_err()
+                .contains("no StatefulSet")
+        );
+        let mut pod = chart_pod();
+        pod.spec.as_mut().unwrap().containers[0].volume_mounts = None;
+        assert!(
+            plan(&pod, "img", 256)
+                .unwrap_err()
+                .contains("/qdrant/snapshots")
+        );
+    }
+
+    #[test]
+    fn a_pod_without_volumes_gets_the_list_created() {
+        let mut pod = chart_pod();
+        pod.spec.as_mut().unwrap().volumes = None;
+        let p = patched(&pod, &plan(&pod, "img", 256).unwrap().unwrap());
+        assert_eq!(p.spec.unwrap().volumes.unwrap().len(), 2);
+    }
+}

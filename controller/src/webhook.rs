@@ -1,0 +1,220 @@
+//! The sidecar injection webhook: a mutating admission webhook on its own
+//! HTTPS port that adds the agent to Qdrant pods labelled
+//! `qdrant.io/backup-agent: "true"` (see `inject`). Before it answers, the
+//! workload's token and TLS Secrets exist, owned by its StatefulSet, so an
+//! injected pod never waits for them. Anything that goes wrong admits the
+//! pod unchanged with a warning: the webhook never stands between a user
+//! and their Qdrant (its configuration says `failurePolicy: Ignore` too).
+
+use crate::inject;
+use crate::pki::Ca;
+use axum::Json;
+use axum::extract::State;
+use axum::routing::post;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::Api;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// The path the API server posts AdmissionReviews of pods to.
+pub const PATH: &str = "/mutate-pods";
+
+#[derive(Clone)]
+pub struct Webhook {
+    pub client: kube::Client,
+    pub ca: Arc<Ca>,
+    /// The agent image injected pods get.
+    pub agent_image: String,
+    pub memory_budget_mib: u32,
+}
+
+pub fn router(w: Webhook) -> axum::Router {
+    axum::Router::new().route(PATH, post(review)).with_state(w)
+}
+
+async fn review(State(w): State<Webhook>, Json(review): Json<Value>) -> Json<Value> {
+    let req = &review["request"];
+    let uid = req["uid"].clone();
+    let (patch, warning) = match admit(&w, req).await {
+        Ok(Some(patch)) => (Some(patch), None),
+        Ok(None) => (None, None),
+        Err(why) => {
+            tracing::warn!(
+                namespace = req["namespace"].as_str().unwrap_or_default(),
+                pod = req["object"]["metadata"]["generateName"]
+                    .as_str()
+                    .unwrap_or_default(),
+                why,
+                "admitted without the agent"
+            );
+            (
+                None,
+                Some(format!("qdrant-operator: no backup agent injected: {why}")),
+            )
+        }
+    };
+    let mut response = json!({"uid": uid, "allowed": true});
+    if let Some(p) = patch {
+        response["patchType"] = json!("JSONPatch");
+        response["patch"] = json!(base64(&serde_json::to_vec(&p).unwrap_or_default()));
+    }
+    if let Some(w) = warning {
+        response["warnings"] = json!([w]);
+    }
+    Json(json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "response": response,
+    }))
+}
+
+/// The patch for the pod under review, after making sure its workload's
+/// Secrets exist.
+async fn admit(w: &Webhook, req: &Value) -> Result<Option<Value>, String> {
+    if req["kind"]["kind"] != "Pod" || req["operation"] != "CREATE" {
+        return Ok(None);
+    }
+    let pod: Pod = serde_json::from_value(req["object"].clone())
+        .map_err(|e| format!("unreadable pod: {e}"))?;
+    let ns = req["namespace"]
+        .as_str()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or("default")
+        .to_string();
+    let Some(plan) = inject::plan(&pod, &w.agent_image, w.memory_budget_mib)? else {
+        return Ok(None);
+    };
+    // A dry run must have no side effects (the configuration says
+    // NoneOnDryRun): the patch alone.
+    if req["dryRun"] == true {
+        return Ok(Some(Value::Array(plan.patch)));
+    }
+    let sts = Api::<StatefulSet>::namespaced(w.client.clone(), &ns)
+        .get(&plan.workload)
+        .await
+        .map_err(|e| format!("StatefulSet {ns}/{}: {e}", plan.workload))?;
+    let owner = OwnerReference {
+        api_version: "apps/v1".into(),
+        kind: "StatefulSet".into(),
+        name: plan.workload.clone(),
+        uid: sts.metadata.uid.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let meta = |name: String| ObjectMeta {
+        name: Some(name),
+        namespace: Some(ns.clone()),
+        labels: Some(BTreeMap::from([(
+            "app.kubernetes.io/managed-by".to_string(),
+            "qdrant-operator".to_string(),
+        )])),
+        owner_references: Some(vec![owner.clone()]),
+        ..Default::default()
+    };
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &ns);
+    let headless = sts
+        .spec
+        .as_ref()
+        .map(|s| s.service_name.clone().unwrap_or_default())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| format!("StatefulSet {ns}/{} names no serviceName", plan.workload))?;
+    crate::cluster::ensure_agent_token(&secrets, meta(inject::token_secret(&plan.workload)))
+        .await
+        .map_err(|e| format!("the agents' token Secret: {e}"))?;
+    crate::cluster::ensure_agent_tls(
+        &w.client,
+        &secrets,
+        meta(inject::tls_secret(&plan.workload)),
+        crate::pki::agent_dns_names(&headless, &ns),
+        &w.ca,
+    )
+    .await
+    .map_err(|e| format!("the agents' TLS Secret: {e}"))?;
+    Ok(Some(Value::Array(plan.patch)))
+}
+
+/// Standard base64, as AdmissionReview's `patch` and a `caBundle` want it.
+pub fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Serves the webhook over HTTPS on `listen` with a certificate from the
+/// operator's CA for `hosts` (the Service's DNS names, or an address).
+pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result<(), String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let leaf =
+        w.ca.server_cert(hosts, jiff::Timestamp::now())
+            .map_err(|e| format!("webhook certificate: {e}"))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| format!("webhook certificate: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes())
+        .map_err(|e| format!("webhook key: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| format!("webhook TLS: {e}"))?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("webhook listen on {listen}: {e}"))?;
+    tracing::info!(%listen, "injection webhook serving");
+    let app = router(w);
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook accept");
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                return;
+            };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_standard_with_padding() {
+        assert_eq!(super::base64(b""), "");
+        assert_eq!(super::base64(b"f"), "Zg==");
+        assert_eq!(super::base64(b"fo"), "Zm8=");
+        assert_eq!(super::base64(b"foo"), "Zm9v");
+        assert_eq!(super::base64(b"[{\"op\":1}]"), "W3sib3AiOjF9XQ==");
+    }
+}
