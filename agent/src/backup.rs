@@ -72,6 +72,33 @@ pub async fn run(
     let started_at = now();
     let store = target.store.clone();
     manifest::claim(&*store, &target.prefix, &req.backup_name, &req.owner).await?;
+    let result = run_claimed(node, target, req, progress, cancel, started_at).await;
+    // A backup this task commits itself is all its own: when it fails, its
+    // claim goes too, whatever step failed, so the name can be used again.
+    // (The controller, which commits multi-node backups, deletes the claim
+    // with the rest.) A manifest another writer completed keeps its marker.
+    if let Err(e) = &result
+        && req.write_manifest
+        && !req.owner.is_empty()
+        && !matches!(e, Error::Exists(_))
+    {
+        let key = keys::owner_key(&target.prefix, &req.backup_name);
+        if let Err(de) = store.delete(&key).await {
+            tracing::warn!(key, error = %de, "could not release the failed backup's claim");
+        }
+    }
+    result
+}
+
+async fn run_claimed(
+    node: &Node,
+    target: &Target,
+    req: &BackupRequest,
+    progress: &Progress,
+    cancel: &CancellationToken,
+    started_at: String,
+) -> Result<Manifest> {
+    let store = target.store.clone();
     abort_stale_uploads(&*store, &target.prefix, &node.name).await;
 
     let version = node.qdrant.version().await?;
@@ -234,12 +261,6 @@ pub async fn run(
         doomed.extend(planned);
         doomed.sort();
         doomed.dedup();
-        // A backup this task commits itself is all its own: its claim goes
-        // too, so the name can be used again. (The controller, which commits
-        // multi-node backups, deletes the claim with the rest.)
-        if req.write_manifest && !req.owner.is_empty() {
-            doomed.push(keys::owner_key(&target.prefix, &req.backup_name));
-        }
         for key in doomed {
             if let Err(de) = store.delete(&key).await {
                 tracing::warn!(key, error = %de, "could not delete an object of the failed backup");
