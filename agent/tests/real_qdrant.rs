@@ -495,3 +495,36 @@ async fn two_restores_into_the_same_collection_at_once_leave_it_whole() {
         same_points(&src, "docs", &dst, &name);
     }
 }
+
+/// The agent takes the API key from the config file Qdrant's Helm chart
+/// mounts (`/qdrant/config/local.yaml`, `service.api_key`), as an injected
+/// sidecar does; a file it cannot read is named in one line. A backup that
+/// Qdrant refused (401) releases its name: the next try of it succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_key_comes_from_qdrants_own_config_file() {
+    let env = Env::new("real-config-key");
+    let q = need(RealQdrant::start(1, Some("chart-key-5e2a")));
+    let base = q.nodes[0].url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.yaml");
+    std::fs::write(&local, "service:\n  api_key: chart-key-5e2a\n").unwrap();
+    let to = env.url("cfg");
+    let backup = |config: &std::path::Path| {
+        env.agent(&["backup", "--qdrant-url", &base, "--to", &to, "--name", "k"])
+            .env("QDRANT_CONFIG_FILE", config)
+            .output()
+            .unwrap()
+    };
+    let denied = dir.path().join("other.yaml");
+    std::fs::write(&denied, "storage:\n  storage_path: /qdrant/storage\n").unwrap();
+    let o = backup(&denied);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
+    assert_ok(&backup(&local));
+    let o = backup(&dir.path().join("missing.yaml"));
+    let err = stderr(&o);
+    assert!(
+        err.trim_end().ends_with("[InvalidRequest]") && err.contains("missing.yaml"),
+        "{err}"
+    );
+}

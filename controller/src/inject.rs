@@ -4,7 +4,9 @@
 //! token and TLS Secrets) and answers the API server.
 
 use crate::cluster::render::{self, AgentWiring};
-use k8s_openapi::api::core::v1::{Capabilities, Container, EnvVar, Pod, SecurityContext};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EnvVar, Pod, SecurityContext, VolumeMount,
+};
 use serde_json::{Value, json};
 
 /// The pod label that asks for the agent (set through the chart's
@@ -70,14 +72,16 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
                 render::SNAPSHOTS_PATH
             )
         })?;
+    let (env, extra_mounts) = api_key(qdrant);
     let container = render::agent_sidecar(&AgentWiring {
         image: image.to_string(),
         port: PORT,
         memory_budget_mib,
         resources: None,
-        api_key: api_key(qdrant),
+        env,
+        extra_mounts,
         qdrant_http_port: http_port(qdrant),
-        snapshots: k8s_openapi::api::core::v1::VolumeMount {
+        snapshots: VolumeMount {
             read_only: None,
             ..snapshots
         },
@@ -103,18 +107,44 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
     Ok(Some(Plan { workload, patch }))
 }
 
-/// The key Qdrant itself gets from its environment, handed on as the same
-/// value or reference (never copied out of its Secret).
-fn api_key(qdrant: &Container) -> Option<EnvVar> {
-    qdrant
+/// Where Qdrant's Helm chart mounts the config file that holds the API key.
+pub const LOCAL_CONFIG: &str = "/qdrant/config/local.yaml";
+
+/// How the agent gets the key Qdrant itself gets: its environment variable
+/// handed on as the same value or Secret reference, else the config file
+/// it mounts (never copied out of its Secret). Returns env and mounts.
+fn api_key(qdrant: &Container) -> (Vec<EnvVar>, Vec<VolumeMount>) {
+    if let Some(e) = qdrant
         .env
         .iter()
         .flatten()
         .find(|e| e.name == "QDRANT__SERVICE__API_KEY")
-        .map(|e| EnvVar {
+    {
+        let env = EnvVar {
             name: "QDRANT_API_KEY".into(),
             ..e.clone()
-        })
+        };
+        return (vec![env], vec![]);
+    }
+    match qdrant
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == LOCAL_CONFIG)
+    {
+        Some(m) => (
+            vec![EnvVar {
+                name: "QDRANT_CONFIG_FILE".into(),
+                value: Some(LOCAL_CONFIG.into()),
+                ..Default::default()
+            }],
+            vec![VolumeMount {
+                read_only: Some(true),
+                ..m.clone()
+            }],
+        ),
+        None => (vec![], vec![]),
+    }
 }
 
 fn http_port(qdrant: &Container) -> i32 {
@@ -280,6 +310,40 @@ mod tests {
                 .unwrap_err()
                 .contains("/qdrant/snapshots")
         );
+    }
+
+    /// The chart's own way: `apiKey` in a Secret mounted as local.yaml.
+    #[test]
+    fn a_key_in_the_charts_config_file_reaches_the_agent_through_the_same_file() {
+        let mut pod = chart_pod();
+        let q = &mut pod.spec.as_mut().unwrap().containers[0];
+        q.env = None;
+        q.volume_mounts.as_mut().unwrap().push(VolumeMount {
+            name: "qdrant-secret".into(),
+            mount_path: LOCAL_CONFIG.into(),
+            sub_path: Some("local.yaml".into()),
+            ..Default::default()
+        });
+        let p = patched(&pod, &plan(&pod, "img", 256).unwrap().unwrap());
+        let spec = p.spec.unwrap();
+        let agent = spec
+            .containers
+            .iter()
+            .find(|c| c.name == CONTAINER)
+            .unwrap();
+        let file = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.mount_path == LOCAL_CONFIG)
+            .unwrap();
+        assert_eq!(
+            (file.name.as_str(), file.sub_path.as_deref(), file.read_only),
+            ("qdrant-secret", Some("local.yaml"), Some(true))
+        );
+        let env = agent.env.iter().flatten();
+        let names: Vec<&str> = env.map(|e| e.name.as_str()).collect();
+        assert!(names.contains(&"QDRANT_CONFIG_FILE") && !names.contains(&"QDRANT_API_KEY"));
     }
 
     #[test]

@@ -53,6 +53,10 @@ struct Args {
     /// [default: qdrant-operator-webhook.<namespace>.svc].
     #[arg(long, value_delimiter = ',')]
     webhook_hosts: Vec<String>,
+    /// The MutatingWebhookConfiguration whose caBundle the operator keeps
+    /// set to its CA, so the API server trusts the webhook.
+    #[arg(long, default_value = "qdrant-operator-agent-injector")]
+    webhook_config: String,
 }
 
 #[tokio::main]
@@ -123,6 +127,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 tracing::error!(error = %e, "injection webhook stopped");
             }
         });
+        qdrant_operator::webhook::trust(&client, &args.webhook_config, &ca).await;
     }
     let leadership = if args.no_leader_election {
         None

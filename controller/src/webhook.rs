@@ -158,6 +158,29 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
+/// The name of the webhook in its MutatingWebhookConfiguration.
+pub const NAME: &str = "agent.qdrant.io";
+
+/// Sets the caBundle of the webhook configuration `config` to the operator's
+/// CA. A missing configuration (the webhook registered some other way) or a
+/// refusal is logged: injection then waits for it, nothing else does.
+pub async fn trust(client: &kube::Client, config: &str, ca: &Ca) {
+    use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
+    use kube::api::{Patch, PatchParams};
+    let api: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let patch = json!({"webhooks": [{"name": NAME,
+        "clientConfig": {"caBundle": base64(ca.cert_pem.as_bytes())}}]});
+    match api
+        .patch(config, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
+        Ok(_) => tracing::info!(config, "webhook configuration trusts the operator's CA"),
+        Err(e) => {
+            tracing::warn!(config, error = %e, "could not set the webhook's caBundle; pods are admitted without the agent until it is set")
+        }
+    }
+}
+
 /// Serves the webhook over HTTPS on `listen` with a certificate from the
 /// operator's CA for `hosts` (the Service's DNS names, or an address).
 pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result<(), String> {

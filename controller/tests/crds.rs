@@ -189,6 +189,10 @@ fn every_manifest_parses_as_the_kind_it_claims() {
                 "Role" => check::<rbac::Role>(&doc, file),
                 "RoleBinding" => check::<rbac::RoleBinding>(&doc, file),
                 "Deployment" => check::<apps::Deployment>(&doc, file),
+                "Service" => check::<core::Service>(&doc, file),
+                "MutatingWebhookConfiguration" => check::<
+                    k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+                >(&doc, file),
                 "QdrantCluster" => check::<QdrantCluster>(&doc, file),
                 "QdrantBackup" => check::<QdrantBackup>(&doc, file),
                 "QdrantBackupSchedule" => check::<QdrantBackupSchedule>(&doc, file),

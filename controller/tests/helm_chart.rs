@@ -42,7 +42,10 @@ fn find<'a>(objs: &'a [Value], kind: &str, name: &str) -> Option<&'a Value> {
 fn covers(chart: &Value, manifest: &Value, at: &str) -> Result<(), String> {
     match (chart, manifest) {
         (Value::Object(c), Value::Object(m)) => {
-            let labels = at.ends_with(".labels") || at.ends_with(".matchLabels");
+            // A Service's selector is a label map too.
+            let labels = at.ends_with(".labels")
+                || at.ends_with(".matchLabels")
+                || (at.ends_with("spec.selector") && m.values().all(Value::is_string));
             for (k, mv) in m {
                 let cv = c.get(k).ok_or_else(|| format!("{at}.{k}: missing"))?;
                 covers(cv, mv, &format!("{at}.{k}"))?;
@@ -139,6 +142,8 @@ fn values_set_images_replicas_leader_election_and_logs() {
             "qdrant.image.repository=registry.example.com/mirror/qdrant",
             "--set",
             "replicaCount=1,leaderElection.enabled=false,logFormat=text",
+            "--set",
+            "agentInjection.enabled=false",
         ],
     ));
     // Objects are named after the release, in its namespace.
@@ -175,6 +180,15 @@ fn values_set_images_replicas_leader_election_and_logs() {
         find(&objs, "Role", "qo-qdrant-operator-leader-election").is_none(),
         "no Lease permissions without leader election"
     );
+    assert!(
+        find(
+            &objs,
+            "MutatingWebhookConfiguration",
+            "qo-qdrant-operator-agent-injector"
+        )
+        .is_none(),
+        "no webhook without agentInjection"
+    );
     let binding = find(&objs, "ClusterRoleBinding", "qo-qdrant-operator").unwrap();
     assert_eq!(binding["subjects"][0]["namespace"], "ops");
     assert_eq!(binding["roleRef"]["name"], "qo-qdrant-operator");
@@ -188,6 +202,31 @@ fn values_set_images_replicas_leader_election_and_logs() {
             .unwrap()
             .windows(2)
             .any(|w| w[0] == "--lease-name" && w[1] == "qo-qdrant-operator-leader"),
+        "{c}"
+    );
+    // And serves its own webhook, whose certificate names its Service.
+    let hook = find(
+        &objs,
+        "MutatingWebhookConfiguration",
+        "qo-qdrant-operator-agent-injector",
+    )
+    .expect("the release's webhook configuration");
+    let svc = &hook["webhooks"][0]["clientConfig"]["service"];
+    assert_eq!(
+        (svc["name"].as_str(), svc["namespace"].as_str()),
+        (Some("qo-qdrant-operator-webhook"), Some("ops"))
+    );
+    assert!(find(&objs, "Service", "qo-qdrant-operator-webhook").is_some());
+    assert!(
+        c["args"]
+            .as_array()
+            .unwrap()
+            .windows(2)
+            .any(|w| w[0] == "--webhook-hosts"
+                && w[1]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("qo-qdrant-operator-webhook.ops.svc,")),
         "{c}"
     );
 
@@ -271,7 +310,10 @@ async fn helm_install_on_a_real_api_server_runs_the_operator() {
         .unwrap()
         .iter()
         .filter_map(|a| a.as_str().map(str::to_string))
-        .map(|a| a.replace("0.0.0.0:8080", "127.0.0.1:0"))
+        .map(|a| {
+            a.replace("0.0.0.0:8080", "127.0.0.1:0")
+                .replace("0.0.0.0:9443", "127.0.0.1:0")
+        })
         .collect();
     let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
         .as_str()
@@ -309,6 +351,20 @@ async fn helm_install_on_a_real_api_server_runs_the_operator() {
             (l.spec?.holder_identity? == "qdrant-operator-0").then_some(())
         },
     )
+    .await;
+    // Its injection webhook is trusted: the caBundle holds the operator's CA.
+    eventually(30, "the webhook's caBundle is set", diag, || async {
+        let out = cp
+            .kubectl(&[
+                "get",
+                "mutatingwebhookconfiguration",
+                "qdrant-operator-agent-injector",
+                "-o",
+                "jsonpath={.webhooks[0].clientConfig.caBundle}",
+            ])
+            .ok()?;
+        (!out.stdout.is_empty()).then_some(())
+    })
     .await;
     need(cp.kubectl(&["create", "namespace", "search"]));
     let out = need(cp.kubectl_stdin(

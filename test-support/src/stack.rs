@@ -112,8 +112,10 @@ impl World {
 
     /// The `qdrant-operator` binary as the Deployment runs it, as its
     /// ServiceAccount, with leader election.
+    /// It serves the injection webhook on a free port (and so sets the
+    /// caBundle of manifests/' webhook configuration, as it does installed).
     pub fn operator(&self, pod_name: &str) -> Operator {
-        self.operator_with(pod_name, &[])
+        self.operator_with(pod_name, &["--webhook-listen", "127.0.0.1:0"])
     }
 
     /// The operator with extra command-line arguments.

@@ -72,6 +72,11 @@ pub struct QdrantArgs {
     /// File holding Qdrant's API key (or set QDRANT_API_KEY).
     #[arg(long)]
     pub qdrant_api_key_file: Option<PathBuf>,
+    /// A Qdrant config file (YAML) to take the API key from, its
+    /// service.api_key: e.g. the /qdrant/config/local.yaml that Qdrant's Helm
+    /// chart mounts. --qdrant-api-key-file and QDRANT_API_KEY come first.
+    #[arg(long, env = "QDRANT_CONFIG_FILE")]
+    pub qdrant_config: Option<PathBuf>,
     /// Qdrant's snapshots directory as this process sees it.
     #[arg(long, env = "QDRANT_SNAPSHOTS_DIR")]
     pub snapshots_dir: Option<PathBuf>,
@@ -132,9 +137,16 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
                 .trim()
                 .to_string(),
         ),
-        None => std::env::var("QDRANT_API_KEY")
+        None => match std::env::var("QDRANT_API_KEY")
             .ok()
-            .filter(|k| !k.is_empty()),
+            .filter(|k| !k.is_empty())
+        {
+            Some(k) => Some(k),
+            None => match &a.qdrant_config {
+                Some(p) => key_from_config(p)?,
+                None => None,
+            },
+        },
     };
     let name = a.node_name.clone().unwrap_or_else(hostname);
     crate::keys::validate_segment("node", &name)?;
@@ -144,6 +156,26 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
         snapshots_dir: a.snapshots_dir.clone(),
         qdrant_snapshots_dir: a.qdrant_snapshots_dir.clone(),
     })
+}
+
+/// `service.api_key` of a Qdrant config file, if it sets one.
+fn key_from_config(p: &std::path::Path) -> Result<Option<String>> {
+    let text = std::fs::read_to_string(p).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read the Qdrant config file {} (--qdrant-config): {e}",
+            p.display()
+        ))
+    })?;
+    let v: serde_json::Value = serde_yaml::from_str(&text).map_err(|e| {
+        Error::Invalid(format!(
+            "the Qdrant config file {} (--qdrant-config) is not YAML: {e}",
+            p.display()
+        ))
+    })?;
+    Ok(v.pointer("/service/api_key")
+        .and_then(serde_json::Value::as_str)
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty()))
 }
 
 pub(crate) fn s3_config(a: &S3Args, sse: &SseArgs) -> S3Config {

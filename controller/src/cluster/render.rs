@@ -454,11 +454,14 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
         port: a.port,
         memory_budget_mib: a.memory_budget_mib,
         resources: a.resources.clone(),
-        api_key: c
+        env: c
             .spec
             .api_key
             .as_ref()
-            .map(|k| secret_env("QDRANT_API_KEY", &k.secret_ref)),
+            .map(|k| secret_env("QDRANT_API_KEY", &k.secret_ref))
+            .into_iter()
+            .collect(),
+        extra_mounts: vec![],
         qdrant_http_port: HTTP_PORT,
         snapshots: mount("snapshots", SNAPSHOTS_PATH),
         token_volume: "agent-token".into(),
@@ -476,8 +479,11 @@ pub struct AgentWiring {
     pub memory_budget_mib: u32,
     /// Replaces the default resources (budget plus overhead) whole.
     pub resources: Option<ResourceRequirements>,
-    /// `QDRANT_API_KEY`, as the Qdrant container gets its key.
-    pub api_key: Option<EnvVar>,
+    /// How the agent gets Qdrant's API key: `QDRANT_API_KEY`, or
+    /// `QDRANT_CONFIG_FILE` naming a mounted Qdrant config file.
+    pub env: Vec<EnvVar>,
+    /// Mounts besides the snapshots, token and TLS (e.g. that config file).
+    pub extra_mounts: Vec<VolumeMount>,
     pub qdrant_http_port: i32,
     /// Qdrant's snapshots volume, mounted where Qdrant has it.
     pub snapshots: VolumeMount,
@@ -499,7 +505,7 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
         }),
         ..Default::default()
     }];
-    env.extend(w.api_key.clone());
+    env.extend(w.env.iter().cloned());
     env.push(EnvVar {
         name: "QDRANT_AGENT_LOG_FORMAT".into(),
         value: Some("json".into()),
@@ -557,17 +563,22 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
         }]),
         env: Some(env),
         resources: Some(resources),
-        volume_mounts: Some(vec![
-            w.snapshots.clone(),
-            VolumeMount {
-                read_only: Some(true),
-                ..mount(&w.token_volume, AGENT_TOKEN_DIR)
-            },
-            VolumeMount {
-                read_only: Some(true),
-                ..mount(&w.tls_volume, AGENT_TLS_DIR)
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                w.snapshots.clone(),
+                VolumeMount {
+                    read_only: Some(true),
+                    ..mount(&w.token_volume, AGENT_TOKEN_DIR)
+                },
+                VolumeMount {
+                    read_only: Some(true),
+                    ..mount(&w.tls_volume, AGENT_TLS_DIR)
+                },
+            ]
+            .into_iter()
+            .chain(w.extra_mounts.iter().cloned())
+            .collect(),
+        ),
         // gRPC health needs no token, so kubelet can probe it.
         readiness_probe: Some(Probe {
             grpc: Some(GRPCAction {
