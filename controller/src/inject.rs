@@ -4,9 +4,7 @@
 //! token and TLS Secrets) and answers the API server.
 
 use crate::cluster::render::{self, AgentWiring};
-use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, Pod, SecurityContext, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, SecurityContext, VolumeMount};
 use serde_json::{Value, json};
 
 /// The pod label that asks for the agent (set through the chart's
@@ -168,19 +166,7 @@ fn security_context(pod: &Pod, qdrant: &Container) -> SecurityContext {
     let group = own
         .and_then(|s| s.run_as_group)
         .or_else(|| pod_sc.and_then(|s| s.run_as_group));
-    SecurityContext {
-        run_as_user: user,
-        run_as_group: group,
-        run_as_non_root: user.map(|u| u != 0),
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        privileged: Some(false),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    render::restricted_as(user, group)
 }
 
 #[cfg(test)]

@@ -314,10 +314,16 @@ fn secret_env(name: &str, secret: &crate::crd::SecretKeyRef) -> EnvVar {
 }
 
 fn restricted() -> SecurityContext {
+    restricted_as(Some(QDRANT_UID), Some(QDRANT_GID))
+}
+
+/// A container that may do nothing but run as `user`/`group`: no
+/// privilege, no capability, a read-only root filesystem.
+pub fn restricted_as(user: Option<i64>, group: Option<i64>) -> SecurityContext {
     SecurityContext {
-        run_as_non_root: Some(true),
-        run_as_user: Some(QDRANT_UID),
-        run_as_group: Some(QDRANT_GID),
+        run_as_non_root: user.map(|u| u != 0),
+        run_as_user: user,
+        run_as_group: group,
         allow_privilege_escalation: Some(false),
         read_only_root_filesystem: Some(true),
         privileged: Some(false),
