@@ -127,7 +127,15 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 tracing::error!(error = %e, "injection webhook stopped");
             }
         });
-        qdrant_operator::webhook::trust(&client, &args.webhook_config, &ca).await;
+        // Again every few minutes: a configuration re-created (a reinstall)
+        // comes without the bundle.
+        let (c, config, trusted) = (client.clone(), args.webhook_config.clone(), ca.clone());
+        tokio::spawn(async move {
+            loop {
+                qdrant_operator::webhook::trust(&c, &config, &trusted).await;
+                tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+            }
+        });
     }
     let leadership = if args.no_leader_election {
         None

@@ -162,7 +162,7 @@ pub fn base64(bytes: &[u8]) -> String {
 pub const NAME: &str = "agent.qdrant.io";
 
 /// Sets the caBundle of the webhook configuration `config` to the operator's
-/// CA. A missing configuration (the webhook registered some other way) or a
+/// CA (a no-op write when it is set already). A missing configuration (the webhook registered some other way) or a
 /// refusal is logged: injection then waits for it, nothing else does.
 pub async fn trust(client: &kube::Client, config: &str, ca: &Ca) {
     use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -174,7 +174,7 @@ pub async fn trust(client: &kube::Client, config: &str, ca: &Ca) {
         .patch(config, &PatchParams::default(), &Patch::Strategic(&patch))
         .await
     {
-        Ok(_) => tracing::info!(config, "webhook configuration trusts the operator's CA"),
+        Ok(_) => tracing::debug!(config, "webhook configuration trusts the operator's CA"),
         Err(e) => {
             tracing::warn!(config, error = %e, "could not set the webhook's caBundle; pods are admitted without the agent until it is set")
         }
