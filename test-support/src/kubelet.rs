@@ -397,8 +397,21 @@ impl Inner {
                 format!("volume {}: kind not supported by the test kubelet", v.name).into(),
             );
         };
+        // File modes as a kubelet sets them (defaultMode; 0644 when unset),
+        // so a script from a ConfigMap with defaultMode 0755 runs.
+        let mode = v
+            .config_map
+            .as_ref()
+            .and_then(|c| c.default_mode)
+            .or_else(|| v.secret.as_ref().and_then(|s| s.default_mode))
+            .unwrap_or(0o644);
         for (k, bytes) in files {
-            std::fs::write(d.join(k), bytes)?;
+            use std::os::unix::fs::PermissionsExt;
+            let f = d.join(k);
+            std::fs::write(&f, bytes)?;
+            // The tests run as one user: the owner bits must stay readable.
+            let mode = (mode as u32) | 0o400;
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode))?;
         }
         Ok(d)
     }
