@@ -11,8 +11,10 @@ use test_support::stack::{World, eventually};
 const NS: &str = "vectors";
 
 /// A StatefulSet shaped as Qdrant's Helm chart renders it: container
-/// `qdrant`, the snapshots volume at /qdrant/snapshots, uid 1000, the API
-/// key from a Secret in the environment; `labelled` sets the chart's
+/// `qdrant` started by the chart's `initialize.sh` with its
+/// `production.yaml` (both from a ConfigMap, by subPath), the snapshots
+/// volume at /qdrant/snapshots, uid 1000, the API key from a Secret in the
+/// environment, `/readyz` readiness; `labelled` sets the chart's
 /// `podLabels` that ask for the agent.
 fn chart_statefulset(name: &str, labelled: bool) -> String {
     let opt_in = if labelled {
@@ -21,17 +23,28 @@ fn chart_statefulset(name: &str, labelled: bool) -> String {
         ""
     };
     format!(
-        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: {NS}}}\ndata:\n\
+         \x20 initialize.sh: |\n    #!/bin/bash\n    exec ./entrypoint.sh\n\
+         \x20 production.yaml: |\n    storage:\n      storage_path: /qdrant/storage\n      snapshots_path: /qdrant/snapshots\n\
+         ---\n\
+         apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {{name: {name}, namespace: {NS}}}\n\
          spec:\n  replicas: 1\n  serviceName: {name}-headless\n  podManagementPolicy: Parallel\n\
          \x20 selector: {{matchLabels: {{app.kubernetes.io/name: qdrant, app.kubernetes.io/instance: {name}}}}}\n\
          \x20 template:\n    metadata:\n      labels: {{app.kubernetes.io/name: qdrant, app.kubernetes.io/instance: {name}{opt_in}}}\n\
          \x20   spec:\n      securityContext: {{fsGroup: 3000}}\n      containers:\n\
          \x20     - name: qdrant\n        image: qdrant/qdrant:v1.18.3\n        command: [/bin/bash, -c]\n        args: [./config/initialize.sh]\n\
-         \x20       env: [{{name: QDRANT__SERVICE__API_KEY, valueFrom: {{secretKeyRef: {{name: {name}-apikey, key: api-key}}}}}}]\n\
+         \x20       env: [{{name: QDRANT__SERVICE__API_KEY, valueFrom: {{secretKeyRef: {{name: qdrant-apikey, key: api-key}}}}}}]\n\
          \x20       ports: [{{name: http, containerPort: 6333}}, {{name: grpc, containerPort: 6334}}, {{name: p2p, containerPort: 6335}}]\n\
+         \x20       readinessProbe: {{httpGet: {{path: /readyz, port: 6333}}, periodSeconds: 1}}\n\
          \x20       securityContext: {{runAsUser: 1000, runAsGroup: 2000, runAsNonRoot: true, readOnlyRootFilesystem: true}}\n\
-         \x20       volumeMounts: [{{name: qdrant-storage, mountPath: /qdrant/storage}}, {{name: qdrant-snapshots, mountPath: /qdrant/snapshots}}]\n\
-         \x20     volumes: [{{name: qdrant-snapshots, emptyDir: {{}}}}]\n\
+         \x20       volumeMounts:\n\
+         \x20       - {{name: qdrant-storage, mountPath: /qdrant/storage}}\n\
+         \x20       - {{name: qdrant-config, mountPath: /qdrant/config/initialize.sh, subPath: initialize.sh}}\n\
+         \x20       - {{name: qdrant-config, mountPath: /qdrant/config/production.yaml, subPath: production.yaml}}\n\
+         \x20       - {{name: qdrant-snapshots, mountPath: /qdrant/snapshots}}\n\
+         \x20     volumes:\n\
+         \x20     - {{name: qdrant-config, configMap: {{name: {name}, defaultMode: 493}}}}\n\
+         \x20     - {{name: qdrant-snapshots, emptyDir: {{}}}}\n\
          \x20 volumeClaimTemplates:\n  - metadata: {{name: qdrant-storage}}\n    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n"
     )
 }
@@ -72,11 +85,12 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
         &["--webhook-listen", &listen, "--webhook-hosts", "127.0.0.1"],
     );
     let log = operator.log.clone();
+    let kubelet = w.kubelet(NS);
     let diag = || {
         format!(
-            "operator log:\n{}\nkube-apiserver:\n{}",
+            "operator log:\n{}\npods:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default(),
-            w.cp.log_tail("kube-apiserver.log")
+            kubelet.all_logs()
         )
     };
     // The operator's CA, which signs the webhook's certificate.
@@ -92,7 +106,7 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
     w.secret(NS, "qdrant-apikey", &[("api-key", "chart-api-key-3c1d")]);
 
     let pods: Api<Pod> = Api::namespaced(w.admin.clone(), NS);
-    // The webhook may take a moment to be served after its registration.
+    let ns_secrets: Api<Secret> = Api::namespaced(w.admin.clone(), NS);
     w.apply(&chart_statefulset("qdrant", true));
     let p = pod(&pods, "qdrant-0", &diag).await;
     assert_eq!(containers(&p), ["qdrant", "qdrant-agent"], "{}", diag());
@@ -119,7 +133,6 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
     );
     // The workload's Secrets exist, owned by its StatefulSet: deleting it
     // deletes them.
-    let ns_secrets: Api<Secret> = Api::namespaced(w.admin.clone(), NS);
     for name in ["qdrant-agent-token", "qdrant-agent-tls"] {
         let s = ns_secrets.get(name).await.unwrap();
         let owner = &s.metadata.owner_references.unwrap()[0];
@@ -128,6 +141,66 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
             ("StatefulSet", "qdrant")
         );
     }
+
+    // The pod runs: the real Qdrant and the injected agent, both Ready. The
+    // agent answers the operator's client certificate and the workload's
+    // token, over TLS for the pod's name under the StatefulSet's Service,
+    // and reads Qdrant with Qdrant's own key.
+    eventually(120, "qdrant-0 Ready with its agent", &diag, || async {
+        let p = pods.get("qdrant-0").await.ok()?;
+        let st = p.status?;
+        st.conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    let ip = kubelet.pod_ip("qdrant-0").await.unwrap();
+    test_support::stack::need(test_support::real_qdrant::call(
+        "PUT",
+        &format!("http://{ip}:6333"),
+        "/collections/docs?wait=true",
+        Some("chart-api-key-3c1d"),
+        Some(serde_json::json!({"vectors": {"size": 4, "distance": "Dot"}})),
+    ));
+    let ca_secret = secrets
+        .get("qdrant-operator-ca")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    let pem = |k: &str| String::from_utf8(ca_secret[k].0.clone()).unwrap();
+    let ca = qdrant_operator::pki::Ca::load(&pem("ca.crt"), &pem("ca.key")).unwrap();
+    let tls = qdrant_operator::agent_client::ClientIdentity::issue(std::sync::Arc::new(ca))
+        .unwrap()
+        .get();
+    let token = ns_secrets
+        .get("qdrant-agent-token")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["token"]
+        .0
+        .clone();
+    let mut agent = qdrant_operator::agent_client::connect(
+        &format!("{ip}:{}", qdrant_operator::inject::PORT),
+        &format!("qdrant-0.qdrant-headless.{NS}.svc"),
+        &tls,
+        Some(String::from_utf8(token).unwrap().trim()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", diag()));
+    let placement = agent
+        .get_placement(qdrant_agent_proto::v1::GetPlacementRequest {
+            collections: vec![],
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", diag()))
+        .into_inner();
+    assert!(
+        format!("{placement:?}").contains("\"docs\""),
+        "{placement:?}"
+    );
 
     // Without the label, nothing is injected.
     w.apply(&chart_statefulset("plain", false));
