@@ -279,18 +279,7 @@ async fn helm_install_on_a_real_api_server_runs_the_operator() {
     // The API server warns of schema formats it does not know, on every
     // apply: the CRDs use none.
     assert!(!said.contains("unrecognized format"), "{said}");
-    let ok = need(cp.kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "crd",
-        "--all",
-        "--timeout=60s",
-    ]));
-    assert!(
-        ok.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ok.stderr)
-    );
+    cp.wait_crds_established();
     let deployment: Value = serde_json::from_slice(
         &need(cp.kubectl(&[
             "-n",

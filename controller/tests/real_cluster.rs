@@ -60,6 +60,23 @@ fn expandable_volumes(cluster: &str, nodes: usize, size: &str) -> String {
     yaml
 }
 
+/// The status of restore `name` once it is Completed or Failed.
+async fn restore_ended(
+    restores: &Api<QdrantRestore>,
+    name: &str,
+    diag: &impl Fn() -> String,
+) -> QdrantRestoreStatus {
+    eventually(120, &format!("restore {name} ends"), diag, || async {
+        let st = restores.get(name).await.ok()?.status?;
+        matches!(
+            st.phase?,
+            OperationPhase::Completed | OperationPhase::Failed
+        )
+        .then_some(st)
+    })
+    .await
+}
+
 fn volumes_sized(c: &QdrantCluster) -> Option<(String, String, String)> {
     let st = c.status.as_ref()?;
     let v = st.conditions.iter().find(|c| c.type_ == "VolumesSized")?;
@@ -908,15 +925,7 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     let victim = r.status.unwrap().tasks[0].pod.clone();
     kubelet.kill_container(&victim, "agent").await;
     gate.open();
-    let st = eventually(120, "restore rolled-back ends", &restore_diag, || async {
-        let st = restores.get("rolled-back").await.ok()?.status?;
-        matches!(
-            st.phase?,
-            OperationPhase::Completed | OperationPhase::Failed
-        )
-        .then_some(st)
-    })
-    .await;
+    let st = restore_ended(&restores, "rolled-back", &restore_diag).await;
     assert_eq!(st.phase, Some(OperationPhase::Failed), "{st:#?}");
     assert_eq!(st.conditions[0].reason, "AgentLost", "{st:#?}");
     assert!(
@@ -959,15 +968,7 @@ async fn a_backup_survives_a_lost_agent_and_an_operator_restart_and_a_deleted_on
     .await;
     let victim = r.status.unwrap().tasks[0].pod.clone();
     kubelet.kill_container(&victim, "agent").await;
-    let st = eventually(120, "restore lost-verifying ends", &diag, || async {
-        let st = restores.get("lost-verifying").await.ok()?.status?;
-        matches!(
-            st.phase?,
-            OperationPhase::Completed | OperationPhase::Failed
-        )
-        .then_some(st)
-    })
-    .await;
+    let st = restore_ended(&restores, "lost-verifying", &diag).await;
     assert_eq!(st.phase, Some(OperationPhase::Failed), "{st:#?}");
     assert_eq!(st.conditions[0].reason, "AgentLost", "{st:#?}");
     assert!(

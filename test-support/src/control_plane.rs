@@ -231,6 +231,24 @@ impl ControlPlane {
         client_from(&self.service_account_kubeconfig(ns, name).await?).await
     }
 
+    /// Waits until every CRD is Established (served), or panics saying why.
+    pub fn wait_crds_established(&self) {
+        let out = self
+            .kubectl(&[
+                "wait",
+                "--for=condition=Established",
+                "crd",
+                "--all",
+                "--timeout=60s",
+            ])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            out.status.success(),
+            "CRDs not Established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `kubectl` as the admin.
     pub fn kubectl(&self, args: &[&str]) -> Result<Output, BoxError> {
         self.kubectl_stdin(args, None)

@@ -85,19 +85,7 @@ impl World {
             "kubectl apply -k manifests/ failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        // CRDs are served once Established.
-        let out = need(cp.kubectl(&[
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ]));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        cp.wait_crds_established();
         let operator_kubeconfig = need(
             cp.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA)
                 .await,
