@@ -5,10 +5,11 @@
 
 use crate::agent_client::{self, AgentTls, Client};
 use crate::cluster::render;
+use crate::crd::S3Storage;
 use crate::crd::{AgentTask, AgentTaskState};
-use crate::crd::{QdrantCluster, S3Storage};
 use crate::plan::AgentPod;
 use crate::runtime::Halt;
+use crate::target::Target;
 use crate::tasks::Observed;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Pod, Secret};
@@ -138,24 +139,64 @@ pub struct Agents {
     /// `<pod>.` under it.
     domain: String,
     pub pods: Vec<PodAddr>,
+    /// Why pods of the target have no agent to ask, one line each.
+    pub without_agent: Vec<String>,
 }
 
 impl Agents {
-    /// The cluster's ready pods and the token to reach their agents.
-    pub async fn of(
-        client: &kube::Client,
-        cluster: &QdrantCluster,
-        tls: &AgentTls,
-    ) -> Result<Self, Halt> {
-        let ns = cluster.namespace().unwrap_or_default();
-        let names = render::Names::of(cluster);
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-        let Some(secret) = secrets.get_opt(&names.agent_token()).await? else {
+    /// The target's ready pods that run the agent, and the token to reach
+    /// them.
+    pub async fn of(client: &kube::Client, target: &Target, tls: &AgentTls) -> Result<Self, Halt> {
+        let ns = &target.namespace;
+        let reach = &target.reach;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+        let mut ready = Vec::new();
+        let mut without_agent = Vec::new();
+        let live = pods
+            .list(&ListParams::default().labels(&reach.selector))
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none());
+        for p in live {
+            let name = p.name_any();
+            let has_agent = p
+                .spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .any(|c| c.name == reach.container);
+            if !has_agent {
+                without_agent.push(target.missing_agent(&name));
+                continue;
+            }
+            let Some(status) = p.status.as_ref() else {
+                continue;
+            };
+            let is_ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if let Some(ip) = status.pod_ip.clone().filter(|ip| !ip.is_empty())
+                && is_ready
+            {
+                ready.push(PodAddr { name, ip });
+            }
+        }
+        ready.sort_by(|a, b| a.name.cmp(&b.name));
+        without_agent.sort();
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+        let Some(secret) = secrets.get_opt(&reach.token_secret).await? else {
+            // Pods without the agent are why there is no token yet (the
+            // injection webhook creates it with the first agent it adds).
+            if !without_agent.is_empty() {
+                return Err(agent_missing(&without_agent));
+            }
             return Err(Halt::Wait {
                 reason: "AgentTokenMissing",
                 message: format!(
                     "Secret {ns}/{} (the agents' token) does not exist yet",
-                    names.agent_token()
+                    reach.token_secret
                 ),
             });
         };
@@ -164,40 +205,23 @@ impl Agents {
             .unwrap_or_default()
             .get(render::AGENT_TOKEN_KEY)
             .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
-        let selector = render::selector_labels(cluster)
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-        let mut ready: Vec<PodAddr> = pods
-            .list(&ListParams::default().labels(&selector))
-            .await?
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter_map(|p| {
-                let status = p.status.as_ref()?;
-                let is_ready = status
-                    .conditions
-                    .iter()
-                    .flatten()
-                    .any(|c| c.type_ == "Ready" && c.status == "True");
-                let ip = status.pod_ip.clone().filter(|ip| !ip.is_empty())?;
-                is_ready.then(|| PodAddr {
-                    name: p.name_any(),
-                    ip,
-                })
-            })
-            .collect();
-        ready.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(Self {
             tls: tls.clone(),
             token,
-            port: cluster.spec.agent.port,
-            domain: format!("{}.{ns}.svc", names.headless()),
+            port: reach.port,
+            domain: reach.domain.clone(),
             pods: ready,
+            without_agent,
         })
+    }
+
+    /// A new operation needs every pod's agent: a pod without one is said,
+    /// with how to give it one.
+    pub fn every_pod_has_one(&self) -> Result<(), Halt> {
+        if self.without_agent.is_empty() {
+            return Ok(());
+        }
+        Err(agent_missing(&self.without_agent))
     }
 
     pub fn has(&self, pod: &str) -> bool {
@@ -337,6 +361,10 @@ impl Agents {
     }
 }
 
+fn agent_missing(why: &[String]) -> Halt {
+    Halt::wait("AgentMissing", why.join("; "))
+}
+
 enum Ask {
     Unreachable(String),
     Refused(String, String),
@@ -428,7 +456,7 @@ impl Agents {
     /// and stopped: the first step of undoing an operation.
     pub async fn stop(
         ctx: &crate::runtime::Context,
-        cluster: Option<&QdrantCluster>,
+        cluster: Option<&Target>,
         tasks: &[AgentTask],
     ) -> Result<Self, String> {
         let cluster = cluster.ok_or("its cluster is gone")?;

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod restore;
 pub mod runtime;
 pub mod schedule;
+pub mod target;
 pub mod tasks;
 pub mod wake;
 pub mod webhook;

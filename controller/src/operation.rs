@@ -1,8 +1,8 @@
 //! Pure: what a backup and a restore decide alike about the cluster they
 //! work on, before any agent is asked.
 
-use crate::crd::{ClusterPhase, QdrantCluster};
-use kube::ResourceExt;
+use crate::crd::ClusterReference;
+use crate::target::Target;
 
 /// The next step of a backup or a restore.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,50 +25,40 @@ pub enum Step {
     Done,
 }
 
-/// Whether the target cluster lets an operation run: it must exist and run
-/// the agent; an operation not `started` yet also waits for it to be
-/// Running. `None`: go on.
+/// Whether the target lets an operation run: it must exist and run the
+/// agent; an operation not `started` yet also waits for it to be ready.
+/// `None`: go on.
 pub fn cluster_gate(
     what: &str,
-    name: &str,
+    reference: &ClusterReference,
     ns: &str,
-    cluster: Option<&QdrantCluster>,
+    target: Option<&Target>,
     started: bool,
 ) -> Option<Step> {
-    let Some(cluster) = cluster else {
+    let Some(target) = target else {
         return Some(if started {
             Step::Fail {
                 reason: "ClusterNotFound",
-                message: format!("QdrantCluster {name} was deleted during the {what}"),
+                message: format!("{} was deleted during the {what}", reference.describe()),
             }
         } else {
             Step::Wait {
                 reason: "ClusterNotFound",
-                message: format!("QdrantCluster {name} not found in namespace {ns}"),
+                message: format!("{} not found in namespace {ns}", reference.describe()),
             }
         });
     };
-    if !cluster.spec.agent.enabled {
+    if let Some((reason, message)) = &target.unusable {
         return Some(Step::Fail {
-            reason: "AgentDisabled",
-            message: format!(
-                "QdrantCluster {} runs without the backup agent; set spec.agent.enabled: true",
-                cluster.name_any()
-            ),
+            reason,
+            message: message.clone(),
         });
     }
-    let phase = cluster.status.as_ref().and_then(|s| s.phase);
-    if !started && phase != Some(ClusterPhase::Running) {
-        return Some(Step::Wait {
+    match &target.not_ready {
+        Some(message) if !started => Some(Step::Wait {
             reason: "ClusterNotReady",
-            message: format!(
-                "QdrantCluster {} is {}, not Running",
-                cluster.name_any(),
-                phase
-                    .map(|p| format!("{p:?}"))
-                    .unwrap_or_else(|| "not yet reconciled".into())
-            ),
-        });
+            message: message.clone(),
+        }),
+        _ => None,
     }
-    None
 }

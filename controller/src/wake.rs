@@ -3,8 +3,11 @@
 //! backup is woken by the watch on that object, so waiting costs nothing
 //! between changes: no polling of the API server per waiting object.
 
-use crate::crd::{OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore};
+use crate::crd::{
+    ClusterKind, ClusterReference, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore,
+};
 use crate::runtime::Kind;
+use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
 use kube::api::Api;
@@ -21,8 +24,8 @@ const SECRET_WAITS: [&str; 2] = ["SecretNotFound", "AgentTokenMissing"];
 
 /// What the wake-ups need to know of a backup or a restore.
 pub trait Waiting: Kind {
-    /// The QdrantCluster it works on.
-    fn cluster(&self) -> &str;
+    /// The QdrantCluster or StatefulSet it works on.
+    fn cluster(&self) -> &ClusterReference;
     fn phase(&self) -> Option<OperationPhase>;
     /// The reason of its `Ready` condition.
     fn reason(&self) -> Option<&str>;
@@ -44,8 +47,8 @@ fn ready_reason(c: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition])
 }
 
 impl Waiting for QdrantBackup {
-    fn cluster(&self) -> &str {
-        &self.spec.cluster_ref.name
+    fn cluster(&self) -> &ClusterReference {
+        &self.spec.cluster_ref
     }
     fn phase(&self) -> Option<OperationPhase> {
         self.status.as_ref().and_then(|s| s.phase)
@@ -60,8 +63,8 @@ impl Waiting for QdrantBackup {
 }
 
 impl Waiting for QdrantRestore {
-    fn cluster(&self) -> &str {
-        &self.spec.target_cluster_ref.name
+    fn cluster(&self) -> &ClusterReference {
+        &self.spec.target_cluster_ref
     }
     fn phase(&self) -> Option<OperationPhase> {
         self.status.as_ref().and_then(|s| s.phase)
@@ -93,10 +96,14 @@ fn select<K: Waiting>(
         .collect()
 }
 
+fn refers(kind: ClusterKind, name: String) -> impl Fn(&ClusterReference) -> bool {
+    move |r| r.kind == kind && r.name == name
+}
+
 /// A cluster that appears, becomes Running or goes away.
 pub fn on_cluster<K: Waiting>(store: &Store<K>, c: &QdrantCluster) -> Vec<ObjectRef<K>> {
-    let name = c.name_any();
-    select(store, c.namespace(), |o| o.cluster() == name)
+    let is = refers(ClusterKind::QdrantCluster, c.name_any());
+    select(store, c.namespace(), |o| is(o.cluster()))
 }
 
 /// A pod of a cluster that starts, becomes ready or goes away.
@@ -104,7 +111,19 @@ pub fn on_pod<K: Waiting>(store: &Store<K>, p: &PartialObjectMeta<Pod>) -> Vec<O
     let Some(cluster) = p.labels().get(INSTANCE) else {
         return vec![];
     };
-    select(store, p.namespace(), |o| o.cluster() == cluster)
+    let is = refers(ClusterKind::QdrantCluster, cluster.clone());
+    select(store, p.namespace(), |o| is(o.cluster()))
+}
+
+/// A StatefulSet that appears, goes away or changes, its status too (as
+/// its pods become ready): the operations on it. Pods the operator does
+/// not run carry no label of its own, so their StatefulSet stands for them.
+pub fn on_statefulset<K: Waiting>(
+    store: &Store<K>,
+    s: &PartialObjectMeta<StatefulSet>,
+) -> Vec<ObjectRef<K>> {
+    let is = refers(ClusterKind::StatefulSet, s.name_any());
+    select(store, s.namespace(), |o| is(o.cluster()))
 }
 
 /// A Secret that appears or changes: the objects waiting for one.
@@ -147,7 +166,13 @@ pub fn on_backup<K: Waiting>(store: &Store<K>, b: &QdrantBackup) -> Vec<ObjectRe
 /// operator this way, and a pod's readiness changes its resourceVersion).
 pub fn woken<K: Waiting>(controller: Controller<K>, client: &kube::Client) -> Controller<K> {
     let store = controller.store();
-    let (s1, s2, s3, s4) = (store.clone(), store.clone(), store.clone(), store);
+    let (s1, s2, s3, s4, s5) = (
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store.clone(),
+        store,
+    );
     let all = watcher::Config::default;
     controller
         .watches(Api::<QdrantCluster>::all(client.clone()), all(), move |c| {
@@ -167,6 +192,11 @@ pub fn woken<K: Waiting>(controller: Controller<K>, client: &kube::Client) -> Co
             all(),
             move |s| on_secret(&s4, &s),
         )
+        .watches(
+            Api::<PartialObjectMeta<StatefulSet>>::all(client.clone()),
+            all(),
+            move |s| on_statefulset(&s5, &s),
+        )
 }
 
 #[cfg(test)]
@@ -175,11 +205,16 @@ mod tests {
     use kube::runtime::reflector;
     use kube::runtime::watcher::Event;
 
+    /// A backup of QdrantCluster `cluster`, or of StatefulSet `sts/<name>`.
     fn backup(ns: &str, name: &str, cluster: &str, phase: &str, reason: &str) -> QdrantBackup {
+        let cluster_ref = match cluster.strip_prefix("sts/") {
+            Some(sts) => serde_json::json!({"kind": "StatefulSet", "name": sts}),
+            None => serde_json::json!({"name": cluster}),
+        };
         serde_json::from_value(serde_json::json!({
             "apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackup",
             "metadata": {"name": name, "namespace": ns},
-            "spec": {"clusterRef": {"name": cluster}, "storage": {"s3": {"bucket": "b"}}},
+            "spec": {"clusterRef": cluster_ref, "storage": {"s3": {"bucket": "b"}}},
             "status": {"phase": phase, "conditions": [{"type": "Ready", "status": "False",
                 "reason": reason, "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
         }))
@@ -223,6 +258,7 @@ mod tests {
             backup("ns", "other-cluster", "r", "Pending", "ClusterNotReady"),
             backup("ns", "done", "q", "Completed", "Completed"),
             backup("other", "elsewhere", "q", "Pending", "SecretNotFound"),
+            backup("ns", "waits-sts", "sts/q", "Pending", "ClusterNotReady"),
         ]);
         let cluster: QdrantCluster = serde_json::from_value(serde_json::json!({
             "apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantCluster",
@@ -238,6 +274,12 @@ mod tests {
             ["other-cluster"]
         );
         assert!(on_pod(&s, &meta::<Pod>("ns", "x", &[])).is_empty());
+        // A StatefulSet of the same name wakes only what refers to it.
+        assert_eq!(
+            names(on_statefulset(&s, &meta::<StatefulSet>("ns", "q", &[]))),
+            ["waits-sts"]
+        );
+        assert!(on_statefulset(&s, &meta::<StatefulSet>("other", "q", &[])).is_empty());
         assert_eq!(
             names(on_secret(&s, &meta::<Secret>("ns", "s3", &[]))),
             ["waits-secret"]

@@ -2,8 +2,9 @@
 //! its cluster, the other backups of the namespace and the time. Terminal
 //! phases never change; one backup runs per cluster at a time.
 
-use crate::crd::{OperationPhase, QdrantBackup, QdrantCluster};
+use crate::crd::{OperationPhase, QdrantBackup};
 use crate::operation::cluster_gate;
+use crate::target::Target;
 use kube::ResourceExt;
 use std::borrow::Borrow;
 
@@ -26,7 +27,7 @@ fn is_terminal(b: &QdrantBackup) -> bool {
 
 pub fn next_step<O: Borrow<QdrantBackup>>(
     b: &QdrantBackup,
-    cluster: Option<&QdrantCluster>,
+    cluster: Option<&Target>,
     others: &[O],
     now: jiff::Timestamp,
 ) -> Step {
@@ -68,7 +69,7 @@ pub fn next_step<O: Borrow<QdrantBackup>>(
     }
     let ns = b.namespace().unwrap_or_default();
     let running = phase(b) == Some(OperationPhase::InProgress);
-    if let Some(step) = cluster_gate("backup", &b.spec.cluster_ref.name, &ns, cluster, running) {
+    if let Some(step) = cluster_gate("backup", &b.spec.cluster_ref, &ns, cluster, running) {
         return step;
     }
     if phase(b) == Some(OperationPhase::InProgress) {
@@ -148,8 +149,8 @@ mod tests {
         b
     }
 
-    fn cluster(phase: ClusterPhase, agent: bool) -> QdrantCluster {
-        let mut c: QdrantCluster = serde_yaml::from_str(&format!(
+    fn cluster(phase: ClusterPhase, agent: bool) -> Target {
+        let mut c: crate::crd::QdrantCluster = serde_yaml::from_str(&format!(
             "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: q, namespace: ns}}\nspec: {{version: v1.18.3, agent: {{enabled: {agent}}}}}\n"
         ))
         .unwrap();
@@ -157,7 +158,7 @@ mod tests {
             phase: Some(phase),
             ..Default::default()
         });
-        c
+        Target::of_cluster(&c)
     }
 
     #[test]

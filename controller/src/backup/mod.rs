@@ -19,11 +19,12 @@ use crate::agents::{Agents, Seen, Start, agent_pods, instances, status_reason, s
 use crate::crd::Verification;
 use crate::crd::{
     AgentTask, AgentTaskState, BackupMode, DeletionPolicy, OperationPhase, QdrantBackup,
-    QdrantBackupStatus, QdrantCluster, TaskProgress, TaskShard,
+    QdrantBackupStatus, TaskProgress, TaskShard,
 };
 use crate::plan::{self, from_agent};
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
+use crate::target::Target;
 use crate::tasks::{self, Observed, Outcome};
 use crate::wake;
 use decide::{Step, cluster_prefix, next_step};
@@ -121,9 +122,8 @@ async fn apply(
     store: Option<Store<QdrantBackup>>,
 ) -> Result<Action, Error> {
     let ns = b.namespace().unwrap_or_default();
-    let clusters: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let backups: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
-    let cluster = clusters.get_opt(&b.spec.cluster_ref.name).await?;
+    let cluster = Target::get(&ctx.client, &ns, &b.spec.cluster_ref).await?;
     let status = status_of(b);
     let others = match status.phase {
         None | Some(OperationPhase::Pending) => others(b, ctx, store).await?,
@@ -180,7 +180,7 @@ async fn apply(
 /// A wait stays a wait once the backup runs too (a Secret, a token or an
 /// agent gone for a moment): its tasks run on, and it fails only on a
 /// definitive error or its deadline.
-async fn drive(b: &QdrantBackup, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
+async fn drive(b: &QdrantBackup, ctx: &Context, cluster: &Target) -> Result<Action, Halt> {
     let started = !status_of(b).tasks.is_empty();
     let ns = b.namespace().unwrap_or_default();
     let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b)).await?;
@@ -246,6 +246,7 @@ async fn start(
     agents: &Agents,
     storage: &StorageTarget,
 ) -> Result<Action, Halt> {
+    agents.every_pod_has_one()?;
     let (tasks, seen) = survey_and_plan(b, agents, &[], 1).await?;
     let previous = status_of(b);
     let total: usize = tasks.iter().map(|t| t.shards.len()).sum();
@@ -652,7 +653,7 @@ fn transient(s: &tonic::Status, reason: &str) -> bool {
 async fn fail(
     b: &QdrantBackup,
     ctx: &Context,
-    cluster: Option<&QdrantCluster>,
+    cluster: Option<&Target>,
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
@@ -707,7 +708,7 @@ fn left_behind(b: &QdrantBackup) -> String {
 async fn discard(
     b: &QdrantBackup,
     ctx: &Context,
-    cluster: Option<&QdrantCluster>,
+    cluster: Option<&Target>,
     status: &QdrantBackupStatus,
 ) -> Result<u32, String> {
     let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
@@ -750,8 +751,7 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
     let ns = b.namespace().unwrap_or_default();
-    let clusters: Api<QdrantCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let cluster = clusters.get_opt(&b.spec.cluster_ref.name).await?;
+    let cluster = Target::get(&ctx.client, &ns, &b.spec.cluster_ref).await?;
     if cluster.is_none() {
         // No agent is left to delete through: say where the data is.
         report::event(
@@ -761,8 +761,8 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
             "ObjectsLeft",
             "Delete",
             format!(
-                "cluster {} is gone, so no agent can delete the backup: {}",
-                b.spec.cluster_ref.name,
+                "{} is gone, so no agent can delete the backup: {}",
+                b.spec.cluster_ref.describe(),
                 left_behind(b)
             ),
         )

@@ -29,6 +29,8 @@ pub const AGENT_TLS_DIR: &str = "/var/run/qdrant-agent-tls";
 pub const AGENT_MEMORY_OVERHEAD_MIB: u32 = 64;
 /// Key of the agent token in its Secret.
 pub const AGENT_TOKEN_KEY: &str = "token";
+/// The agent container's name in a QdrantCluster's pods.
+pub const AGENT_CONTAINER: &str = "agent";
 
 /// Names of the objects of one cluster, derived from its name.
 pub struct Names {
@@ -537,7 +539,7 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
     });
     let snapshots_dir = w.snapshots.mount_path.clone();
     Container {
-        name: "agent".into(),
+        name: AGENT_CONTAINER.into(),
         image: Some(w.image.clone()),
         args: Some(
             [

@@ -1,7 +1,7 @@
 //! `QdrantBackup`: a point-in-time backup of a cluster's collections to S3.
 
 use super::{
-    AgentTask, BackupMode, BackupStorage, CollectionResult, DeletionPolicy, LocalObjectReference,
+    AgentTask, BackupMode, BackupStorage, ClusterReference, CollectionResult, DeletionPolicy,
     OperationPhase, TaskProgress,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -27,8 +27,9 @@ use serde::{Deserialize, Serialize};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct QdrantBackupSpec {
-    /// The QdrantCluster to back up, in the same namespace.
-    pub cluster_ref: LocalObjectReference,
+    /// The QdrantCluster (or StatefulSet with the injected agent) to back
+    /// up, in the same namespace.
+    pub cluster_ref: ClusterReference,
     pub storage: BackupStorage,
     /// Collections to back up; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

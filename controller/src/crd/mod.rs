@@ -117,6 +117,35 @@ pub struct LocalObjectReference {
     pub name: String,
 }
 
+/// The Qdrant a backup or restore works on, in the same namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterReference {
+    /// `QdrantCluster` (the default), or `StatefulSet` for a Qdrant this
+    /// operator does not run (for example one installed by Qdrant's Helm
+    /// chart) whose pods carry the injected agent.
+    #[serde(default)]
+    pub kind: ClusterKind,
+    /// Name of the QdrantCluster or StatefulSet.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+impl ClusterReference {
+    /// How messages name it: `QdrantCluster vectors`, `StatefulSet qdrant`.
+    pub fn describe(&self) -> String {
+        format!("{:?} {}", self.kind, self.name)
+    }
+}
+
+/// What kind of object a [`ClusterReference`] names.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ClusterKind {
+    #[default]
+    QdrantCluster,
+    StatefulSet,
+}
+
 /// A key of a Secret in the same namespace.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct SecretKeyRef {

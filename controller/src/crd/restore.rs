@@ -1,7 +1,8 @@
 //! `QdrantRestore`: restore a backup, or a raw S3 path, into a cluster.
 
 use super::{
-    AgentTask, CollectionResult, LocalObjectReference, OperationPhase, S3Storage, TaskProgress,
+    AgentTask, ClusterReference, CollectionResult, LocalObjectReference, OperationPhase, S3Storage,
+    TaskProgress,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -35,8 +36,9 @@ pub struct QdrantRestoreSpec {
     /// resource or cluster is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<RestoreSource>,
-    /// The QdrantCluster to restore into, in the same namespace.
-    pub target_cluster_ref: LocalObjectReference,
+    /// The QdrantCluster (or StatefulSet with the injected agent) to
+    /// restore into, in the same namespace.
+    pub target_cluster_ref: ClusterReference,
     /// Collections to restore; empty means all in the backup.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collections: Vec<String>,

@@ -1,6 +1,6 @@
 //! `QdrantBackupSchedule`: backups on a cron schedule, with retention.
 
-use super::{BackupMode, BackupStorage, DeletionPolicy, LocalObjectReference};
+use super::{BackupMode, BackupStorage, ClusterReference, DeletionPolicy};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -36,7 +36,9 @@ pub struct QdrantBackupScheduleSpec {
     /// IANA time zone the schedule is read in (default UTC).
     #[serde(default = "utc")]
     pub time_zone: String,
-    pub cluster_ref: LocalObjectReference,
+    /// The QdrantCluster (or StatefulSet with the injected agent) to back
+    /// up, in the same namespace.
+    pub cluster_ref: ClusterReference,
     pub storage: BackupStorage,
     /// Collections to back up; empty means all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

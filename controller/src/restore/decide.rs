@@ -2,17 +2,16 @@
 //! backup it restores, and the agent requests of each stage.
 
 use crate::backup::decide::cluster_prefix;
-use crate::crd::{
-    AgentTask, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore, RestoreStage, S3Storage,
-};
+use crate::crd::{AgentTask, OperationPhase, QdrantBackup, QdrantRestore, RestoreStage, S3Storage};
 use crate::operation::{Step, cluster_gate};
 use crate::runtime::Halt;
+use crate::target::Target;
 use crate::tasks;
 use kube::ResourceExt;
 use qdrant_agent_proto::v1::{self as pb, CollectionSelection, StartRestoreRequest, StorageTarget};
 
 /// The restore's next step from its status and its target cluster.
-pub fn next_step(r: &QdrantRestore, cluster: Option<&QdrantCluster>) -> Step {
+pub fn next_step(r: &QdrantRestore, cluster: Option<&Target>) -> Step {
     let status = r.status.clone().unwrap_or_default();
     if matches!(
         status.phase,
@@ -22,8 +21,8 @@ pub fn next_step(r: &QdrantRestore, cluster: Option<&QdrantCluster>) -> Step {
         return Step::Done;
     }
     let ns = r.namespace().unwrap_or_default();
-    let name = &r.spec.target_cluster_ref.name;
-    cluster_gate("restore", name, &ns, cluster, status.stage.is_some()).unwrap_or(Step::Run)
+    let target = &r.spec.target_cluster_ref;
+    cluster_gate("restore", target, &ns, cluster, status.stage.is_some()).unwrap_or(Step::Run)
 }
 
 /// Where the backup is: its storage settings, the key prefix above it and
@@ -341,8 +340,8 @@ mod tests {
         .unwrap()
     }
 
-    fn cluster(phase: Option<ClusterPhase>, agent: bool) -> QdrantCluster {
-        let mut c: QdrantCluster = serde_yaml::from_str(&format!(
+    fn cluster(phase: Option<ClusterPhase>, agent: bool) -> Target {
+        let mut c: crate::crd::QdrantCluster = serde_yaml::from_str(&format!(
             "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: vectors, namespace: search}}\n\
              spec: {{version: v1.18.3, agent: {{enabled: {agent}}}}}\n"
         ))
@@ -351,7 +350,7 @@ mod tests {
             phase,
             ..Default::default()
         });
-        c
+        Target::of_cluster(&c)
     }
 
     fn backup(phase: Option<OperationPhase>) -> QdrantBackup {
@@ -384,7 +383,7 @@ mod tests {
     #[test]
     fn a_restore_waits_for_its_cluster_and_fails_when_it_goes_away_mid_way() {
         let r = restore("  backupRef: {name: nightly}\n");
-        let step = |c: Option<&QdrantCluster>, r: &QdrantRestore| match next_step(r, c) {
+        let step = |c: Option<&Target>, r: &QdrantRestore| match next_step(r, c) {
             Step::Wait { reason, .. } => format!("wait {reason}"),
             Step::Fail { reason, .. } => format!("fail {reason}"),
             other => format!("{other:?}"),

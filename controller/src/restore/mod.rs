@@ -19,13 +19,13 @@ pub mod decide;
 
 use crate::agents::{Agents, Start, agent_pods, instances, status_reason, storage_target};
 use crate::crd::{
-    AgentTask, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore, QdrantRestoreStatus,
-    RestoreStage,
+    AgentTask, OperationPhase, QdrantBackup, QdrantRestore, QdrantRestoreStatus, RestoreStage,
 };
 use crate::operation::Step;
 use crate::plan::{from_agent, plan};
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
+use crate::target::Target;
 use crate::tasks::{self, Outcome};
 use decide::{
     ManifestView, Source, proto_stage, request, selection, sources, target_name, task_id,
@@ -61,11 +61,9 @@ fn status_of(r: &QdrantRestore) -> QdrantRestoreStatus {
     r.status.clone().unwrap_or_default()
 }
 
-async fn target(r: &QdrantRestore, ctx: &Context) -> Result<Option<QdrantCluster>, kube::Error> {
+async fn target(r: &QdrantRestore, ctx: &Context) -> Result<Option<Target>, kube::Error> {
     let ns = r.namespace().unwrap_or_default();
-    Api::<QdrantCluster>::namespaced(ctx.client.clone(), &ns)
-        .get_opt(&r.spec.target_cluster_ref.name)
-        .await
+    Target::get(&ctx.client, &ns, &r.spec.target_cluster_ref).await
 }
 
 /// Where the restore reads from: its spec's S3 path, or its QdrantBackup.
@@ -99,7 +97,7 @@ async fn apply(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
-async fn drive(r: &QdrantRestore, ctx: &Context, cluster: &QdrantCluster) -> Result<Action, Halt> {
+async fn drive(r: &QdrantRestore, ctx: &Context, cluster: &Target) -> Result<Action, Halt> {
     let status = status_of(r);
     let started = status.stage.is_some();
     let src = source(r, ctx).await.map_err(|h| h.once(started))?;
@@ -125,6 +123,7 @@ async fn start(
     storage: &StorageTarget,
     src: &Source,
 ) -> Result<Action, Halt> {
+    agents.every_pod_has_one()?;
     let cluster = &r.spec.target_cluster_ref.name;
     let (seen, unreachable) = agents.survey_some(&[], cluster).await?;
     if seen.len() < agents.pods.len() {
@@ -420,7 +419,7 @@ async fn complete(
 async fn undo(
     r: &QdrantRestore,
     ctx: &Context,
-    cluster: Option<&QdrantCluster>,
+    cluster: Option<&Target>,
     status: &QdrantRestoreStatus,
 ) -> Result<(), String> {
     let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
@@ -472,7 +471,7 @@ async fn undo(
 async fn fail(
     r: &QdrantRestore,
     ctx: &Context,
-    cluster: Option<&QdrantCluster>,
+    cluster: Option<&Target>,
     reason: &str,
     message: String,
 ) -> Result<Action, Error> {
@@ -540,7 +539,7 @@ async fn fail(
 async fn roll_back(
     r: &QdrantRestore,
     ctx: &Context,
-    cluster: Option<&QdrantCluster>,
+    cluster: Option<&Target>,
 ) -> Result<Action, Error> {
     let status = status_of(r);
     let reason = status

@@ -94,10 +94,11 @@ pub async fn announce<K: Operation>(
     Ok(())
 }
 
-/// Waits that a watch ends (see `crate::wake`): the cluster, a Secret or a
-/// QdrantBackup changing wakes the object at once.
-const WATCHED: [&str; 6] = [
+/// Waits that a watch ends (see `crate::wake`): the cluster (its pods or
+/// StatefulSet), a Secret or a QdrantBackup changing wakes the object at once.
+const WATCHED: [&str; 7] = [
     "ClusterNotFound",
+    "AgentMissing",
     "ClusterNotReady",
     "WaitingForBackup",
     "SecretNotFound",

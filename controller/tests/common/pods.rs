@@ -201,7 +201,7 @@ impl Cluster {
                 &json!({"apiVersion": "v1", "kind": "Pod",
                     "metadata": {"name": a.pod, "namespace": NS,
                         "labels": {"app.kubernetes.io/name": "qdrant", "app.kubernetes.io/instance": name}},
-                    "spec": {"containers": [{"name": "qdrant"}]},
+                    "spec": {"containers": [{"name": "qdrant"}, {"name": "agent"}]},
                     "status": {"phase": "Running", "podIP": ip,
                         "conditions": [{"type": "Ready", "status": "True"}]}}),
             );
