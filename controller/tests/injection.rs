@@ -5,8 +5,12 @@
 
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::Api;
+use qdrant_operator::crd::{QdrantBackupStatus, QdrantRestoreStatus};
+use serde_json::json;
 use test_support::control_plane::OPERATOR_NS;
-use test_support::stack::{World, eventually};
+use test_support::real_qdrant::{all_points, call};
+use test_support::s3_server::S3Server;
+use test_support::stack::{World, eventually, need};
 
 const NS: &str = "vectors";
 
@@ -103,7 +107,7 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
     let bundle = qdrant_operator::webhook::base64(&ca);
     w.apply(&webhook_config(port, &bundle));
     w.kubectl(&["create", "namespace", NS]);
-    w.secret(NS, "qdrant-apikey", &[("api-key", "chart-api-key-3c1d")]);
+    w.secret(NS, "qdrant-apikey", &[("api-key", KEY)]);
 
     let pods: Api<Pod> = Api::namespaced(w.admin.clone(), NS);
     let ns_secrets: Api<Secret> = Api::namespaced(w.admin.clone(), NS);
@@ -146,23 +150,9 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
     // agent answers the operator's client certificate and the workload's
     // token, over TLS for the pod's name under the StatefulSet's Service,
     // and reads Qdrant with Qdrant's own key.
-    eventually(120, "qdrant-0 Ready with its agent", &diag, || async {
-        let p = pods.get("qdrant-0").await.ok()?;
-        let st = p.status?;
-        st.conditions?
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
-            .then_some(())
-    })
-    .await;
-    let ip = kubelet.pod_ip("qdrant-0").await.unwrap();
-    test_support::stack::need(test_support::real_qdrant::call(
-        "PUT",
-        &format!("http://{ip}:6333"),
-        "/collections/docs?wait=true",
-        Some("chart-api-key-3c1d"),
-        Some(serde_json::json!({"vectors": {"size": 4, "distance": "Dot"}})),
-    ));
+    let ip = ready_ip(&pods, &kubelet, "qdrant-0", &diag).await;
+    let base = format!("http://{ip}:6333");
+    fill(&base, "docs", 240);
     let ca_secret = secrets
         .get("qdrant-operator-ca")
         .await
@@ -202,10 +192,65 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
         "{placement:?}"
     );
 
-    // Without the label, nothing is injected.
+    // QdrantBackup and QdrantRestore take the StatefulSet as their
+    // cluster: a backup of it (read back and checked), restored into it
+    // under another name, gives back every point.
+    let s3 = need(S3Server::start());
+    let bucket = need(s3.bucket("chart"));
+    w.secret(
+        NS,
+        "s3",
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIACHART"),
+            ("AWS_SECRET_ACCESS_KEY", "chart-secret-Pq7"),
+        ],
+    );
+    w.apply(&backup_yaml(
+        "chart-backup",
+        "qdrant",
+        &bucket,
+        &s3.endpoint,
+    ));
+    let done: QdrantBackupStatus = w
+        .completed(NS, "qdrantbackups", "chart-backup", 180, &diag)
+        .await;
+    assert_eq!(
+        done.s3_path.as_deref(),
+        Some(format!("s3://{bucket}/chart/{NS}/qdrant/chart-backup").as_str())
+    );
+    assert!(done.verification.is_some(), "{done:?}");
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: chart-restore, namespace: {NS}}}\n\
+         spec:\n  backupRef: {{name: chart-backup}}\n  targetClusterRef: {{kind: StatefulSet, name: qdrant}}\n\
+         \x20 collectionMapping: {{docs: docs-restored}}\n"
+    ));
+    let _: QdrantRestoreStatus = w
+        .completed(NS, "qdrantrestores", "chart-restore", 180, &diag)
+        .await;
+    let original = need(all_points(&base, "docs", Some(KEY)));
+    assert_eq!(original.len(), 240);
+    assert_eq!(
+        need(all_points(&base, "docs-restored", Some(KEY))),
+        original
+    );
+
+    // Without the label, nothing is injected, and a backup of it says how
+    // to ask for the agent.
     w.apply(&chart_statefulset("plain", false));
     let p = pod(&pods, "plain-0", &diag).await;
     assert_eq!(containers(&p), ["qdrant"]);
+    w.apply(&backup_yaml("plain-backup", "plain", &bucket, &s3.endpoint));
+    let failed = w
+        .ended(NS, "qdrantbackups", "plain-backup", 60, &diag)
+        .await;
+    let ready = &failed["status"]["conditions"][0];
+    assert_eq!(ready["reason"], "AgentNotInjected", "{failed:#}");
+    assert!(
+        failed["status"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("label its pod template qdrant.io/backup-agent: \"true\"")),
+        "{failed:#}"
+    );
 
     // With the operator down, labelled pods are still created (without the
     // agent): failurePolicy Ignore.
@@ -213,4 +258,97 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
     w.apply(&chart_statefulset("later", true));
     let p = pod(&pods, "later-0", &diag).await;
     assert_eq!(containers(&p), ["qdrant"]);
+    let later = ready_ip(&pods, &kubelet, "later-0", &diag).await;
+    fill(&format!("http://{later}:6333"), "notes", 50);
+
+    // Once the operator is back, a backup of that StatefulSet waits and
+    // names the pod without the agent and the command that fixes it;
+    // running that command is enough for the backup to complete.
+    let operator = w.operator_with(
+        "qdrant-operator-0",
+        &["--webhook-listen", &listen, "--webhook-hosts", "127.0.0.1"],
+    );
+    let log = operator.log.clone();
+    let diag = || {
+        format!(
+            "operator log:\n{}\npods:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            kubelet.all_logs()
+        )
+    };
+    w.apply(&backup_yaml("later-backup", "later", &bucket, &s3.endpoint));
+    let api: Api<qdrant_operator::crd::QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
+    let fix = format!("kubectl delete pod -n {NS} later-0");
+    let seen = std::sync::Mutex::new(String::new());
+    let diag_seen = || format!("last status: {}\n{}", seen.lock().unwrap(), diag());
+    eventually(
+        60,
+        "the backup names the pod without its agent",
+        diag_seen,
+        || async {
+            let b = api.get("later-backup").await.ok()?;
+            *seen.lock().unwrap() = format!("{:?}", b.status);
+            let c = b.status?.conditions.into_iter().next()?;
+            (c.reason == "AgentMissing" && c.message.contains(&fix)).then_some(())
+        },
+    )
+    .await;
+    let args: Vec<&str> = fix.split(' ').skip(1).collect();
+    w.kubectl(&args);
+    let done: QdrantBackupStatus = w
+        .completed(NS, "qdrantbackups", "later-backup", 180, &diag)
+        .await;
+    assert_eq!(done.collections.len(), 1, "{done:?}");
+    let p = pods.get("later-0").await.unwrap();
+    assert_eq!(containers(&p), ["qdrant", "qdrant-agent"]);
+}
+
+const KEY: &str = "chart-api-key-3c1d";
+
+/// `n` points in a new collection `name` of the Qdrant at `base`.
+fn fill(base: &str, name: &str, n: u64) {
+    need(call(
+        "PUT",
+        base,
+        &format!("/collections/{name}?wait=true"),
+        Some(KEY),
+        Some(json!({"vectors": {"size": 4, "distance": "Dot"}})),
+    ));
+    let points: Vec<_> = (1..=n)
+        .map(|i| json!({"id": i, "vector": [i as f32, 1.0, -2.0, 0.5], "payload": {"n": i}}))
+        .collect();
+    need(call(
+        "PUT",
+        base,
+        &format!("/collections/{name}/points?wait=true"),
+        Some(KEY),
+        Some(json!({"points": points})),
+    ));
+}
+
+/// A QdrantBackup of StatefulSet `sts`, read back after it is written.
+fn backup_yaml(name: &str, sts: &str, bucket: &str, endpoint: &str) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+         spec:\n  clusterRef: {{kind: StatefulSet, name: {sts}}}\n  verify: true\n  storage:\n    s3: {{bucket: {bucket}, prefix: chart, region: us-east-1, \
+         endpoint: \"{endpoint}\", credentialsSecretRef: {{name: s3}}}}\n"
+    )
+}
+
+/// Waits until pod `name` is Ready; its address.
+async fn ready_ip(
+    pods: &Api<Pod>,
+    kubelet: &test_support::kubelet::Kubelet,
+    name: &str,
+    diag: &impl Fn() -> String,
+) -> String {
+    eventually(120, &format!("{name} Ready"), diag, || async {
+        let st = pods.get(name).await.ok()?.status?;
+        st.conditions?
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+            .then_some(())
+    })
+    .await;
+    kubelet.pod_ip(name).await.unwrap()
 }
