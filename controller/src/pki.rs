@@ -17,7 +17,7 @@ pub const ANN_NOT_AFTER: &str = "qdrant.io/not-after";
 const CA_NAME: &str = "qdrant-operator-ca";
 /// Leaf certificates live a year and are renewed in their last 30 days.
 const LEAF_DAYS: i64 = 365;
-const RENEW_DAYS: i64 = 30;
+pub const RENEW_DAYS: i64 = 30;
 
 #[derive(Debug, thiserror::Error)]
 #[error("certificate: {0}")]

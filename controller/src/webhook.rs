@@ -45,8 +45,11 @@ async fn review(State(w): State<Webhook>, Json(review): Json<Value>) -> Json<Val
         Err(why) => {
             tracing::warn!(
                 namespace = req["namespace"].as_str().unwrap_or_default(),
-                pod = req["object"]["metadata"]["generateName"]
+                // A StatefulSet's pods are named before admission;
+                // others may only have a generateName yet.
+                pod = req["object"]["metadata"]["name"]
                     .as_str()
+                    .or(req["object"]["metadata"]["generateName"].as_str())
                     .unwrap_or_default(),
                 why,
                 "admitted without the agent"
@@ -181,14 +184,17 @@ pub async fn trust(client: &kube::Client, config: &str, ca: &Ca) {
     }
 }
 
-/// Serves the webhook over HTTPS on `listen` with a certificate from the
-/// operator's CA for `hosts` (the Service's DNS names, or an address).
-pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result<(), String> {
+/// A TLS acceptor with a fresh certificate from `ca` for `hosts`, and when
+/// that certificate is due for renewal.
+fn acceptor(
+    ca: &Ca,
+    hosts: &[String],
+) -> Result<(tokio_rustls::TlsAcceptor, jiff::Timestamp), String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let leaf =
-        w.ca.server_cert(hosts, jiff::Timestamp::now())
-            .map_err(|e| format!("webhook certificate: {e}"))?;
+    let leaf = ca
+        .server_cert(hosts.to_vec(), jiff::Timestamp::now())
+        .map_err(|e| format!("webhook certificate: {e}"))?;
     let certs: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
             .collect::<Result<_, _>>()
@@ -203,12 +209,21 @@ pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| format!("webhook TLS: {e}"))?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let renew = leaf.not_after - jiff::SignedDuration::from_hours(24 * crate::pki::RENEW_DAYS);
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), renew))
+}
+
+/// Serves the webhook over HTTPS on `listen` with a certificate from the
+/// operator's CA for `hosts` (the Service's DNS names, or an address),
+/// issued again in its last days, so a long-running operator never serves
+/// an expired one.
+pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result<(), String> {
+    let (mut tls, mut renew) = acceptor(&w.ca, &hosts)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("webhook listen on {listen}: {e}"))?;
     tracing::info!(%listen, "injection webhook serving");
-    let app = router(w);
+    let app = router(w.clone());
     loop {
         let tcp = match listener.accept().await {
             Ok((tcp, _)) => tcp,
@@ -217,9 +232,15 @@ pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result
                 continue;
             }
         };
-        let (acceptor, app) = (acceptor.clone(), app.clone());
+        if jiff::Timestamp::now() >= renew {
+            match acceptor(&w.ca, &hosts) {
+                Ok((a, r)) => (tls, renew) = (a, r),
+                Err(e) => tracing::warn!(error = %e, "could not renew the webhook's certificate"),
+            }
+        }
+        let (tls, app) = (tls.clone(), app.clone());
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(tcp).await else {
+            let Ok(tls) = tls.accept(tcp).await else {
                 return;
             };
             let service = hyper_util::service::TowerToHyperService::new(app);
