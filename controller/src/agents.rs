@@ -157,7 +157,7 @@ impl Agents {
             .await?
             .items
             .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none());
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && reach.owns(p));
         for p in live {
             let name = p.name_any();
             let has_agent = p

@@ -31,6 +31,9 @@ pub struct Target {
 pub struct Reach {
     /// Label selector of its pods.
     pub selector: String,
+    /// The StatefulSet whose pods they are: other pods the selector matches
+    /// (a chart's `helm test` pod carries the same labels) are not Qdrant's.
+    pub statefulset: String,
     /// The Secret holding the agents' token.
     pub token_secret: String,
     /// The agent's container name and gRPC port.
@@ -98,6 +101,7 @@ impl Target {
                     match_labels: Some(render::selector_labels(c)),
                     ..Default::default()
                 }),
+                statefulset: names.statefulset(),
                 token_secret: names.agent_token(),
                 container: render::AGENT_CONTAINER.into(),
                 port: c.spec.agent.port,
@@ -185,6 +189,7 @@ impl Target {
             not_ready,
             reach: Reach {
                 selector: selector_string(&spec.selector),
+                statefulset: name.clone(),
                 token_secret: inject::token_secret(&name),
                 container: inject::CONTAINER.into(),
                 port: inject::PORT,
@@ -207,6 +212,15 @@ impl Target {
                 self.namespace, self.reference.name
             ),
         }
+    }
+}
+
+impl Reach {
+    /// Whether `pod` is one of the target's Qdrant pods.
+    pub fn owns(&self, pod: &k8s_openapi::api::core::v1::Pod) -> bool {
+        pod.owner_references()
+            .iter()
+            .any(|o| o.kind == "StatefulSet" && o.name == self.statefulset)
     }
 }
 
@@ -259,6 +273,7 @@ mod tests {
             t.reach,
             Reach {
                 selector: "app.kubernetes.io/instance=qdrant,app.kubernetes.io/name=qdrant".into(),
+                statefulset: "qdrant".into(),
                 token_secret: "qdrant-agent-token".into(),
                 container: "qdrant-agent".into(),
                 port: 50051,

@@ -205,6 +205,13 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
             ("AWS_SECRET_ACCESS_KEY", "chart-secret-Pq7"),
         ],
     );
+    // `helm test` leaves a pod with the chart's labels that is not the
+    // StatefulSet's: it is not one of the Qdrant pods to back up.
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: qdrant-test-db-interaction, namespace: {NS}, \
+         labels: {{app.kubernetes.io/name: qdrant, app.kubernetes.io/instance: qdrant}}}}\n\
+         spec: {{restartPolicy: Never, containers: [{{name: test-script, image: \"registry.suse.com/bci/python:3.11\"}}]}}\n"
+    ));
     w.apply(&backup_yaml(
         "chart-backup",
         "qdrant",
