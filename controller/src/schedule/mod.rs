@@ -367,3 +367,29 @@ pub async fn run(ctx: Arc<Context>) {
     );
     runtime::run(controller, ctx.clone(), reconcile).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ClusterKind, DeletionPolicy};
+
+    #[test]
+    fn a_fire_backs_up_the_schedules_cluster_whatever_its_kind() {
+        let s: QdrantBackupSchedule = serde_yaml::from_str(
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackupSchedule\nmetadata: {name: nightly, namespace: search}\n\
+             spec: {schedule: '@daily', clusterRef: {kind: StatefulSet, name: qdrant}, storage: {s3: {bucket: b}},\n\
+             \x20 backupTemplate: {labels: {team: search}}}\n",
+        )
+        .unwrap();
+        let b = backup_for(&s, "nightly-1");
+        assert_eq!(
+            (b.spec.cluster_ref.kind, b.spec.cluster_ref.name.as_str()),
+            (ClusterKind::StatefulSet, "qdrant")
+        );
+        assert_eq!(b.spec.deletion_policy, DeletionPolicy::Delete);
+        let labels = b.metadata.labels.unwrap();
+        assert_eq!(labels[SCHEDULE_LABEL], "nightly");
+        assert_eq!(labels["team"], "search");
+        assert_eq!(b.metadata.namespace.as_deref(), Some("search"));
+    }
+}
