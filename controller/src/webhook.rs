@@ -100,6 +100,11 @@ async fn admit(w: &Webhook, req: &Value) -> Result<Option<Value>, String> {
         .get(&plan.workload)
         .await
         .map_err(|e| format!("StatefulSet {ns}/{}: {e}", plan.workload))?;
+    // Secrets are made only for a StatefulSet that asks for the agent and
+    // owns this very pod: a review that is not the API server's (the
+    // webhook does not authenticate its caller) cannot have Secrets made
+    // for workloads that never wanted them.
+    asks_for_agent(&sts, &pod)?;
     let owner = OwnerReference {
         api_version: "apps/v1".into(),
         kind: "StatefulSet".into(),
@@ -137,6 +142,31 @@ async fn admit(w: &Webhook, req: &Value) -> Result<Option<Value>, String> {
     .await
     .map_err(|e| format!("the agents' TLS Secret: {e}"))?;
     Ok(Some(Value::Array(plan.patch)))
+}
+
+/// Whether `sts` asks for the agent in its pod template and is the owner
+/// (by uid) of `pod`; `Err` says which is not so.
+fn asks_for_agent(sts: &StatefulSet, pod: &Pod) -> Result<(), String> {
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let labelled = sts
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref()?.labels.as_ref())
+        .and_then(|l| l.get(inject::OPT_IN))
+        .is_some_and(|v| v == "true");
+    if !labelled {
+        return Err(format!(
+            "the pod template of StatefulSet {name} does not carry {}: \"true\"",
+            inject::OPT_IN
+        ));
+    }
+    let owned = pod.metadata.owner_references.iter().flatten().any(|o| {
+        o.kind == "StatefulSet" && o.name == name && Some(&o.uid) == sts.metadata.uid.as_ref()
+    });
+    if !owned {
+        return Err(format!("the pod is not owned by StatefulSet {name}"));
+    }
+    Ok(())
 }
 
 /// Standard base64, as AdmissionReview's `patch` and a `caBundle` want it.
@@ -253,6 +283,37 @@ pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secrets_are_made_only_for_a_statefulset_that_asks_and_owns_the_pod() {
+        use k8s_openapi::api::apps::v1::StatefulSet;
+        use k8s_openapi::api::core::v1::Pod;
+        let sts = |labels: &str| -> StatefulSet {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: qdrant, uid: u-1}}\nspec:\n  serviceName: h\n  selector: {{}}\n\
+                 \x20 template: {{metadata: {{labels: {{{labels}}}}}}}\n"
+            ))
+            .unwrap()
+        };
+        let pod = |uid: &str| -> Pod {
+            serde_yaml::from_str(&format!(
+                "metadata: {{name: qdrant-0, ownerReferences: [{{apiVersion: apps/v1, kind: StatefulSet, name: qdrant, uid: {uid}}}]}}\n"
+            ))
+            .unwrap()
+        };
+        let asks = sts("qdrant.io/backup-agent: \"true\"");
+        assert_eq!(super::asks_for_agent(&asks, &pod("u-1")), Ok(()));
+        assert!(
+            super::asks_for_agent(&asks, &pod("u-other"))
+                .unwrap_err()
+                .contains("not owned")
+        );
+        assert!(
+            super::asks_for_agent(&sts("app: qdrant"), &pod("u-1"))
+                .unwrap_err()
+                .contains("does not carry qdrant.io/backup-agent")
+        );
+    }
+
     #[test]
     fn base64_is_standard_with_padding() {
         assert_eq!(super::base64(b""), "");
