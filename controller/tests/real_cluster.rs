@@ -260,10 +260,22 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     let operator = w.operator("qdrant-operator-0");
     let kubelet = w.kubelet(NS);
     let diag = || {
+        let objects =
+            w.cp.kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "qdrantclusters,statefulsets,pods,pvc",
+                "-o",
+                "wide",
+            ])
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
         format!(
-            "operator log:\n{}\nkube-controller-manager:\n{}",
+            "operator log:\n{}\nkube-controller-manager:\n{}\nobjects:\n{objects}\npods (last lines):\n{}",
             tail(&operator.log_text(), 30),
-            w.cp.log_tail("kube-controller-manager.log")
+            w.cp.log_tail("kube-controller-manager.log"),
+            tail(&kubelet.all_logs(), 40)
         )
     };
     // The cluster before its API key Secret: it says which Secret it waits
