@@ -59,6 +59,65 @@ struct Inner {
     block: u8,
     state: tokio::sync::Mutex<State>,
     hosts: Mutex<BTreeMap<String, String>>,
+    /// Last, so it is released only after the pods' processes are gone.
+    _claim: BlockClaim,
+}
+
+/// An address block of 127/8 held by one kubelet across every test process
+/// on the machine: two kubelets on one block would hand out the same pod
+/// addresses, and a Qdrant of one test could join another test's cluster.
+/// A claim is a file named after the block holding the claimant's PID; a
+/// claim whose process is gone is taken over.
+struct BlockClaim {
+    path: PathBuf,
+}
+
+impl BlockClaim {
+    fn take() -> Result<(u8, BlockClaim), BoxError> {
+        Self::take_from(rand::random_range(2..=254))
+    }
+
+    /// The first free block from `first` on (wrapping around).
+    fn take_from(first: u8) -> Result<(u8, BlockClaim), BoxError> {
+        let dir = std::env::temp_dir().join("test-kubelet-blocks");
+        std::fs::create_dir_all(&dir)?;
+        let start = u16::from(first.clamp(2, 254)) - 2;
+        for i in 0..253u16 {
+            let block = ((start + i) % 253 + 2) as u8;
+            let path = dir.join(block.to_string());
+            for _ in 0..2 {
+                match std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(&path)
+                {
+                    Ok(mut f) => {
+                        use std::io::Write;
+                        write!(f, "{}", std::process::id())?;
+                        return Ok((block, BlockClaim { path }));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        let pid = std::fs::read_to_string(&path).unwrap_or_default();
+                        // Empty: its claimant is writing it this moment.
+                        let held = pid.trim().is_empty()
+                            || Path::new(&format!("/proc/{}", pid.trim())).exists();
+                        if held {
+                            break;
+                        }
+                        let _ = std::fs::remove_file(&path);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Err("every address block of 127/8 is held by a running test kubelet".into())
+    }
+}
+
+impl Drop for BlockClaim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 #[derive(Default)]
@@ -105,16 +164,18 @@ impl Kubelet {
         images: Vec<Image>,
     ) -> Result<Self, BoxError> {
         let root = tempfile::Builder::new().prefix("kubelet-").tempdir()?;
+        let (block, claim) = BlockClaim::take()?;
         let inner = Arc::new(Inner {
             client,
             namespace: namespace.to_string(),
             root,
             images,
-            // A random /16 of 127/8 so kubelets of tests running at once
-            // never hand out the same address.
-            block: rand::random_range(2..=254),
+            // A /16 of 127/8 of its own, so kubelets of tests running at
+            // once never hand out the same address.
+            block,
             state: tokio::sync::Mutex::new(State::default()),
             hosts: Mutex::new(BTreeMap::new()),
+            _claim: claim,
         });
         let run = inner.clone();
         let task = tokio::spawn(async move {
@@ -755,4 +816,29 @@ fn pod_status(run: &PodRun) -> serde_json::Value {
         ],
         "containerStatuses": containers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BlockClaim;
+
+    #[test]
+    fn kubelets_hold_distinct_address_blocks_until_dropped() {
+        let (a, claim_a) = BlockClaim::take().unwrap();
+        let (b, claim_b) = BlockClaim::take().unwrap();
+        assert_ne!(a, b);
+        let path = claim_a.path.clone();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            std::process::id().to_string()
+        );
+        drop(claim_a);
+        assert!(!path.exists(), "a dropped claim frees its block");
+        // A claim left by a process that is gone is taken over.
+        std::fs::write(&claim_b.path, "999999999").unwrap();
+        std::mem::forget(claim_b);
+        let (again, claim) = BlockClaim::take_from(b).unwrap();
+        assert_eq!(again, b, "the stale claim of block {b} was not taken over");
+        drop(claim);
+    }
 }
