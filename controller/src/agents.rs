@@ -166,7 +166,8 @@ impl Agents {
                 .flat_map(|s| &s.containers)
                 .any(|c| c.name == reach.container);
             if !has_agent {
-                without_agent.push(target.missing_agent(&name));
+                let skipped = p.annotations().get(crate::inject::SKIPPED);
+                without_agent.push(target.missing_agent(&name, skipped.map(String::as_str)));
                 continue;
             }
             let Some(status) = p.status.as_ref() else {

@@ -70,6 +70,9 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
                 render::SNAPSHOTS_PATH
             )
         })?;
+    if serves_https(qdrant) {
+        return Err("Qdrant serves HTTPS (service.enable_tls), and the agent speaks plain HTTP to the Qdrant beside it".into());
+    }
     let (env, extra_mounts) = api_key(qdrant);
     let container = render::agent_sidecar(&AgentWiring {
         image: image.to_string(),
@@ -103,6 +106,39 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
         patch.push(json!({"op": "add", "path": "/spec/volumes/-", "value": v}));
     }
     Ok(Some(Plan { workload, patch }))
+}
+
+/// The annotation the webhook leaves on a labelled pod it admitted without
+/// the agent: why, so that a backup of its StatefulSet can say it.
+pub const SKIPPED: &str = "qdrant.io/backup-agent-skipped";
+
+/// The JSON patch that records on a pod why it got no agent.
+pub fn skipped_patch(pod: &serde_json::Value, why: &str) -> Vec<Value> {
+    if pod["metadata"]["annotations"].is_object() {
+        vec![json!({"op": "add",
+            "path": format!("/metadata/annotations/{}", SKIPPED.replace('~', "~0").replace('/', "~1")),
+            "value": why})]
+    } else {
+        vec![json!({"op": "add", "path": "/metadata/annotations", "value": {SKIPPED: why}})]
+    }
+}
+
+/// Whether Qdrant in `c` serves its REST API over TLS, as Qdrant's Helm
+/// chart shows it (`config.service.enable_tls` sets its probes' scheme to
+/// HTTPS) or its environment sets it.
+fn serves_https(c: &Container) -> bool {
+    let env_tls = c.env.iter().flatten().any(|e| {
+        e.name == "QDRANT__SERVICE__ENABLE_TLS"
+            && e.value
+                .as_deref()
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    });
+    let probe_tls = [&c.readiness_probe, &c.liveness_probe, &c.startup_probe]
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.http_get.as_ref())
+        .any(|g| g.scheme.as_deref() == Some("HTTPS"));
+    env_tls || probe_tls
 }
 
 /// Where Qdrant's Helm chart mounts the config file that holds the API key.
@@ -295,6 +331,33 @@ mod tests {
             plan(&pod, "img", 256)
                 .unwrap_err()
                 .contains("/qdrant/snapshots")
+        );
+        // The chart's `config.service.enable_tls` turns its probes to HTTPS.
+        let mut pod = chart_pod();
+        pod.spec.as_mut().unwrap().containers[0].readiness_probe = Some(
+            serde_json::from_value(
+                json!({"httpGet": {"path": "/readyz", "port": 6333, "scheme": "HTTPS"}}),
+            )
+            .unwrap(),
+        );
+        assert!(plan(&pod, "img", 256).unwrap_err().contains("HTTPS"));
+    }
+
+    #[test]
+    fn why_a_pod_got_no_agent_is_recorded_on_it() {
+        let mut pod = serde_json::to_value(chart_pod()).unwrap();
+        let ops: json_patch::Patch =
+            serde_json::from_value(Value::Array(skipped_patch(&pod, "no snapshots"))).unwrap();
+        json_patch::patch(&mut pod, &ops).unwrap();
+        assert_eq!(pod["metadata"]["annotations"][SKIPPED], "no snapshots");
+        // With annotations already there, they are kept.
+        pod["metadata"]["annotations"] = json!({"a": "b"});
+        let ops: json_patch::Patch =
+            serde_json::from_value(Value::Array(skipped_patch(&pod, "why"))).unwrap();
+        json_patch::patch(&mut pod, &ops).unwrap();
+        assert_eq!(
+            pod["metadata"]["annotations"],
+            json!({"a": "b", SKIPPED: "why"})
         );
     }
 

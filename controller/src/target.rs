@@ -200,8 +200,15 @@ impl Target {
     }
 
     /// Why pod `pod`, which has no agent container, cannot serve, and how
-    /// to give it one.
-    pub fn missing_agent(&self, pod: &str) -> String {
+    /// to give it one; `skipped` is why the injection webhook left it out,
+    /// when it said so on the pod.
+    pub fn missing_agent(&self, pod: &str, skipped: Option<&str>) -> String {
+        if let Some(why) = skipped {
+            return format!(
+                "pod {pod} has no backup agent: the injection webhook did not add it because {why}; fix that, then delete the pod (kubectl delete pod -n {} {pod}) so that StatefulSet {} re-creates it",
+                self.namespace, self.reference.name
+            );
+        }
         match self.reference.kind {
             ClusterKind::QdrantCluster => format!(
                 "pod {pod} runs without its backup agent; it gets one when QdrantCluster {} has rolled its pods",

@@ -43,6 +43,9 @@ async fn review(State(w): State<Webhook>, Json(review): Json<Value>) -> Json<Val
         Ok(Some(patch)) => (Some(patch), None),
         Ok(None) => (None, None),
         Err(why) => {
+            // Recorded on the pod too: a backup of its StatefulSet then
+            // says why the pod has no agent.
+            let note = Value::Array(inject::skipped_patch(&req["object"], &why));
             tracing::warn!(
                 namespace = req["namespace"].as_str().unwrap_or_default(),
                 // A StatefulSet's pods are named before admission;
@@ -55,7 +58,7 @@ async fn review(State(w): State<Webhook>, Json(review): Json<Value>) -> Json<Val
                 "admitted without the agent"
             );
             (
-                None,
+                Some(note),
                 Some(format!("qdrant-operator: no backup agent injected: {why}")),
             )
         }

@@ -259,6 +259,39 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
         "{failed:#}"
     );
 
+    // A labelled pod the agent cannot serve (no snapshots directory) is
+    // admitted without it, and a backup says why, as the webhook recorded.
+    let no_snapshots = chart_statefulset("nosnap", true).replace(
+        "        - {name: qdrant-snapshots, mountPath: /qdrant/snapshots}\n",
+        "",
+    );
+    w.apply(&no_snapshots);
+    let p = pod(&pods, "nosnap-0", &diag).await;
+    assert_eq!(containers(&p), ["qdrant"]);
+    ready_ip(&pods, &kubelet, "nosnap-0", &diag).await;
+    w.apply(&backup_yaml(
+        "nosnap-backup",
+        "nosnap",
+        &bucket,
+        &s3.endpoint,
+    ));
+    let api: Api<qdrant_operator::crd::QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
+    eventually(
+        60,
+        "the backup says why nosnap-0 has no agent",
+        &diag,
+        || async {
+            let c = api.get("nosnap-backup").await.ok()?.status?.conditions;
+            let c = c.into_iter().next()?;
+            (c.reason == "AgentMissing"
+                && c.message.contains(
+                    "did not add it because no container mounts Qdrant's snapshots directory",
+                ))
+            .then_some(())
+        },
+    )
+    .await;
+
     // With the operator down, labelled pods are still created (without the
     // agent): failurePolicy Ignore.
     drop(operator);
@@ -284,7 +317,6 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
         )
     };
     w.apply(&backup_yaml("later-backup", "later", &bucket, &s3.endpoint));
-    let api: Api<qdrant_operator::crd::QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
     let fix = format!("kubectl delete pod -n {NS} later-0");
     let seen = std::sync::Mutex::new(String::new());
     let diag_seen = || format!("last status: {}\n{}", seen.lock().unwrap(), diag());
