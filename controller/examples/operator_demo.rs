@@ -93,14 +93,21 @@ async fn main() {
     let w = World::start().await;
     let operator = w.operator("qdrant-operator-0");
     let kubelet = w.kubelet(NS);
+    // What a failed step shows: the operator's last lines, then the
+    // resources' statuses and the pods.
     let diag = || {
-        operator
+        let log = operator
             .log_text()
             .lines()
             .rev()
             .take(20)
             .collect::<Vec<_>>()
-            .join("\n")
+            .join("\n");
+        let objects =
+            w.cp.kubectl(&["-n", NS, "get", "qdrant,pods", "-o", "yaml"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+        format!("{log}\n{objects}")
     };
     println!(
         "   the operator runs as ServiceAccount qdrant-operator/qdrant-operator (RBAC as in manifests/)"
