@@ -63,10 +63,6 @@ impl Target {
         })
     }
 
-    pub fn describe(&self) -> String {
-        self.reference.describe()
-    }
-
     pub fn of_cluster(c: &QdrantCluster) -> Target {
         let ns = c.namespace().unwrap_or_default();
         let names = render::Names::of(c);
@@ -287,7 +283,7 @@ mod tests {
                 domain: "qdrant-headless.search.svc".into(),
             }
         );
-        assert_eq!(t.describe(), "StatefulSet qdrant");
+        assert_eq!(t.reference.describe(), "StatefulSet qdrant");
     }
 
     #[test]
