@@ -59,18 +59,17 @@ pub fn etcd() -> Result<PathBuf, String> {
         .map_err(|_| "etcd not found: apt-get install etcd-server (or set ETCD_BIN)".to_string())
 }
 
-/// A helper tool the tests run (moto_server, s3s-fs, mitmdump): `PATH`,
-/// then where `scripts/setup.sh` installs it under `.tools/`. Falls back to
-/// the bare name, so the error names what was missing.
+/// A helper tool the tests run (moto_server, s3s-fs, mitmdump): where
+/// `scripts/setup.sh` installs it under `.tools/` (the versions it pins;
+/// another moto on `PATH` answers multipart uploads differently), then
+/// `PATH`. Falls back to the bare name, so the error names what was missing.
 pub fn tool(name: &str) -> PathBuf {
     let tools = workspace_root().join(".tools");
-    on_path(name)
-        .or_else(|| {
-            ["bin", "venv/bin", "mitm/bin"]
-                .iter()
-                .map(|d| tools.join(d).join(name))
-                .find(|p| p.is_file())
-        })
+    ["bin", "venv/bin", "mitm/bin"]
+        .iter()
+        .map(|d| tools.join(d).join(name))
+        .find(|p| p.is_file())
+        .or_else(|| on_path(name))
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
