@@ -57,7 +57,7 @@ fn schedule(extra: &str, last: Option<&str>) -> QdrantBackupSchedule {
 
 fn backup(name: &str, phase: &str, completed: &str) -> Value {
     json!({"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantBackup",
-        "metadata": {"name": name, "namespace": "search", "labels": {"qdrant.io/schedule": "nightly"}, "creationTimestamp": completed},
+        "metadata": {"name": name, "namespace": "search", "labels": {"qdrant.io/schedule": "nightly", "qdrant.io/schedule-uid": "s-1"}, "creationTimestamp": completed},
         "spec": {"clusterRef": {"name": "vectors"}, "storage": {"s3": {"bucket": "bkt"}}},
         "status": {"phase": phase, "completionTime": completed}})
 }
@@ -84,12 +84,13 @@ async fn a_due_fire_creates_a_labelled_backup_named_by_its_time_and_requeues_for
     let server = tokio::spawn(async move {
         let (q, _) = api.expect("GET", BACKUPS, |_| list(vec![])).await;
         assert!(
-            q.contains("labelSelector=qdrant.io%2Fschedule%3Dnightly"),
+            q.contains("labelSelector=qdrant.io%2Fschedule-uid%3Ds-1"),
             "{q}"
         );
         let (_, b) = api.expect("POST", BACKUPS, echo).await;
         assert_eq!(b["metadata"]["name"], "nightly-20261123-110000");
         assert_eq!(b["metadata"]["labels"]["qdrant.io/schedule"], "nightly");
+        assert_eq!(b["metadata"]["labels"]["qdrant.io/schedule-uid"], "s-1");
         assert!(
             b["metadata"]["ownerReferences"].is_null(),
             "not owned: deleting the schedule keeps its backups"
@@ -158,37 +159,62 @@ async fn retention_deletes_old_completed_backups_but_never_a_running_or_the_newe
     let server = tokio::spawn(async move {
         api.expect("GET", BACKUPS, |_| {
             list(vec![
-                backup("nightly-x", "Completed", "2026-11-23T07:30:00Z"),
-                backup("nightly-a", "Completed", "2026-11-23T08:00:00Z"),
-                backup("nightly-b", "Completed", "2026-11-23T09:00:00Z"),
-                backup("nightly-c", "Completed", "2026-11-23T10:00:00Z"),
-                backup("nightly-d", "InProgress", "2026-11-23T11:00:00Z"),
-                backup("nightly-e", "Failed", "2026-11-23T07:00:00Z"),
+                backup(
+                    "nightly-20261123-073000",
+                    "Completed",
+                    "2026-11-23T07:30:00Z",
+                ),
+                backup(
+                    "nightly-20261123-080000",
+                    "Completed",
+                    "2026-11-23T08:00:00Z",
+                ),
+                backup(
+                    "nightly-20261123-090000",
+                    "Completed",
+                    "2026-11-23T09:00:00Z",
+                ),
+                backup(
+                    "nightly-20261123-100000",
+                    "Completed",
+                    "2026-11-23T10:00:00Z",
+                ),
+                backup(
+                    "nightly-20261123-110000",
+                    "InProgress",
+                    "2026-11-23T11:00:00Z",
+                ),
+                backup("nightly-20261123-070000", "Failed", "2026-11-23T07:00:00Z"),
             ])
         })
         .await;
-        // Nothing is due at 11:30; keepLast 2 keeps c and b; a and x would
-        // go, but a restore still reads x. The running and the failed one stay.
+        // Nothing is due at 11:30; keepLast 2 keeps 10:00 and 09:00; 08:00
+        // and 07:30 would go, but a restore still reads 07:30. The running
+        // and the failed one stay.
         api.expect("GET", RESTORES, |_| {
             list(vec![
-                restore_of("nightly-x", None),
-                restore_of("nightly-a", Some("Completed")),
+                restore_of("nightly-20261123-073000", None),
+                restore_of("nightly-20261123-080000", Some("Completed")),
             ])
         })
         .await;
-        api.expect("DELETE", &format!("{BACKUPS}/nightly-a"), |_| {
-            (
-                200,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
-            )
-        })
+        api.expect(
+            "DELETE",
+            &format!("{BACKUPS}/nightly-20261123-080000"),
+            |_| {
+                (
+                    200,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                )
+            },
+        )
         .await;
         let (_, ev) = api.expect("POST", EVENTS, echo).await;
         assert_eq!(ev["reason"], "Pruned");
         let (_, st) = api.expect("PATCH", SCHEDULE, answer).await;
         assert_eq!(
             st["status"]["keptBackups"],
-            json!(["nightly-b", "nightly-c"])
+            json!(["nightly-20261123-090000", "nightly-20261123-100000"])
         );
         assert_eq!(
             st["status"]["lastSuccessfulBackupTime"],

@@ -250,6 +250,16 @@ pub fn backup_name(schedule: &str, fire: Timestamp) -> String {
     format!("{schedule}-{}", fire.strftime("%Y%m%d-%H%M%S"))
 }
 
+/// Whether `suffix` is what [`backup_name`] puts after the schedule's name.
+pub fn is_fire_suffix(suffix: &str) -> bool {
+    let b = suffix.as_bytes();
+    b.len() == 15
+        && b[8] == b'-'
+        && b.iter()
+            .enumerate()
+            .all(|(i, c)| i == 8 || c.is_ascii_digit())
+}
+
 /// A stable delay in `[0, max]` seconds per schedule, so many clusters on one
 /// schedule spread out while each keeps its own rhythm.
 pub fn jitter_seconds(schedule_uid: &str, max: u32) -> u32 {

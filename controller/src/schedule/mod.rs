@@ -26,6 +26,28 @@ pub mod retention;
 
 /// Label on each backup a schedule creates: the schedule's name.
 pub const SCHEDULE_LABEL: &str = "qdrant.io/schedule";
+/// Label on each backup a schedule creates: the schedule's UID. A schedule
+/// deleted and re-created under the same name is another object with
+/// another UID, and never prunes the first one's backups.
+pub const SCHEDULE_UID_LABEL: &str = "qdrant.io/schedule-uid";
+
+/// Whether this schedule object made `b`: it carries the schedule's UID, is
+/// named as the schedule names its fires (`<schedule>-YYYYMMDD-HHMMSS`,
+/// which a copy under another name is not), and backs up the cluster the
+/// schedule backs up now. Only such backups are ever replaced or pruned.
+pub fn made_by(s: &QdrantBackupSchedule, b: &QdrantBackup) -> bool {
+    let uid = s.uid().unwrap_or_default();
+    let labelled = b.labels().get(SCHEDULE_UID_LABEL) == Some(&uid);
+    let named = b
+        .name_any()
+        .strip_prefix(&format!("{}-", s.name_any()))
+        .is_some_and(cron::is_fire_suffix);
+    !uid.is_empty()
+        && labelled
+        && named
+        && b.namespace() == s.namespace()
+        && b.spec.cluster_ref == s.spec.cluster_ref
+}
 
 fn phase(b: &QdrantBackup) -> Option<OperationPhase> {
     b.status.as_ref().and_then(|s| s.phase)
@@ -59,7 +81,6 @@ async fn event(
 pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Result<Action, Error> {
     let now = (ctx.now)();
     let ns = s.namespace().unwrap_or_else(|| "default".into());
-    let name = s.name_any();
     let backups: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
     let previous = s.status.clone().unwrap_or_default();
     let mut status = previous.clone();
@@ -92,10 +113,14 @@ pub async fn reconcile(s: Arc<QdrantBackupSchedule>, ctx: Arc<Context>) -> Resul
         }
     };
 
+    let uid = s.uid().unwrap_or_default();
     let mine: Vec<QdrantBackup> = backups
-        .list(&ListParams::default().labels(&format!("{SCHEDULE_LABEL}={name}")))
+        .list(&ListParams::default().labels(&format!("{SCHEDULE_UID_LABEL}={uid}")))
         .await?
-        .items;
+        .items
+        .into_iter()
+        .filter(|b| made_by(&s, b))
+        .collect();
     let jitter = jiff::SignedDuration::from_secs(
         cron::jitter_seconds(
             &s.uid().unwrap_or_default(),
@@ -252,11 +277,13 @@ async fn fire_once(
 
 /// The QdrantBackup a fire creates: the schedule's cluster, storage and
 /// collections, with the template's deletion policy (Delete by default, so
-/// retention frees the bucket). Labelled, not owned.
+/// retention frees the bucket). Labelled with the schedule's name and UID,
+/// not owned.
 pub fn backup_for(s: &QdrantBackupSchedule, name: &str) -> QdrantBackup {
     let t = &s.spec.backup_template;
     let mut labels: BTreeMap<String, String> = t.labels.clone();
     labels.insert(SCHEDULE_LABEL.into(), s.name_any());
+    labels.insert(SCHEDULE_UID_LABEL.into(), s.uid().unwrap_or_default());
     let mut b = QdrantBackup::new(
         name,
         QdrantBackupSpec {
@@ -391,5 +418,40 @@ mod tests {
         assert_eq!(labels[SCHEDULE_LABEL], "nightly");
         assert_eq!(labels["team"], "search");
         assert_eq!(b.metadata.namespace.as_deref(), Some("search"));
+    }
+
+    fn schedule(uid: &str, cluster: &str) -> QdrantBackupSchedule {
+        serde_yaml::from_str(&format!(
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackupSchedule\nmetadata: {{name: nightly, namespace: search, uid: {uid}}}\n\
+             spec: {{schedule: '@daily', clusterRef: {{name: {cluster}}}, storage: {{s3: {{bucket: b}}}}}}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn retention_and_replace_act_only_on_backups_this_schedule_object_made_of_its_cluster() {
+        let s = schedule("uid-1", "vectors");
+        let made = backup_for(&s, "nightly-20261123-000000");
+        assert_eq!(made.labels()[SCHEDULE_UID_LABEL], "uid-1");
+        assert!(made_by(&s, &made));
+        // The same name re-created for another cluster is another object.
+        assert!(!made_by(&schedule("uid-2", "vectors"), &made));
+        // The schedule now backs up another cluster: its old backups stay.
+        assert!(!made_by(&schedule("uid-1", "other"), &made));
+        // A copy under another name, labels and all, is not the schedule's.
+        let mut copy = made.clone();
+        copy.metadata.name = Some("nightly-20261123-000000-copy".into());
+        assert!(!made_by(&s, &copy));
+        copy.metadata.name = Some("nightly-before-migration".into());
+        assert!(!made_by(&s, &copy));
+        // A backup with the name label only (made by hand, or by an earlier
+        // version) is not pruned either.
+        let mut unlabelled = made.clone();
+        unlabelled.labels_mut().remove(SCHEDULE_UID_LABEL);
+        assert!(!made_by(&s, &unlabelled));
+        // Nor a backup of another namespace.
+        let mut elsewhere = made;
+        elsewhere.metadata.namespace = Some("other".into());
+        assert!(!made_by(&s, &elsewhere));
     }
 }
