@@ -325,6 +325,21 @@ impl Qdrant {
         Ok(())
     }
 
+    /// Merges `metadata` into the collection's metadata (`PATCH
+    /// /collections/{c}`); a key set to null is removed.
+    pub async fn patch_metadata(&self, c: &str, metadata: Value) -> Result<()> {
+        let _: Value = self
+            .call(
+                &format!("PATCH /collections/{c}"),
+                self.req(reqwest::Method::PATCH, &["collections", c])
+                    .query(&[("timeout", "60")])
+                    .timeout(Duration::from_secs(90))
+                    .json(&json!({ "metadata": metadata })),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Deletes a collection; one already gone counts as deleted, so a
     /// rollback can be repeated. Qdrant commits the delete through
     /// consensus, which times out while the cluster is busy (e.g. syncing

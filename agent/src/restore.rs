@@ -38,6 +38,19 @@ pub struct RestoreRequest {
     pub green_timeout: Duration,
     pub concurrency: usize,
     pub stage: Stage,
+    /// Who runs the restore (the QdrantRestore's UID). Collections it
+    /// creates carry it under [`OWNER_KEY`] in their metadata until it
+    /// finishes; a rollback deletes only those. Empty: no marker (the CLI,
+    /// which rolls back within its one task).
+    pub owner: String,
+}
+
+/// The key, in a collection's metadata, of the restore that is creating it.
+pub const OWNER_KEY: &str = "qdrant-agent/restore";
+
+/// The restore that is creating collection `info` (`GET /collections/{c}`).
+fn owner_of(info: &serde_json::Value) -> Option<&str> {
+    info.pointer("/config/metadata")?.get(OWNER_KEY)?.as_str()
 }
 
 /// Which part of a restore to run. A single node runs `All`; the controller
@@ -66,14 +79,31 @@ impl Stage {
 }
 
 /// Deletes the collections a failed restore created, by their names in
-/// Qdrant (each renamed as the request says). It needs neither the backup
-/// nor its manifest: a backup deleted meanwhile cannot block it. A
-/// collection already gone counts as deleted, so it can be repeated.
+/// Qdrant (each renamed as the request says), and only those: a collection
+/// without the restore's owner in its metadata existed before, or another
+/// party made it, and is left untouched. It needs neither the backup nor
+/// its manifest: a backup deleted meanwhile cannot block it. A collection
+/// already gone counts as deleted, so it can be repeated.
 async fn rollback(node: &Node, req: &RestoreRequest) -> Result<()> {
+    if req.owner.is_empty() {
+        return Err(Error::Invalid(
+            "a rollback needs the restore's owner: it deletes only the collections that carry it"
+                .into(),
+        ));
+    }
     for (c, _) in &req.collections {
         let name = req.rename.get(c).unwrap_or(c);
         keys::validate_segment("collection", name)?;
-        node.qdrant.delete_collection(name).await?;
+        match node.qdrant.collection(name).await? {
+            None => {}
+            Some(info) if owner_of(&info) == Some(req.owner.as_str()) => {
+                node.qdrant.delete_collection(name).await?;
+                tracing::info!(collection = %name, "rolled back: deleted the collection this restore created");
+            }
+            Some(_) => {
+                tracing::warn!(collection = %name, "not created by this restore; left untouched")
+            }
+        }
     }
     Ok(())
 }
@@ -345,7 +375,7 @@ async fn restore_collection(
     if req.create_collections && req.stage.creates() {
         // Another restore may have created it since the check above: 409,
         // and this restore touches nothing of it.
-        q.create_collection(name, &create_body_from_config(&entry.config)?)
+        q.create_collection(name, &create_body(&entry.config, &req.owner)?)
             .await
             .map_err(|e| match e {
                 Error::Qdrant { status: 409, .. } => exists(name),
@@ -355,6 +385,8 @@ async fn restore_collection(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(name.to_string());
+        cx.progress
+            .update(|t| t.created_collections.push(name.to_string()));
         if manifest::custom_sharded(&entry.config) {
             shard_map = create_shard_keys(node, name, entry).await?;
         }
@@ -372,6 +404,45 @@ async fn restore_collection(
             restore_aliases(node, &entry.aliases, name).await?;
         }
         wait_green(node, name, req.green_timeout, cancel).await?;
+        release(node, name, &req.owner).await?;
+    }
+    Ok(())
+}
+
+/// The body that creates a collection from its saved config, marked as
+/// this owner's (a marker the backup may hold from its own restore is
+/// dropped).
+fn create_body(config: &serde_json::Value, owner: &str) -> Result<serde_json::Value> {
+    let mut body = create_body_from_config(config)?;
+    if let Some(m) = body.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        m.remove(OWNER_KEY);
+    }
+    if !owner.is_empty() {
+        let Some(b) = body.as_object_mut() else {
+            return Ok(body);
+        };
+        let m = b.entry("metadata").or_insert_with(|| serde_json::json!({}));
+        if !m.is_object() {
+            *m = serde_json::json!({});
+        }
+        if let Some(m) = m.as_object_mut() {
+            m.insert(OWNER_KEY.into(), owner.into());
+        }
+    }
+    Ok(body)
+}
+
+/// The restore is done: the collection is no longer this owner's to roll
+/// back, so its marker goes.
+async fn release(node: &Node, name: &str, owner: &str) -> Result<()> {
+    if owner.is_empty() {
+        return Ok(());
+    }
+    let info = node.qdrant.collection(name).await?;
+    if info.as_ref().and_then(owner_of) == Some(owner) {
+        node.qdrant
+            .patch_metadata(name, serde_json::json!({ OWNER_KEY: null }))
+            .await?;
     }
     Ok(())
 }

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{Env, assert_ok, stderr};
+use common::{Env, assert_ok, serve, stderr};
 use serde_json::{Value, json};
-use test_support::real_qdrant::{RealQdrant, all_points, call};
+use test_support::real_qdrant::{RealQdrant, all_points, call, get};
 
 fn need<T, E: std::fmt::Display>(r: Result<T, E>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
@@ -527,4 +527,150 @@ async fn the_api_key_comes_from_qdrants_own_config_file() {
         err.trim_end().ends_with("[InvalidRequest]") && err.contains("missing.yaml"),
         "{err}"
     );
+}
+
+/// A restore driven over gRPC marks each collection it creates with its
+/// owner until it finishes; a rollback deletes only collections carrying
+/// that marker. A collection of the same name that someone else created
+/// (an application's "create if missing", another restore) is never
+/// deleted, and a finished restore leaves no marker behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_deletes_only_the_collections_its_own_restore_created() {
+    use qdrant_agent_proto::v1::agent_client::AgentClient;
+    use qdrant_agent_proto::v1::*;
+    let env = Env::new("real-owner");
+    let dir = tempfile::tempdir().unwrap();
+    let q = need(RealQdrant::start_with(1, false, None));
+    let base = q.nodes[0].url.clone();
+    let vectors: Value = serde_json::from_str(VECTORS).unwrap();
+    create(
+        &base,
+        "docs",
+        json!({"vectors": vectors, "shard_number": 2, "metadata": {"team": "search"}}),
+    );
+    upsert(&base, "docs", 300, None);
+    assert_ok(&env.run(&[
+        "backup",
+        "--qdrant-url",
+        &base,
+        "--to",
+        &env.url("owned"),
+        "--name",
+        "b1",
+    ]));
+    let agent = serve(&env, &base, "node-0", &["--insecure"], dir.path());
+    let mut c = AgentClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", agent.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let storage = StorageTarget {
+        url: env.url("owned"),
+        s3_endpoint: env.s3.endpoint.clone(),
+        s3_region: "us-east-1".into(),
+        credentials: Some(S3Credentials {
+            access_key_id: "test".into(),
+            secret_access_key: "test".into(),
+            session_token: String::new(),
+        }),
+        ..Default::default()
+    };
+    let restore = |id: &str, stage: RestoreStage, owner: &str, to: &[&str]| StartRestoreRequest {
+        task_id: id.into(),
+        storage: Some(storage.clone()),
+        backup_name: "b1".into(),
+        collections: to
+            .iter()
+            .map(|c| CollectionSelection {
+                collection: c.to_string(),
+                shard_ids: vec![],
+            })
+            .collect(),
+        stage: stage as i32,
+        owner: owner.into(),
+        ..Default::default()
+    };
+    async fn finish(c: &mut AgentClient<tonic::transport::Channel>, id: &str) -> Task {
+        let mut s = c
+            .watch_task(TaskRef { task_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut last = None;
+        while let Some(t) = s.message().await.unwrap() {
+            last = Some(t);
+        }
+        last.expect("a task state")
+    }
+    let metadata = |name: &str| -> Value {
+        let info = need(call(
+            "GET",
+            &base,
+            &format!("/collections/{name}"),
+            None,
+            None,
+        ));
+        info["config"]["metadata"].clone()
+    };
+
+    // Restore r-1 creates docs-copy: it says so, and the collection carries it.
+    let mut create_req = restore("create", RestoreStage::Create, "r-1", &["docs"]);
+    create_req.rename = [("docs".to_string(), "docs-copy".to_string())].into();
+    c.start_restore(create_req).await.unwrap();
+    let t = finish(&mut c, "create").await;
+    assert_eq!(t.phase(), TaskPhase::Succeeded, "{}", t.error);
+    assert_eq!(t.created_collections, ["docs-copy"]);
+    assert_eq!(metadata("docs-copy")["qdrant-agent/restore"], "r-1");
+    assert_eq!(
+        metadata("docs-copy")["team"],
+        "search",
+        "the saved metadata is kept"
+    );
+
+    // Meanwhile an application creates "docs-app", which restore r-1 was
+    // also asked about (say it lost the race to create it).
+    create(&base, "docs-app", json!({"vectors": vectors}));
+    upsert(&base, "docs-app", 20, None);
+
+    // A rollback needs its owner, and another owner's rollback touches
+    // nothing of r-1's.
+    let mut rollback = restore("rb-0", RestoreStage::Rollback, "", &["docs-copy"]);
+    c.start_restore(rollback.clone()).await.unwrap();
+    assert_eq!(finish(&mut c, "rb-0").await.phase(), TaskPhase::Failed);
+    rollback = restore("rb-1", RestoreStage::Rollback, "r-2", &["docs-copy"]);
+    c.start_restore(rollback).await.unwrap();
+    assert_eq!(finish(&mut c, "rb-1").await.phase(), TaskPhase::Succeeded);
+    assert!(
+        need(get(&base, "/collections/docs-copy", None)).0 == 200,
+        "another restore's rollback deleted r-1's collection"
+    );
+
+    // r-1 rolls back: its own collection goes, the application's stays whole.
+    let rollback = restore(
+        "rb-2",
+        RestoreStage::Rollback,
+        "r-1",
+        &["docs-copy", "docs-app", "never-made"],
+    );
+    c.start_restore(rollback).await.unwrap();
+    let t = finish(&mut c, "rb-2").await;
+    assert_eq!(t.phase(), TaskPhase::Succeeded, "{}", t.error);
+    assert_eq!(need(get(&base, "/collections/docs-copy", None)).0, 404);
+    assert_eq!(
+        need(all_points(&base, "docs-app", None)).len(),
+        20,
+        "the rollback deleted a collection it never created"
+    );
+
+    // A whole restore ends with no marker on what it created.
+    let mut all = restore("all", RestoreStage::Unspecified, "r-3", &["docs"]);
+    all.rename = [("docs".to_string(), "docs-back".to_string())].into();
+    c.start_restore(all).await.unwrap();
+    let t = finish(&mut c, "all").await;
+    assert_eq!(t.phase(), TaskPhase::Succeeded, "{}", t.error);
+    assert_eq!(t.created_collections, ["docs-back"]);
+    assert_eq!(metadata("docs-back"), json!({"team": "search"}));
+    same_points(&base, "docs", &base, "docs-back");
 }

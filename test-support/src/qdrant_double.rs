@@ -378,6 +378,7 @@ impl Double {
                 "/collections/{c}",
                 get(get_collection)
                     .put(create_collection)
+                    .patch(update_collection)
                     .delete(delete_collection),
             )
             .route("/collections/{c}/cluster", get(collection_cluster))
@@ -647,6 +648,9 @@ async fn create_collection(
             config[to] = v.clone();
         }
     }
+    if let Some(m) = body.get("metadata") {
+        config["metadata"] = m.clone();
+    }
     if custom {
         g.collections.insert(
             c,
@@ -672,6 +676,46 @@ async fn create_collection(
                 tokio::time::sleep(delay).await;
                 d.set_replica_states(&c, "Active");
             });
+        }
+    }
+    ok(json!(true))
+}
+
+/// `PATCH /collections/{c}`: only `metadata`, merged key by key as the
+/// real Qdrant 1.18 does (a null value removes the key).
+async fn update_collection(
+    State(d): State<Double>,
+    h: HeaderMap,
+    Path(c): Path<String>,
+    Json(body): Json<Value>,
+) -> Response {
+    guard!(d, h);
+    if !d.lock().collections.contains_key(&c) {
+        return err(
+            StatusCode::NOT_FOUND,
+            format!("Not found: Collection `{c}` doesn't exist!"),
+        );
+    }
+    let patch = body
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for inner in d.member_inners() {
+        let mut g = inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(col) = g.collections.get_mut(&c) {
+            if !col.config["metadata"].is_object() {
+                col.config["metadata"] = json!({});
+            }
+            if let Some(m) = col.config["metadata"].as_object_mut() {
+                for (k, v) in &patch {
+                    if v.is_null() {
+                        m.remove(k);
+                    } else {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+            }
         }
     }
     ok(json!(true))

@@ -57,6 +57,7 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         green_timeout: Duration::from_secs(a.green_timeout),
         concurrency: a.concurrency,
         stage: Default::default(),
+        owner: String::new(),
     };
     let ((), t) = run_task(TaskKind::Restore, &a.name, async |p, cancel| {
         restore::run(&node, &target, &req, p, cancel).await

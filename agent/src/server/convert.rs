@@ -69,6 +69,7 @@ pub fn restore_request(r: &StartRestoreRequest) -> RestoreRequest {
             RestoreStage::Finish => restore::Stage::Finish,
             RestoreStage::Rollback => restore::Stage::Rollback,
         },
+        owner: r.owner.clone(),
     }
 }
 
