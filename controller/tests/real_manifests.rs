@@ -34,7 +34,7 @@ async fn every_example_applies_and_invalid_resources_are_refused_with_their_reas
     let out = w.kubectl(&["-n", "search", "get", "qc,qb,qbs,qr", "-o", "name"]);
     assert_eq!(out.lines().count(), examples.len(), "{out}");
 
-    let cases = [
+    let cases: [(&str, &str, &str); 14] = [
         (
             "replicas without distributed mode",
             "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: bad, namespace: search}\n\
@@ -90,6 +90,59 @@ async fn every_example_applies_and_invalid_resources_are_refused_with_their_reas
              spec: {replicas: 3, version: v1.18.3, cluster: {enabled: true}, persistence: {size: 10Gi, storageClassName: fast}}\n",
             "persistence.storageClassName cannot change",
         ),
+        // What a backup holds and where it lives cannot change once it is
+        // made: deleting it, or restoring it by backupRef, would act on
+        // another backup.
+        (
+            "a backup's prefix edited after creation",
+            &backup_edit(
+                "bucket: my-qdrant-backups, prefix: elsewhere",
+                "vectors",
+                "[docs, images]",
+                "Retain",
+            ),
+            "spec.storage.s3 bucket, prefix and endpoint cannot change",
+        ),
+        (
+            "a backup's bucket edited after creation",
+            &backup_edit(
+                "bucket: other-bucket, prefix: prod",
+                "vectors",
+                "[docs, images]",
+                "Retain",
+            ),
+            "spec.storage.s3 bucket, prefix and endpoint cannot change",
+        ),
+        (
+            "a backup's endpoint set after creation",
+            &backup_edit(
+                "bucket: my-qdrant-backups, prefix: prod, endpoint: 'http://minio:9000'",
+                "vectors",
+                "[docs, images]",
+                "Retain",
+            ),
+            "spec.storage.s3 bucket, prefix and endpoint cannot change",
+        ),
+        (
+            "a backup's cluster edited after creation",
+            &backup_edit(
+                "bucket: my-qdrant-backups, prefix: prod",
+                "other",
+                "[docs, images]",
+                "Retain",
+            ),
+            "spec.clusterRef cannot change",
+        ),
+        (
+            "a backup's collections edited after creation",
+            &backup_edit(
+                "bucket: my-qdrant-backups, prefix: prod",
+                "vectors",
+                "[docs]",
+                "Retain",
+            ),
+            "spec.collections cannot change",
+        ),
     ];
     for (what, yaml, want) in cases {
         match apply(&w, yaml) {
@@ -97,6 +150,29 @@ async fn every_example_applies_and_invalid_resources_are_refused_with_their_reas
             Err(msg) => assert!(msg.contains(want), "{what}: want {want:?} in {msg}"),
         }
     }
+    // What is safe to change on a backup still is: its deletion policy,
+    // retention, credentials and region.
+    let safe = backup_edit(
+        "bucket: my-qdrant-backups, prefix: prod",
+        "vectors",
+        "[docs, images]",
+        "Delete",
+    )
+    .replace("region: eu-west-1", "region: eu-central-1")
+    .replace("backup-s3-credentials", "rotated-s3-credentials")
+        + "  retentionDays: 30\n";
+    if let Err(msg) = apply(&w, &safe) {
+        panic!("a safe change to a backup is refused: {msg}");
+    }
+}
+
+/// The example backup `before-migration` with its spec edited.
+fn backup_edit(s3: &str, cluster: &str, collections: &str, policy: &str) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: before-migration, namespace: search}}\n\
+         spec:\n  clusterRef: {{name: {cluster}}}\n  storage: {{s3: {{{s3}, region: eu-west-1, credentialsSecretRef: {{name: backup-s3-credentials}}}}}}\n\
+         \x20 collections: {collections}\n  deletionPolicy: {policy}\n  activeDeadlineSeconds: 7200\n"
+    )
 }
 
 /// The API server refuses an Event whose note is over 1 KiB; the operator's

@@ -27,7 +27,7 @@ use crate::runtime::{self, Context, Error, Halt, report};
 use crate::target::Target;
 use crate::tasks::{self, Observed, Outcome};
 use crate::wake;
-use decide::{Step, cluster_prefix, next_step};
+use decide::{Step, next_step};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
@@ -63,32 +63,38 @@ async fn reconcile_in(
         b,
         ctx,
         FINALIZER,
+        needs_finalizer,
         async |o: Arc<QdrantBackup>, ctx: &Context| apply(&o, ctx, store).await,
         async |o: Arc<QdrantBackup>, ctx: &Context| cleanup(&o, ctx).await,
     )
     .await
 }
 
+/// The finalizer protects a running backup (its tasks are cancelled and its
+/// partial objects deleted with it) and a Completed one whose objects go
+/// with the resource (deletionPolicy Delete); nothing else holds one.
+pub fn needs_finalizer(b: &QdrantBackup) -> bool {
+    match b.status.as_ref().and_then(|s| s.phase) {
+        Some(OperationPhase::InProgress) => true,
+        Some(OperationPhase::Completed) => b.spec.deletion_policy == DeletionPolicy::Delete,
+        _ => false,
+    }
+}
+
 fn status_of(b: &QdrantBackup) -> QdrantBackupStatus {
     b.status.clone().unwrap_or_default()
 }
 
-fn prefix(b: &QdrantBackup) -> String {
-    cluster_prefix(
-        b.spec.storage.s3.prefix.as_deref(),
+/// The storage target of the backup's objects, at its pinned location.
+async fn storage_of(b: &QdrantBackup, ctx: &Context) -> Result<StorageTarget, Halt> {
+    let (s3, prefix) = b.storage_at_location();
+    storage_target(
+        &ctx.client,
         &b.namespace().unwrap_or_default(),
-        &b.spec.cluster_ref.name,
+        &s3,
+        &prefix,
     )
-}
-
-/// `s3://bucket/<prefix>/<backup>`: where the backup's objects live.
-fn s3_path(b: &QdrantBackup) -> String {
-    format!(
-        "s3://{}/{}/{}",
-        b.spec.storage.s3.bucket,
-        prefix(b),
-        b.name_any()
-    )
+    .await
 }
 
 /// The other backups of `b`'s namespace, which decide whether it may start.
@@ -182,8 +188,7 @@ async fn apply(
 /// definitive error or its deadline.
 async fn drive(b: &QdrantBackup, ctx: &Context, cluster: &Target) -> Result<Action, Halt> {
     let started = !status_of(b).tasks.is_empty();
-    let ns = b.namespace().unwrap_or_default();
-    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b)).await?;
+    let storage = storage_of(b, ctx).await?;
     let agents = Agents::of(&ctx.client, cluster, &ctx.tls.get()).await?;
     if started {
         follow(b, ctx, &agents, &storage).await
@@ -248,6 +253,8 @@ async fn start(
 ) -> Result<Action, Halt> {
     agents.every_pod_has_one()?;
     let (tasks, seen) = survey_and_plan(b, agents, &[], 1).await?;
+    // From here on, deleting the resource must cancel the tasks first.
+    runtime::hold(b, ctx, FINALIZER).await?;
     let previous = status_of(b);
     let total: usize = tasks.iter().map(|t| t.shards.len()).sum();
     let collections: std::collections::BTreeSet<&str> = tasks
@@ -268,7 +275,8 @@ async fn start(
             shards_done: 0,
             shards_total: total as u32,
         }),
-        s3_path: Some(s3_path(b)),
+        s3_path: Some(b.s3_path()),
+        location: Some(b.location()),
         qdrant_version: Some(seen[0].qdrant_version.clone()),
         tasks,
         conditions: vec![report::ready(
@@ -509,7 +517,7 @@ fn summary(b: &QdrantBackup, status: &QdrantBackupStatus) -> String {
     format!(
         "{objects} objects, {} bytes, in {}",
         status.size_bytes.unwrap_or(0),
-        s3_path(b)
+        b.s3_path()
     )
 }
 
@@ -667,21 +675,27 @@ async fn fail(
     let mut message = message;
     // A name that is taken was refused before anything was written: what
     // is there belongs to someone else and stays.
-    if !previous.tasks.is_empty()
-        && reason != "BackupExists"
-        && let Err(e) = discard(b, ctx, cluster, &previous).await
-    {
-        let left = left_behind(b);
-        message = format!("{message}; its partial objects could not be deleted ({e}): {left}");
-        report::event(
-            &ctx.recorder,
-            &b.object_ref(&()),
-            EventType::Warning,
-            "ObjectsLeft",
-            "Fail",
-            left,
-        )
-        .await;
+    if !previous.tasks.is_empty() && reason != "BackupExists" {
+        match discard(b, ctx, cluster, &previous).await {
+            Ok(Discarded::Deleted(_)) => {}
+            Ok(Discarded::NotOwned(why)) => {
+                message = format!("{message}; nothing was deleted: {why}");
+            }
+            Err(e) => {
+                let left = left_behind(b);
+                message =
+                    format!("{message}; its partial objects could not be deleted ({e}): {left}");
+                report::event(
+                    &ctx.recorder,
+                    &b.object_ref(&()),
+                    EventType::Warning,
+                    "ObjectsLeft",
+                    "Fail",
+                    left,
+                )
+                .await;
+            }
+        }
     }
     operation::failed(b, ctx, reason, message).await
 }
@@ -689,14 +703,14 @@ async fn fail(
 /// Where a backup's objects and open uploads are when no agent is left to
 /// delete them, and the command that deletes exactly those.
 fn left_behind(b: &QdrantBackup) -> String {
-    let s3 = &b.spec.storage.s3;
+    let at = b.location();
     format!(
         "everything it wrote (objects and open multipart uploads) is under {}/; delete it with: qdrant-agent delete --from s3://{}/{} --name {}{}",
-        s3_path(b),
-        s3.bucket,
-        prefix(b),
+        b.s3_path(),
+        at.bucket,
+        at.prefix,
         b.name_any(),
-        s3.endpoint
+        at.endpoint
             .as_ref()
             .map(|e| format!(" --s3-endpoint {e}"))
             .unwrap_or_default()
@@ -710,28 +724,30 @@ async fn discard(
     ctx: &Context,
     cluster: Option<&Target>,
     status: &QdrantBackupStatus,
-) -> Result<u32, String> {
+) -> Result<Discarded, String> {
     let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
-    let ns = b.namespace().unwrap_or_default();
-    let storage = storage_target(&ctx.client, &ns, &b.spec.storage.s3, &prefix(b))
-        .await
-        .map_err(Halt::text)?;
+    let storage = storage_of(b, ctx).await.map_err(Halt::text)?;
     let mut c = agents.any().await.map_err(Halt::text)?;
-    // A backup that never completed is deleted only if this resource's
-    // tasks claimed it; a Completed one is this resource's by completing.
-    let completed = status.phase == Some(OperationPhase::Completed);
+    // Only what this resource's tasks claimed (its UID in the backup's
+    // ownership marker) is deleted: never a backup someone else wrote.
     c.delete_backup(DeleteBackupRequest {
         storage: Some(storage),
         backup_name: b.name_any(),
-        owner: if completed {
-            String::new()
-        } else {
-            b.uid().unwrap_or_default()
-        },
+        owner: b.uid().unwrap_or_default(),
     })
     .await
-    .map(|r| r.into_inner().deleted_objects)
-    .map_err(|s| status_reason(&s).1)
+    .map(|r| Discarded::Deleted(r.into_inner().deleted_objects))
+    .or_else(|s| match status_reason(&s) {
+        (reason, message) if reason == "BackupNotOwned" => Ok(Discarded::NotOwned(message)),
+        (_, message) => Err(message),
+    })
+}
+
+/// What `discard` did.
+enum Discarded {
+    Deleted(u32),
+    /// The objects there were not written by this resource: left untouched.
+    NotOwned(String),
 }
 
 /// Deleting the resource: running tasks are cancelled first; the objects go
@@ -769,16 +785,30 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
         .await;
         return Ok(Action::await_change());
     }
-    let n = discard(b, ctx, cluster.as_ref(), &status)
+    let (type_, reason, note) = match discard(b, ctx, cluster.as_ref(), &status)
         .await
-        .map_err(Error::Retry)?;
+        .map_err(Error::Retry)?
+    {
+        Discarded::Deleted(n) => (
+            EventType::Normal,
+            "Deleted",
+            format!("deleted {n} objects under {}", b.s3_path()),
+        ),
+        // Someone else's backup sits there: it is never deleted, and this
+        // resource goes without it.
+        Discarded::NotOwned(why) => (
+            EventType::Warning,
+            "NotDeleted",
+            format!("left {} untouched: {why}", b.s3_path()),
+        ),
+    };
     report::event(
         &ctx.recorder,
         &b.object_ref(&()),
-        EventType::Normal,
-        "Deleted",
+        type_,
+        reason,
         "Delete",
-        format!("deleted {n} objects under {}", s3_path(b)),
+        note,
     )
     .await;
     Ok(Action::await_change())

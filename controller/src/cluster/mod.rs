@@ -39,24 +39,32 @@ pub async fn reconcile(c: Arc<QdrantCluster>, ctx: Arc<Context>) -> Result<Actio
     } else {
         match apply(c.clone(), &ctx).await {
             Err(Error::Kube(kube::Error::Api(e))) if matches!(e.code, 400 | 403 | 409 | 422) => {
-                refused(&c, &ctx, &e.message).await;
+                let message = format!(
+                    "the API server refused an object of this cluster: {}",
+                    e.message
+                );
+                refused(&c, &ctx, "ApplyRefused", message).await;
                 Err(Error::Kube(kube::Error::Api(e)))
+            }
+            Err(Error::NotOurs(message)) => {
+                refused(&c, &ctx, "ObjectNotOwned", message.clone()).await;
+                Err(Error::NotOurs(message))
             }
             other => other,
         }
     }
 }
 
-/// The API server refused one of the cluster's objects (an invalid or
-/// forbidden change): the Ready condition and a Warning Event say which and
-/// why, instead of the reconcile failing silently until the spec changes.
-async fn refused(c: &QdrantCluster, ctx: &Context, message: &str) {
+/// One of the cluster's objects cannot be written (the API server refused
+/// an invalid or forbidden change, or an object of that name is someone
+/// else's): the Ready condition and a Warning Event say which and why,
+/// instead of the reconcile failing silently until the spec changes.
+async fn refused(c: &QdrantCluster, ctx: &Context, reason: &str, message: String) {
     let previous = c.status.clone().unwrap_or_default();
     let mut status = previous.clone();
-    let message = format!("the API server refused an object of this cluster: {message}");
     status.conditions = vec![report::ready(
         false,
-        "ApplyRefused",
+        reason,
         message.clone(),
         jiff::Timestamp::now(),
         &previous.conditions,
@@ -65,12 +73,17 @@ async fn refused(c: &QdrantCluster, ctx: &Context, message: &str) {
     if let Err(e) = report::write_status(&ctx.client, c, Some(&previous), &status).await {
         tracing::warn!(error = %e, "could not write the status");
     }
-    if previous.conditions.first().map(|c| c.reason.as_str()) != Some("ApplyRefused") {
+    let same = previous
+        .conditions
+        .first()
+        .map(|c| (c.reason.as_str(), c.message.as_str()))
+        == Some((reason, message.as_str()));
+    if !same {
         report::event(
             &ctx.recorder,
             &c.object_ref(&()),
             EventType::Warning,
-            "ApplyRefused",
+            reason,
             "Reconcile",
             message,
         )
@@ -78,6 +91,31 @@ async fn refused(c: &QdrantCluster, ctx: &Context, message: &str) {
     }
 }
 
+/// Refuses when an object of `obj`'s name exists and is not ours: forced
+/// apply takes every field, owner references included, so it goes only
+/// onto an object that is already this cluster's.
+async fn check_ours<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let name = obj.meta().name.clone().unwrap_or_default();
+    match api.get_metadata_opt(&name).await? {
+        Some(existing) => ours(
+            &K::kind(&Default::default()),
+            &existing.metadata,
+            obj.meta(),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Server-side applies `obj`, which [`check_ours`] (or a read of it) found
+/// to be this cluster's or absent.
 async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
@@ -116,6 +154,23 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         // The Secret's watch wakes it when the Secret appears.
         return Ok(Action::requeue(crate::runtime::operation::WATCHED_WAIT));
     }
+    let (sa, cm) = (render::service_account(&c), render::config_map(&c));
+    let (headless, service) = (render::headless_service(&c), render::client_service(&c));
+    let pdb = render::pod_disruption_budget(&c);
+    // Nothing is written until every name is known to be free or ours.
+    check_ours(client, &ns, &sa).await?;
+    check_ours(client, &ns, &cm).await?;
+    check_ours(client, &ns, &headless).await?;
+    check_ours(client, &ns, &service).await?;
+    check_ours(client, &ns, &pdb).await?;
+    let mut desired = render::statefulset(&c, &ctx.images);
+    let name = render::Names::of(&c).statefulset();
+    let existing = Api::<StatefulSet>::namespaced(client.clone(), &ns)
+        .get_opt(&name)
+        .await?;
+    if let Some(e) = &existing {
+        ours("StatefulSet", &e.metadata, &desired.metadata)?;
+    }
     let mut tls_identity = None;
     if c.spec.agent.enabled {
         let n = render::Names::of(&c);
@@ -124,12 +179,11 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         let meta = render::owned_meta(&c, n.agent_tls());
         tls_identity = Some(ensure_agent_tls(client, &secrets, meta, dns, &ctx.ca).await?);
     }
-    ssa(client, &ns, &render::service_account(&c)).await?;
-    ssa(client, &ns, &render::config_map(&c)).await?;
-    ssa(client, &ns, &render::headless_service(&c)).await?;
-    ssa(client, &ns, &render::client_service(&c)).await?;
-    ssa(client, &ns, &render::pod_disruption_budget(&c)).await?;
-    let mut desired = render::statefulset(&c, &ctx.images);
+    ssa(client, &ns, &sa).await?;
+    ssa(client, &ns, &cm).await?;
+    ssa(client, &ns, &headless).await?;
+    ssa(client, &ns, &service).await?;
+    ssa(client, &ns, &pdb).await?;
     // Agents read their certificate at start: a renewed one rolls the pods.
     if let (Some(id), Some(meta)) = (
         tls_identity,
@@ -142,10 +196,6 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
             .get_or_insert_with(Default::default)
             .insert(render::ANN_AGENT_TLS.into(), id);
     }
-    let name = render::Names::of(&c).statefulset();
-    let existing = Api::<StatefulSet>::namespaced(client.clone(), &ns)
-        .get_opt(&name)
-        .await?;
     if let (Some(spec), Some(e)) = (desired.spec.as_mut(), existing.as_ref()) {
         // podManagementPolicy cannot change: a StatefulSet made by an earlier
         // version keeps its own (the README says how to switch).
@@ -183,8 +233,8 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
 /// replaced (that would cut the controller off from running agents).
 pub async fn ensure_agent_token(secrets: &Api<Secret>, meta: ObjectMeta) -> Result<(), Error> {
     let name = meta.name.clone().unwrap_or_default();
-    if secrets.get_opt(&name).await?.is_some() {
-        return Ok(());
+    if let Some(existing) = secrets.get_opt(&name).await? {
+        return ours("Secret", &existing.metadata, &meta);
     }
     let token: String = (0..32)
         .map(|_| format!("{:02x}", rand::random::<u8>()))
@@ -216,6 +266,7 @@ pub async fn ensure_agent_tls(
     let name = meta.name.clone().unwrap_or_default();
     let now = jiff::Timestamp::now();
     if let Some(s) = secrets.get_opt(&name).await? {
+        ours("Secret", &s.metadata, &meta)?;
         let ann = s.metadata.annotations.unwrap_or_default();
         let stale = crate::pki::needs_reissue(
             ann.get(crate::pki::ANN_CA).map(String::as_str),
@@ -234,6 +285,37 @@ pub async fn ensure_agent_tls(
     Ok(render::agent_tls_identity(
         &secret.metadata.annotations.unwrap_or_default(),
     ))
+}
+
+/// `Ok` when `existing` is owned by the owner that `desired` names (its
+/// first owner reference), so the operator may write it; otherwise the
+/// refusal, naming the object and who it belongs to.
+pub fn ours(kind: &str, existing: &ObjectMeta, desired: &ObjectMeta) -> Result<(), Error> {
+    let Some(owner) = desired.owner_references.as_ref().and_then(|o| o.first()) else {
+        return Ok(());
+    };
+    let refs = existing.owner_references.as_deref().unwrap_or_default();
+    if refs.iter().any(|r| r.uid == owner.uid) {
+        return Ok(());
+    }
+    let labels = existing.labels.clone().unwrap_or_default();
+    let annotations = existing.annotations.clone().unwrap_or_default();
+    let belongs = if let Some(r) = refs.first() {
+        format!("it belongs to {} {}", r.kind, r.name)
+    } else if let Some(release) = annotations.get("meta.helm.sh/release-name") {
+        format!("it belongs to Helm release {release}")
+    } else if let Some(by) = labels.get("app.kubernetes.io/managed-by") {
+        format!("it is managed by {by}")
+    } else {
+        "it was made by someone else".to_string()
+    };
+    Err(Error::NotOurs(format!(
+        "{kind} {} exists and is not {} {}'s ({belongs}); the operator never takes over an object it did not create: rename the {}, or move that {kind} out of the way",
+        existing.name.as_deref().unwrap_or_default(),
+        owner.kind,
+        owner.name,
+        owner.kind,
+    )))
 }
 
 async fn write_status(
@@ -352,4 +434,53 @@ pub async fn run(ctx: Arc<Context>) {
         move |s| crate::wake::clusters_using(&store, &s),
     );
     runtime::run(controller, ctx.clone(), reconcile).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+
+    fn owned_by(uid: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some("vectors".into()),
+            owner_references: Some(vec![OwnerReference {
+                kind: "QdrantCluster".into(),
+                name: "vectors".into(),
+                uid: uid.into(),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_an_object_this_cluster_owns_is_written() {
+        let desired = owned_by("c-1");
+        assert!(ours("Service", &owned_by("c-1"), &desired).is_ok());
+        // A Helm release's Service of the same name.
+        let helm = ObjectMeta {
+            name: Some("vectors".into()),
+            annotations: Some([("meta.helm.sh/release-name".into(), "vectors".into())].into()),
+            labels: Some([("app.kubernetes.io/managed-by".into(), "Helm".into())].into()),
+            ..Default::default()
+        };
+        let e = ours("Service", &helm, &desired).unwrap_err().to_string();
+        assert!(
+            e.starts_with("Service vectors exists and is not QdrantCluster vectors's (it belongs to Helm release vectors)"),
+            "{e}"
+        );
+        // A QdrantCluster deleted and re-created is another owner.
+        let e = ours("StatefulSet", &owned_by("c-0"), &desired).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("it belongs to QdrantCluster vectors"),
+            "{e}"
+        );
+        let bare = ObjectMeta {
+            name: Some("vectors".into()),
+            ..Default::default()
+        };
+        assert!(ours("ConfigMap", &bare, &desired).is_err());
+    }
 }

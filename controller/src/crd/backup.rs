@@ -2,15 +2,15 @@
 
 use super::{
     AgentTask, BackupMode, BackupStorage, ClusterReference, CollectionResult, DeletionPolicy,
-    OperationPhase, TaskProgress,
+    OperationPhase, S3Storage, TaskProgress,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A backup of a QdrantCluster's collections, taken by the agents.
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "qdrant.io",
     version = "v1alpha1",
@@ -25,6 +25,12 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Size","type":"integer","format":"int64","jsonPath":".status.sizeBytes"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+// What was backed up and where it lives cannot change: deleting the backup,
+// or restoring it by backupRef, must act on what it wrote.
+#[x_kube(validation = Rule::new("self.clusterRef == oldSelf.clusterRef").message("spec.clusterRef cannot change: it names the cluster this backup holds; create a new QdrantBackup"))]
+#[x_kube(validation = Rule::new("(has(self.collections) ? self.collections : []) == (has(oldSelf.collections) ? oldSelf.collections : [])").message("spec.collections cannot change: they are what this backup holds; create a new QdrantBackup"))]
+#[x_kube(validation = Rule::new("(has(self.mode) ? self.mode : 'Auto') == (has(oldSelf.mode) ? oldSelf.mode : 'Auto')").message("spec.mode cannot change once the backup is created; create a new QdrantBackup"))]
+#[x_kube(validation = Rule::new("self.storage.s3.bucket == oldSelf.storage.s3.bucket && (has(self.storage.s3.prefix) ? self.storage.s3.prefix : '') == (has(oldSelf.storage.s3.prefix) ? oldSelf.storage.s3.prefix : '') && (has(self.storage.s3.endpoint) ? self.storage.s3.endpoint : '') == (has(oldSelf.storage.s3.endpoint) ? oldSelf.storage.s3.endpoint : '')").message("spec.storage.s3 bucket, prefix and endpoint cannot change: they say where this backup lives (credentials, region and encryption may); create a new QdrantBackup to write elsewhere"))]
 #[serde(rename_all = "camelCase")]
 pub struct QdrantBackupSpec {
     /// The QdrantCluster (or StatefulSet with the injected agent) to back
@@ -70,6 +76,11 @@ pub struct QdrantBackupStatus {
     /// `s3://bucket/prefix/namespace/cluster/backup` once known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub s3_path: Option<String>,
+    /// Where the backup is written, fixed when it starts: deleting the
+    /// backup and restoring it by backupRef act here, whatever the spec
+    /// says later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<BackupLocation>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,6 +100,61 @@ pub struct QdrantBackupStatus {
     /// The read-back check of `spec.verify`: who ran it, when, and how it went.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+}
+
+/// Where a backup's objects are: `s3://<bucket>/<prefix>/<backup name>/`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupLocation {
+    pub bucket: String,
+    /// Key prefix of the cluster's backups: `<storage prefix>/<namespace>/<cluster>`.
+    pub prefix: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+impl QdrantBackup {
+    /// The location this backup writes to when it starts, from its spec.
+    pub fn location_from_spec(&self) -> BackupLocation {
+        let s3 = &self.spec.storage.s3;
+        BackupLocation {
+            bucket: s3.bucket.clone(),
+            prefix: crate::backup::decide::cluster_prefix(
+                s3.prefix.as_deref(),
+                &self.namespace().unwrap_or_default(),
+                &self.spec.cluster_ref.name,
+            ),
+            endpoint: s3.endpoint.clone(),
+        }
+    }
+
+    /// Where this backup's objects are: the location pinned in status when
+    /// it started, else (not started yet) the spec's.
+    pub fn location(&self) -> BackupLocation {
+        self.status
+            .as_ref()
+            .and_then(|s| s.location.clone())
+            .unwrap_or_else(|| self.location_from_spec())
+    }
+
+    /// The storage to reach this backup's objects: the spec's credentials,
+    /// region and encryption at the pinned bucket and endpoint, and the
+    /// key prefix of its cluster.
+    pub fn storage_at_location(&self) -> (S3Storage, String) {
+        let at = self.location();
+        let s3 = S3Storage {
+            bucket: at.bucket,
+            endpoint: at.endpoint,
+            ..self.spec.storage.s3.clone()
+        };
+        (s3, at.prefix)
+    }
+
+    /// `s3://bucket/<prefix>/<backup>`: where its objects live.
+    pub fn s3_path(&self) -> String {
+        let at = self.location();
+        format!("s3://{}/{}/{}", at.bucket, at.prefix, self.name_any())
+    }
 }
 
 /// A read-back check of a backup by one agent.

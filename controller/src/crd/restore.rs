@@ -91,8 +91,10 @@ pub struct QdrantRestoreStatus {
     /// The agents' tasks of the current stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tasks: Vec<AgentTask>,
-    /// Collections this restore creates (none of them existed when it
-    /// started). A failed restore deletes these again, and only these.
+    /// Collections this restore created, as its agents reported them. Each
+    /// carries the restore's UID in its metadata (`qdrant-agent/restore`)
+    /// until the restore completes; a failed restore deletes only
+    /// collections that carry it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub created_collections: Vec<String>,
     /// Source: `s3://bucket/path` of the backup being restored.

@@ -1,8 +1,10 @@
 //! Pure: what a QdrantRestore does next, where its backup is, what of the
 //! backup it restores, and the agent requests of each stage.
 
-use crate::backup::decide::cluster_prefix;
-use crate::crd::{AgentTask, OperationPhase, QdrantBackup, QdrantRestore, RestoreStage, S3Storage};
+use crate::crd::{
+    AgentTask, OperationPhase, QdrantBackup, QdrantRestore, QdrantRestoreStatus, RestoreStage,
+    S3Storage,
+};
 use crate::operation::{Step, cluster_gate};
 use crate::runtime::Halt;
 use crate::target::Target;
@@ -10,19 +12,65 @@ use crate::tasks;
 use kube::ResourceExt;
 use qdrant_agent_proto::v1::{self as pb, CollectionSelection, StartRestoreRequest, StorageTarget};
 
-/// The restore's next step from its status and its target cluster.
-pub fn next_step(r: &QdrantRestore, cluster: Option<&Target>) -> Step {
-    let status = r.status.clone().unwrap_or_default();
-    if matches!(
-        status.phase,
+fn phase(r: &QdrantRestore) -> Option<OperationPhase> {
+    r.status.as_ref().and_then(|s| s.phase)
+}
+
+fn ended(r: &QdrantRestore) -> bool {
+    matches!(
+        phase(r),
         Some(OperationPhase::Completed | OperationPhase::Failed)
-    ) || status.stage == Some(RestoreStage::Done)
-    {
+    ) || r.status.as_ref().and_then(|s| s.stage) == Some(RestoreStage::Done)
+}
+
+/// The restore's next step from its status, its target cluster and the
+/// other restores of its namespace: one restore runs per cluster at a time,
+/// the oldest waiting first, so two never create, fill or roll back the same
+/// collection at once.
+pub fn next_step<O: std::borrow::Borrow<QdrantRestore>>(
+    r: &QdrantRestore,
+    cluster: Option<&Target>,
+    others: &[O],
+) -> Step {
+    if ended(r) {
         return Step::Done;
     }
+    let status = r.status.clone().unwrap_or_default();
     let ns = r.namespace().unwrap_or_default();
     let target = &r.spec.target_cluster_ref;
-    cluster_gate("restore", target, &ns, cluster, status.stage.is_some()).unwrap_or(Step::Run)
+    let started = status.stage.is_some();
+    if let Some(step) = cluster_gate("restore", target, &ns, cluster, started) {
+        return step;
+    }
+    if started {
+        return Step::Run;
+    }
+    let key = |x: &QdrantRestore| {
+        (
+            x.metadata.creation_timestamp.clone().map(|t| t.0),
+            x.name_any(),
+        )
+    };
+    let running = |x: &QdrantRestore| x.status.as_ref().is_some_and(|s| s.stage.is_some());
+    let blocker = others
+        .iter()
+        .map(std::borrow::Borrow::borrow)
+        .filter(|o| {
+            o.name_any() != r.name_any() && &o.spec.target_cluster_ref == target && !ended(o)
+        })
+        .filter(|o| running(o) || key(o) < key(r))
+        .min_by_key(|o| (!running(o), key(o)));
+    match blocker {
+        Some(o) => Step::Wait {
+            reason: "WaitingForRestore",
+            message: format!(
+                "restore {} into {} runs first (one restore per cluster at a time)",
+                o.name_any(),
+                target.describe()
+            ),
+        },
+        None => Step::Run,
+    }
 }
 
 /// Where the backup is: its storage settings, the key prefix above it and
@@ -87,15 +135,16 @@ pub fn source(r: &QdrantRestore, backup: Option<&QdrantBackup>) -> Result<Source
         ));
     };
     match backup.status.as_ref().and_then(|s| s.phase) {
-        Some(OperationPhase::Completed) => Ok(Source {
-            prefix: cluster_prefix(
-                backup.spec.storage.s3.prefix.as_deref(),
-                &ns,
-                &backup.spec.cluster_ref.name,
-            ),
-            name: backup.name_any(),
-            storage: backup.spec.storage.s3.clone(),
-        }),
+        Some(OperationPhase::Completed) => {
+            // Where it was written (pinned when it started), whatever its
+            // spec says now.
+            let (storage, prefix) = backup.storage_at_location();
+            Ok(Source {
+                prefix,
+                name: backup.name_any(),
+                storage,
+            })
+        }
         Some(OperationPhase::Failed) => Err(Halt::fail(
             "BackupFailed",
             format!("QdrantBackup {} failed; it cannot be restored", b.name),
@@ -173,27 +222,32 @@ pub fn selection(
     Ok(wanted)
 }
 
-/// The target names of `wanted` that do not exist in the target yet (as
-/// `placement` of all its collections shows): what this restore creates,
-/// and what a rollback may delete. An existing one is refused by the agent
-/// and never deleted.
-pub fn to_create(
-    r: &QdrantRestore,
-    wanted: &[String],
-    placement: &pb::GetPlacementResponse,
-) -> Vec<String> {
-    wanted
-        .iter()
-        .map(|c| target_name(r, c).to_string())
-        .filter(|t| !placement.collections.iter().any(|p| &p.name == t))
-        .collect()
+/// The collections a rollback of this restore looks at, by their names in
+/// the target: those its agents reported created, and every one its tasks
+/// were restoring (a task lost before it reported). The agent deletes only
+/// those that carry this restore's marker, so one that existed before, or
+/// that another party created meanwhile, is never touched.
+pub fn rollback_targets(r: &QdrantRestore, status: &QdrantRestoreStatus) -> Vec<String> {
+    let mut v: Vec<String> = status.created_collections.clone();
+    if status.stage.is_some() {
+        v.extend(
+            sources(&status.tasks)
+                .iter()
+                .map(|c| target_name(r, c).to_string()),
+        );
+    }
+    v.sort();
+    v.dedup();
+    v
 }
 
-/// The Rollback task: deletes `created_collections` by their names in
-/// Qdrant. It reads nothing from the store, so the storage named is only
-/// the backup's location (as in status), without credentials.
+/// The Rollback task: deletes, of `rollback_targets`, those this restore
+/// created (they carry its UID as marker). It reads nothing from the
+/// store, so the storage named is only the backup's location (as in
+/// status), without credentials.
 pub fn rollback_request(
-    status: &crate::crd::QdrantRestoreStatus,
+    r: &QdrantRestore,
+    status: &QdrantRestoreStatus,
     task_id: &str,
 ) -> StartRestoreRequest {
     let (url, name) = status
@@ -209,15 +263,15 @@ pub fn rollback_request(
             ..Default::default()
         }),
         backup_name: name,
-        collections: status
-            .created_collections
-            .iter()
-            .map(|c| CollectionSelection {
-                collection: c.clone(),
+        collections: rollback_targets(r, status)
+            .into_iter()
+            .map(|collection| CollectionSelection {
+                collection,
                 shard_ids: vec![],
             })
             .collect(),
         stage: pb::RestoreStage::Rollback as i32,
+        owner: r.uid().unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -322,6 +376,7 @@ pub fn request(
         // Qdrant checks each upload's sha256 in any case.
         skip_verify: !r.spec.verify_first || upload || stage == pb::RestoreStage::Finish,
         stage: stage as i32,
+        owner: r.uid().unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -383,7 +438,8 @@ mod tests {
     #[test]
     fn a_restore_waits_for_its_cluster_and_fails_when_it_goes_away_mid_way() {
         let r = restore("  backupRef: {name: nightly}\n");
-        let step = |c: Option<&Target>, r: &QdrantRestore| match next_step(r, c) {
+        let none: &[QdrantRestore] = &[];
+        let step = |c: Option<&Target>, r: &QdrantRestore| match next_step(r, c, none) {
             Step::Wait { reason, .. } => format!("wait {reason}"),
             Step::Fail { reason, .. } => format!("fail {reason}"),
             other => format!("{other:?}"),
@@ -505,27 +561,104 @@ mod tests {
     }
 
     #[test]
-    fn a_rollback_deletes_only_what_the_restore_created_and_needs_no_backup() {
-        let r = restore("  collectionMapping: {docs: docs-copy}\n");
-        let existing = pb::GetPlacementResponse {
-            collections: vec![pb::CollectionPlacement {
-                name: "other".into(),
+    fn one_restore_runs_per_cluster_and_the_oldest_waiting_goes_first() {
+        let running_cluster = cluster(Some(ClusterPhase::Running), true);
+        let at = |name: &str, secs: i64, stage: Option<RestoreStage>, phase| {
+            let mut r = restore("  backupRef: {name: nightly}\n");
+            r.metadata.name = Some(name.into());
+            r.metadata.creation_timestamp =
+                Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    jiff::Timestamp::from_second(1_800_000_000 + secs).unwrap(),
+                ));
+            r.status = Some(crate::crd::QdrantRestoreStatus {
+                phase,
+                stage,
                 ..Default::default()
-            }],
-            ..Default::default()
+            });
+            r
         };
-        let wanted = ["docs".to_string(), "other".to_string()];
-        // "other" exists already: the agent refuses it, a rollback never touches it.
-        let created = to_create(&r, &wanted, &existing);
-        assert_eq!(created, ["docs-copy"]);
+        let reason = |r: &QdrantRestore, others: &[QdrantRestore]| match next_step(
+            r,
+            Some(&running_cluster),
+            others,
+        ) {
+            Step::Wait { reason, message } => format!("wait {reason}: {message}"),
+            other => format!("{other:?}"),
+        };
+        let first = at(
+            "first",
+            0,
+            Some(RestoreStage::Verify),
+            Some(OperationPhase::InProgress),
+        );
+        let second = at("second", 10, None, Some(OperationPhase::Pending));
+        let third = at("third", 20, None, None);
+        let all = [first.clone(), second.clone(), third.clone()];
+        // A newer restore waits for the running one, even though it is older.
+        let younger_first = at(
+            "first",
+            30,
+            Some(RestoreStage::Upload),
+            Some(OperationPhase::InProgress),
+        );
+        assert_eq!(
+            reason(&second, &[younger_first, third.clone()]),
+            "wait WaitingForRestore: restore first into QdrantCluster vectors runs first (one restore per cluster at a time)"
+        );
+        assert_eq!(reason(&first, &all), "Run", "a started restore goes on");
+        assert!(reason(&third, &all).contains("restore first"));
+        // Once the first ended, the oldest waiting one goes first.
+        let done = at(
+            "first",
+            0,
+            Some(RestoreStage::Done),
+            Some(OperationPhase::Completed),
+        );
+        let later = [done.clone(), second.clone(), third.clone()];
+        assert_eq!(reason(&second, &later), "Run");
+        assert!(reason(&third, &later).contains("restore second"));
+        // Another cluster's restore does not hold this one.
+        let mut elsewhere = first.clone();
+        elsewhere.spec.target_cluster_ref.name = "other".into();
+        assert_eq!(reason(&second, &[elsewhere]), "Run");
+    }
+
+    #[test]
+    fn a_restore_by_backup_ref_reads_where_the_backup_was_written() {
+        let r = restore("  backupRef: {name: nightly}\n");
+        let mut b = backup(Some(OperationPhase::Completed));
+        b.status.as_mut().unwrap().location = Some(b.location_from_spec());
+        // The spec edited after it completed (before immutability, or by a
+        // status-less copy): the pinned location still wins.
+        b.spec.storage.s3.prefix = Some("elsewhere".into());
+        b.spec.storage.s3.bucket = "other-bucket".into();
+        let src = source(&r, Some(&b)).unwrap();
+        assert_eq!(src.s3_path(), "s3://bkt/team/search/vectors/nightly");
+    }
+
+    #[test]
+    fn a_rollback_looks_only_at_what_the_restore_was_creating_and_needs_no_backup() {
+        let r = restore("  collectionMapping: {docs: docs-copy}\n");
+        let task = whole_collections_task(
+            &r,
+            RestoreStage::Verify,
+            "vectors-0",
+            "i".into(),
+            &["docs".into()],
+        );
         let status = crate::crd::QdrantRestoreStatus {
             s3_path: Some("s3://bkt/team/search/vectors/nightly".into()),
-            created_collections: created,
+            stage: Some(RestoreStage::Verify),
+            tasks: vec![task],
+            // What the agent reported it created.
+            created_collections: vec!["docs-copy".into()],
             ..Default::default()
         };
-        let req = rollback_request(&status, "t-1");
+        let req = rollback_request(&r, &status, "t-1");
         assert_eq!(req.stage(), pb::RestoreStage::Rollback);
         assert_eq!(req.backup_name, "nightly");
+        // The agent deletes only collections carrying this owner's marker.
+        assert_eq!(req.owner, "r-1");
         let storage = req.storage.unwrap();
         assert_eq!(storage.url, "s3://bkt/team/search/vectors");
         assert!(storage.credentials.is_none());
@@ -536,5 +669,8 @@ mod tests {
             .collect();
         assert_eq!(names, ["docs-copy"]);
         assert!(req.rename.is_empty());
+        // Nothing started: nothing to look at.
+        let fresh = crate::crd::QdrantRestoreStatus::default();
+        assert!(rollback_targets(&r, &fresh).is_empty());
     }
 }

@@ -51,10 +51,17 @@ pub async fn reconcile(r: Arc<QdrantRestore>, ctx: Arc<Context>) -> Result<Actio
         r,
         ctx,
         FINALIZER,
+        needs_finalizer,
         async |o: Arc<QdrantRestore>, ctx: &Context| apply(&o, ctx).await,
         async |o: Arc<QdrantRestore>, ctx: &Context| cleanup(&o, ctx).await,
     )
     .await
+}
+
+/// The finalizer protects a running restore (deleting it cancels its tasks
+/// and removes what it created); a waiting or finished one holds none.
+pub fn needs_finalizer(r: &QdrantRestore) -> bool {
+    r.status.as_ref().and_then(|s| s.phase) == Some(OperationPhase::InProgress)
 }
 
 fn status_of(r: &QdrantRestore) -> QdrantRestoreStatus {
@@ -85,7 +92,16 @@ async fn apply(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
     if status_of(r).stage == Some(RestoreStage::RollingBack) {
         return roll_back(r, ctx, cluster.as_ref()).await;
     }
-    let outcome = match decide::next_step(r, cluster.as_ref()) {
+    let others = if status_of(r).stage.is_none() {
+        let ns = r.namespace().unwrap_or_default();
+        Api::<QdrantRestore>::namespaced(ctx.client.clone(), &ns)
+            .list(&Default::default())
+            .await?
+            .items
+    } else {
+        vec![]
+    };
+    let outcome = match decide::next_step(r, cluster.as_ref(), &others) {
         Step::Done | Step::Expire => return Ok(Action::await_change()),
         Step::Wait { reason, message } => Err(Halt::wait(reason, message)),
         Step::Fail { reason, message } => Err(Halt::fail(reason, message)),
@@ -154,7 +170,6 @@ async fn start(
     let manifest: ManifestView = serde_json::from_str(&manifest.manifest_json)
         .map_err(|e| Halt::fail("ManifestInvalid", format!("{}: {e}", src.s3_path())))?;
     let wanted = selection(r, &manifest, seen.len(), src)?;
-    let created = decide::to_create(r, &wanted, &first.placement);
     let stage = decide::first_stage(seen.len());
     let task = whole_collections_task(r, stage, &first.pod, first.instance_id.clone(), &wanted);
     let message = format!(
@@ -163,6 +178,9 @@ async fn start(
         src.s3_path(),
         seen.len()
     );
+    // From here on, deleting the resource must stop the tasks and remove
+    // what they created.
+    runtime::hold(r, ctx, FINALIZER).await?;
     let now = (ctx.now)();
     let status = QdrantRestoreStatus {
         phase: Some(OperationPhase::InProgress),
@@ -170,7 +188,6 @@ async fn start(
         stage: Some(stage),
         s3_path: Some(src.s3_path()),
         tasks: vec![task],
-        created_collections: created,
         conditions: vec![report::ready(
             false,
             "Verifying",
@@ -217,6 +234,16 @@ async fn follow(
         agents.observe(t, ctx.follow_window, start)
     }))
     .await;
+    // What the agents created, as they report it: what a rollback deletes.
+    for t in &seen {
+        if let tasks::Observed::Task(t) = t {
+            for c in &t.created_collections {
+                if !status.created_collections.contains(c) {
+                    status.created_collections.push(c.clone());
+                }
+            }
+        }
+    }
     let outcome = tasks::fold(&mut status.tasks, seen.into_iter().enumerate().collect());
     let uploads = matches!(stage, RestoreStage::Upload | RestoreStage::All);
     let finished = match outcome {
@@ -414,8 +441,9 @@ async fn complete(
 
 /// Cancels the running tasks, then deletes the collections this restore
 /// created through one agent (a Rollback task, which needs neither the
-/// backup nor its manifest). Collections that existed before are never in
-/// `created_collections`, so never touched.
+/// backup nor its manifest). The agent deletes only collections that carry
+/// this restore's marker: one that existed before, or that another party
+/// created meanwhile, is never touched.
 async fn undo(
     r: &QdrantRestore,
     ctx: &Context,
@@ -423,7 +451,7 @@ async fn undo(
     status: &QdrantRestoreStatus,
 ) -> Result<(), String> {
     let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
-    if status.created_collections.is_empty() {
+    if decide::rollback_targets(r, status).is_empty() {
         return Ok(());
     }
     let pod = agents
@@ -434,7 +462,7 @@ async fn undo(
         .clone();
     // A fresh task id per try: a finished rollback task is not run again.
     let attempt = format!("rollback-{}", (ctx.now)().as_second());
-    let req = decide::rollback_request(status, &task_id(r, &attempt, &pod));
+    let req = decide::rollback_request(r, status, &task_id(r, &attempt, &pod));
     let mut c = agents.connect(&pod).await?;
     let task_ref = pb::TaskRef {
         task_id: req.task_id.clone(),
@@ -476,14 +504,15 @@ async fn fail(
     message: String,
 ) -> Result<Action, Error> {
     let previous = status_of(r);
-    if cluster.is_none() && !previous.created_collections.is_empty() {
+    let targets = decide::rollback_targets(r, &previous);
+    if cluster.is_none() && !targets.is_empty() {
         let message =
             format!("{message}; its cluster was deleted, so there is nothing to roll back");
         return operation::failed(r, ctx, reason, message).await;
     }
-    if previous.stage.is_none() || previous.created_collections.is_empty() {
+    if targets.is_empty() {
         if previous.stage.is_some() {
-            // Nothing was created: only stop the tasks.
+            // Nothing was being created: only stop the tasks.
             let _ = Agents::stop(ctx, cluster, &previous.tasks).await;
         }
         return operation::failed(r, ctx, reason, message).await;
@@ -505,8 +534,8 @@ async fn fail(
     match undo(r, ctx, cluster, &previous).await {
         Ok(()) => {
             let message = format!(
-                "{message}; rolled back: none of the collections it was creating ({}) is left in the target",
-                previous.created_collections.join(", ")
+                "{message}; rolled back: of {}, what this restore created is deleted and nothing it did not create was touched",
+                targets.join(", ")
             );
             let rolled_back = QdrantRestore {
                 status: Some(status),
@@ -522,8 +551,8 @@ async fn fail(
                 "RollbackRetrying",
                 "Restore",
                 format!(
-                    "deleting the collections it created ({}) failed; retrying: {e}",
-                    previous.created_collections.join(", ")
+                    "deleting the collections it created (of {}) failed; retrying: {e}",
+                    targets.join(", ")
                 ),
             )
             .await;
@@ -567,8 +596,8 @@ async fn cleanup(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
             "RollbackFailed",
             "Delete",
             format!(
-                "the restore was deleted while running; its collections ({}) may remain: {e}",
-                status.created_collections.join(", ")
+                "the restore was deleted while running; collections it created (of {}) may remain: {e}",
+                decide::rollback_targets(r, &status).join(", ")
             ),
         )
         .await;

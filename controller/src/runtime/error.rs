@@ -8,25 +8,23 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     /// Cleanup cannot finish yet (e.g. no agent answers to delete objects).
     #[error("{0}")]
     Retry(String),
+    /// An object of the name the operator would write exists and belongs to
+    /// someone else: it is never taken over.
+    #[error("{0}")]
+    NotOurs(String),
 }
 
 impl Error {
     /// A short label for metrics.
     pub fn reason(&self) -> &'static str {
-        use kube::runtime::finalizer::Error as F;
         match self {
             Error::Kube(_) => "KubeApi",
             Error::Pki(_) => "Certificate",
-            Error::Finalizer(e) => match &**e {
-                F::ApplyFailed(e) | F::CleanupFailed(e) => e.reason(),
-                _ => "Finalizer",
-            },
             Error::Retry(_) => "CleanupPending",
+            Error::NotOurs(_) => "ObjectNotOwned",
         }
     }
 }

@@ -21,7 +21,6 @@ use k8s_openapi::NamespaceResourceScope;
 use kube::api::Api;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 use metrics::Metrics;
 use serde::Serialize;
@@ -134,11 +133,17 @@ pub async fn measured<K: Kind>(
 }
 
 /// Runs `apply` or, once the object is being deleted, `cleanup`, under the
-/// finalizer `name`.
+/// finalizer `name`. The finalizer is held only while `needed` says it
+/// protects something (a running operation, objects to delete with the
+/// resource): an operation adds it with [`hold`] just before it starts, and
+/// it is released at the first reconcile that finds it no longer needed. So
+/// a finished or waiting resource never blocks its deletion, or its
+/// namespace's, once the operator is gone.
 pub async fn finalized<K, A, C>(
     obj: Arc<K>,
     ctx: Arc<Context>,
     name: &str,
+    needed: fn(&K) -> bool,
     apply: A,
     cleanup: C,
 ) -> Result<Action, Error>
@@ -147,16 +152,68 @@ where
     A: AsyncFnOnce(Arc<K>, &Context) -> Result<Action, Error>,
     C: AsyncFnOnce(Arc<K>, &Context) -> Result<Action, Error>,
 {
-    let ns = obj.namespace().unwrap_or_else(|| "default".into());
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, name, obj, |ev| async {
-        match ev {
-            Finalizer::Apply(o) => apply(o, &ctx).await,
-            Finalizer::Cleanup(o) => cleanup(o, &ctx).await,
+    let held = obj.finalizers().iter().any(|f| f == name);
+    if obj.meta().deletion_timestamp.is_some() {
+        if !held {
+            return Ok(Action::await_change());
+        }
+        let action = cleanup(obj.clone(), &ctx).await?;
+        release(&*obj, &ctx, name).await?;
+        return Ok(action);
+    }
+    if held && !needed(&obj) {
+        release(&*obj, &ctx, name).await?;
+    } else if !held && needed(&obj) {
+        // Set by an earlier version, or spec.deletionPolicy became Delete.
+        hold(&*obj, &ctx, name).await?;
+    }
+    apply(obj, &ctx).await
+}
+
+/// Adds finalizer `name` to `obj` unless it is there.
+pub async fn hold<K: Kind>(obj: &K, ctx: &Context, name: &str) -> Result<(), kube::Error> {
+    if obj.finalizers().iter().any(|f| f == name) {
+        return Ok(());
+    }
+    edit_finalizers(obj, ctx, |f| {
+        if !f.iter().any(|x| x == name) {
+            f.push(name.to_string());
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+}
+
+/// Removes finalizer `name` from `obj`.
+async fn release<K: Kind>(obj: &K, ctx: &Context, name: &str) -> Result<(), kube::Error> {
+    match edit_finalizers(obj, ctx, |f| f.retain(|x| x != name)).await {
+        // Gone already: nothing left to hold.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        other => other,
+    }
+}
+
+/// Changes `obj`'s finalizers with `edit`, conditionally on the version
+/// read, so another party's finalizer is never lost: a conflict fails the
+/// reconcile, which runs again on the object as it is now.
+async fn edit_finalizers<K: Kind>(
+    obj: &K,
+    ctx: &Context,
+    edit: impl Fn(&mut Vec<String>),
+) -> Result<(), kube::Error> {
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let mut finalizers = obj.finalizers().to_vec();
+    edit(&mut finalizers);
+    let patch = serde_json::json!({"metadata": {
+        "finalizers": finalizers,
+        "resourceVersion": obj.resource_version(),
+    }});
+    api.patch(
+        &obj.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
 }
 
 /// After a failed reconcile: count it by kind and reason, back off per object.

@@ -1,0 +1,345 @@
+//! What the operator never does, on a real kube-apiserver and
+//! kube-controller-manager with the `qdrant-operator` binary running as its
+//! own ServiceAccount: retention prunes only the backups its schedule object
+//! made of its cluster; a QdrantCluster never takes over an object of the
+//! same name it did not create; and no finalizer stays on a resource that
+//! has nothing left to protect, so deleting it (or its namespace) never
+//! waits for an operator that is gone.
+
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::Api;
+use qdrant_operator::crd::{QdrantBackup, QdrantBackupSchedule, QdrantCluster};
+use test_support::stack::{World, eventually};
+
+const NS: &str = "search";
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A schedule `nightly` of `cluster` that fires once a year (not during the
+/// test) and keeps its newest backup only.
+fn schedule(cluster: &str) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackupSchedule\nmetadata: {{name: nightly, namespace: {NS}}}\n\
+         spec:\n  schedule: '0 0 1 1 *'\n  clusterRef: {{name: {cluster}}}\n  storage: {{s3: {{bucket: some-bucket}}}}\n\
+         \x20 retentionPolicy: {{keepLast: 1}}\n"
+    )
+}
+
+/// A QdrantBackup with the given labels, cluster, policy and finalizers.
+fn backup(name: &str, labels: &str, cluster: &str, policy: &str, finalizers: &str) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}, labels: {{{labels}}}, finalizers: [{finalizers}]}}\n\
+         spec: {{clusterRef: {{name: {cluster}}}, storage: {{s3: {{bucket: some-bucket}}}}, deletionPolicy: {policy}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_finalizer() {
+    let w = World::start().await;
+    w.kubectl(&["create", "namespace", NS]);
+    let uid = |kind: &str, name: &str| {
+        w.kubectl(&[
+            "-n",
+            NS,
+            "get",
+            kind,
+            name,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+    };
+
+    // Schedule `nightly` of cluster `old` is deleted, and a new `nightly`
+    // made for `vectors`: the same name, another object.
+    w.apply(&schedule("old"));
+    let first = uid("qbs", "nightly");
+    w.kubectl(&["-n", NS, "delete", "qbs", "nightly"]);
+    w.apply(&schedule("vectors"));
+    let second = uid("qbs", "nightly");
+    assert_ne!(first, second);
+    let mine = format!("qdrant.io/schedule: nightly, qdrant.io/schedule-uid: {second}");
+    let theirs = format!("qdrant.io/schedule: nightly, qdrant.io/schedule-uid: {first}");
+    let legacy = "qdrant.io/backup";
+    let backups = [
+        // The first schedule's backup: not the second one's to prune.
+        (
+            "nightly-20260101-000000",
+            theirs.as_str(),
+            "old",
+            "2026-01-01",
+        ),
+        // The second schedule's own: keepLast 1 keeps the newer.
+        ("nightly-20261201-000000", &mine, "vectors", "2026-12-01"),
+        ("nightly-20261202-000000", &mine, "vectors", "2026-12-02"),
+        // A copy of a scheduled backup under another name, labels and all.
+        (
+            "nightly-20261202-000000-copy",
+            &mine,
+            "vectors",
+            "2026-12-03",
+        ),
+        // Made while the schedule backed up another cluster (its clusterRef
+        // was edited since).
+        ("nightly-20261130-000000", &mine, "other", "2026-11-30"),
+        // By hand, with the schedule's name label only.
+        (
+            "before-migration",
+            "qdrant.io/schedule: nightly",
+            "vectors",
+            "2026-11-29",
+        ),
+    ];
+    for (name, labels, cluster, _) in backups {
+        // Retain, with the finalizer earlier versions put on every backup.
+        w.apply(&backup(name, labels, cluster, "Retain", legacy));
+    }
+    // A Completed backup whose objects go with it keeps its finalizer.
+    w.apply(&backup("goes-with-objects", "", "vectors", "Delete", ""));
+    let completed = |name: &str, day: &str| {
+        let patch = format!(
+            r#"{{"status": {{"phase": "Completed", "completionTime": "{day}T01:00:00Z"}}}}"#
+        );
+        w.kubectl(&[
+            "-n",
+            NS,
+            "patch",
+            "qb",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ]);
+    };
+    for (name, _, _, day) in backups {
+        completed(name, day);
+    }
+    completed("goes-with-objects", "2026-12-01");
+    // Waiting ones: a backup and a restore of clusters that do not exist.
+    w.apply(&backup("waiting", "", "absent", "Delete", ""));
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: waiting, namespace: {NS}}}\n\
+         spec: {{backupRef: {{name: before-migration}}, targetClusterRef: {{name: absent}}}}\n"
+    ));
+
+    // A Helm release named like the QdrantCluster about to be made: its
+    // Service has the cluster's client Service's name.
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: vectors\n  namespace: {NS}\n\
+         \x20 labels: {{app.kubernetes.io/managed-by: Helm, app.kubernetes.io/instance: vectors}}\n\
+         \x20 annotations: {{meta.helm.sh/release-name: vectors, meta.helm.sh/release-namespace: {NS}}}\n\
+         spec:\n  selector: {{app: release}}\n  ports: [{{name: http, port: 6333}}]\n"
+    ));
+
+    let mut operator = w.operator("qdrant-operator-0");
+    let log = operator.log.clone();
+    let diag = || {
+        let objects =
+            w.cp.kubectl(&["-n", NS, "get", "qb,qbs,qr,qc,svc,cm,sts", "-o", "wide"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+        format!(
+            "operator log:\n{}\nobjects:\n{objects}",
+            tail(&std::fs::read_to_string(&log).unwrap_or_default(), 40)
+        )
+    };
+
+    // Retention pruned the schedule's older backup, and nothing else.
+    let qb: Api<QdrantBackup> = Api::namespaced(w.admin.clone(), NS);
+    let qbs: Api<QdrantBackupSchedule> = Api::namespaced(w.admin.clone(), NS);
+    eventually(
+        60,
+        "retention prunes the schedule's older backup",
+        &diag,
+        || async {
+            let kept = qbs.get("nightly").await.ok()?.status?.kept_backups;
+            let gone = qb.get_opt("nightly-20261201-000000").await.ok()?.is_none();
+            (gone && kept == ["nightly-20261202-000000"]).then_some(())
+        },
+    )
+    .await;
+    for (name, ..) in backups.iter().filter(|b| b.0 != "nightly-20261201-000000") {
+        assert!(
+            qb.get_opt(name).await.unwrap().is_some(),
+            "retention deleted {name}, which schedule nightly did not make\n{}",
+            diag()
+        );
+    }
+
+    // Finalizers: none on what has nothing to protect; the earlier
+    // versions' one is released.
+    let finalizers = |name: String| {
+        let qb = qb.clone();
+        async move {
+            qb.get(&name)
+                .await
+                .ok()
+                .map(|b| b.metadata.finalizers.unwrap_or_default())
+        }
+    };
+    eventually(60, "needless finalizers are released", &diag, || async {
+        for (name, ..) in backups.iter().filter(|b| b.0 != "nightly-20261201-000000") {
+            if !finalizers(name.to_string()).await?.is_empty() {
+                return None;
+            }
+        }
+        let kept = finalizers("goes-with-objects".into()).await?;
+        (kept == ["qdrant.io/backup"]).then_some(())
+    })
+    .await;
+    let waiting_reason = || async {
+        let b = qb.get("waiting").await.ok()?;
+        let reason = b.status?.conditions.first()?.reason.clone();
+        (reason == "ClusterNotFound").then_some(b.metadata.finalizers.unwrap_or_default())
+    };
+    let held = eventually(
+        30,
+        "the backup waits for its cluster",
+        &diag,
+        waiting_reason,
+    )
+    .await;
+    assert!(held.is_empty(), "a waiting backup holds {held:?}");
+    let restore_finalizers = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "qr",
+        "waiting",
+        "-o",
+        "jsonpath={.metadata.finalizers}",
+    ]);
+    assert_eq!(
+        restore_finalizers, "",
+        "a waiting restore holds a finalizer"
+    );
+
+    // The QdrantCluster named like the Helm release: refused, naming the
+    // Service and its owner; nothing of its own is written either.
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: vectors, namespace: {NS}}}\n\
+         spec: {{replicas: 1, version: v1.18.3, persistence: {{size: 1Gi}}}}\n"
+    ));
+    let qc: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
+    let message = eventually(
+        60,
+        "the cluster says the Service is not its own",
+        &diag,
+        || async {
+            let c = qc
+                .get("vectors")
+                .await
+                .ok()?
+                .status?
+                .conditions
+                .into_iter()
+                .next()?;
+            (c.reason == "ObjectNotOwned").then_some(c.message)
+        },
+    )
+    .await;
+    assert!(
+        message.starts_with(
+            "Service vectors exists and is not QdrantCluster vectors's (it belongs to Helm release vectors)"
+        ),
+        "{message}"
+    );
+    let events = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        "reason=ObjectNotOwned",
+        "-o",
+        "jsonpath={.items[*].type}",
+    ]);
+    assert_eq!(events, "Warning", "one Warning Event");
+    let svc: Api<Service> = Api::namespaced(w.admin.clone(), NS);
+    let release = svc.get("vectors").await.unwrap();
+    assert!(
+        release.metadata.owner_references.is_none(),
+        "the release's Service was adopted: {:?}",
+        release.metadata.owner_references
+    );
+    assert!(
+        release
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .iter()
+            .all(|f| f.manager.as_deref() != Some("qdrant-operator")),
+        "the operator wrote to the release's Service"
+    );
+    let cms: Api<ConfigMap> = Api::namespaced(w.admin.clone(), NS);
+    let sts: Api<StatefulSet> = Api::namespaced(w.admin.clone(), NS);
+    assert!(cms.get_opt("vectors-config").await.unwrap().is_none());
+    assert!(sts.get_opt("vectors").await.unwrap().is_none());
+    // Deleting the QdrantCluster leaves the release's Service alone.
+    w.kubectl(&[
+        "-n",
+        NS,
+        "delete",
+        "qc",
+        "vectors",
+        "--wait=true",
+        "--timeout=30s",
+    ]);
+    assert!(svc.get_opt("vectors").await.unwrap().is_some());
+
+    // The operator is uninstalled: what holds no finalizer is deleted at
+    // once; the one that protects objects says how to let it go.
+    operator.process().stop();
+    for (kind, name) in [
+        ("qb", "before-migration"),
+        ("qb", "waiting"),
+        ("qr", "waiting"),
+    ] {
+        w.kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            kind,
+            name,
+            "--wait=true",
+            "--timeout=20s",
+        ]);
+    }
+    let stuck =
+        w.cp.kubectl(&[
+            "-n",
+            NS,
+            "delete",
+            "qb",
+            "goes-with-objects",
+            "--timeout=3s",
+        ])
+        .unwrap();
+    assert!(
+        !stuck.status.success(),
+        "its finalizer protects its objects"
+    );
+    // The README's one command to release it.
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qb",
+        "goes-with-objects",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    eventually(20, "the released backup is gone", &diag, || async {
+        qb.get_opt("goes-with-objects")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
