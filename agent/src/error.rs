@@ -37,6 +37,10 @@ pub enum Error {
     Unsupported(&'static str),
     #[error("backup {0} has no manifest.json: it is incomplete or does not exist")]
     ManifestMissing(String),
+    /// A manifest larger than any backup this agent writes: refused before
+    /// it is read into memory.
+    #[error("{0}")]
+    ManifestTooLarge(String),
     #[error("checksum mismatch for {key}: manifest says {expected}, object has {actual}")]
     ChecksumMismatch {
         key: String,
@@ -88,6 +92,7 @@ impl Error {
             Error::Store { reason, .. } => reason,
             Error::Unsupported(_) => "StoreUnsupported",
             Error::ManifestMissing(_) => "ManifestMissing",
+            Error::ManifestTooLarge(_) => "ManifestTooLarge",
             Error::ChecksumMismatch { .. } => "ChecksumMismatch",
             Error::VersionMismatch { .. } => "VersionMismatch",
             Error::Stalled(_) => "StreamStalled",

@@ -276,7 +276,14 @@ async fn check_owner(
 pub async fn read(store: &dyn ObjectStore, prefix: &str, backup: &str) -> Result<Manifest> {
     keys::validate_segment("backup", backup)?;
     let key = keys::manifest_key(prefix, backup);
-    if store.head(&key).await?.is_none() {
+    let size = store.head(&key).await?;
+    if let Some(size) = size.filter(|s| *s > MAX_MANIFEST_BYTES) {
+        return Err(Error::ManifestTooLarge(format!(
+            "{key} is {size} bytes, over the {} MiB a manifest may be (one of 100,000 shards takes under 100 MiB): it was not written by this agent; refused unread",
+            MAX_MANIFEST_BYTES >> 20
+        )));
+    }
+    if size.is_none() {
         // A HEAD cannot tell a missing bucket from a missing key (no body):
         // a listing can, and says NoSuchBucket when that is the mistake.
         store
@@ -289,6 +296,20 @@ pub async fn read(store: &dyn ObjectStore, prefix: &str, backup: &str) -> Result
         .map_err(|e| Error::Invalid(format!("{key} is not a valid manifest: {e}")))?;
     m.validate()?;
     Ok(m)
+}
+
+/// The largest manifest read: about 100,000 shards' entries. Anything
+/// larger did not come from an agent, and is never read into memory.
+pub const MAX_MANIFEST_BYTES: u64 = 100 << 20;
+
+/// `m` without its object lists: what a caller that plans a restore needs
+/// (collections, configs, aliases, topology), a small fraction of the size.
+pub fn summary(m: &Manifest) -> Manifest {
+    let mut s = m.clone();
+    for c in &mut s.collections {
+        c.objects.clear();
+    }
+    s
 }
 
 /// Backup names under `prefix` that have a manifest (complete backups).

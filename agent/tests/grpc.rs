@@ -818,6 +818,7 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         .read_manifest(ReadManifestRequest {
             storage: Some(storage(&env, "multi")),
             backup_name: "nightly".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -828,6 +829,7 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         .read_manifest(ReadManifestRequest {
             storage: Some(storage(&env, "multi")),
             backup_name: "never-written".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -860,6 +862,46 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
         ]
     );
     assert_eq!(m["collections"][0]["aliases"][0], "docs-now");
+    // What planning a restore needs, without the object lists.
+    let summary = cb
+        .read_manifest(ReadManifestRequest {
+            storage: Some(storage(&env, "multi")),
+            backup_name: "nightly".into(),
+            collections_only: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .manifest_json;
+    let summary: serde_json::Value = serde_json::from_str(&summary).unwrap();
+    assert_eq!(summary["collections"][0]["name"], "docs");
+    assert_eq!(summary["collections"][0]["objects"], serde_json::json!([]));
+    // A manifest no agent wrote, too large to be one, is refused unread.
+    let store = env.store().await;
+    let huge = bytes::Bytes::from(vec![b' '; (100 << 20) + 1]);
+    store
+        .put("multi/hostile/manifest.json", huge)
+        .await
+        .unwrap();
+    let refused = cb
+        .read_manifest(ReadManifestRequest {
+            storage: Some(storage(&env, "multi")),
+            backup_name: "hostile".into(),
+            collections_only: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        qdrant_agent_proto::errors::reason(&refused).as_deref(),
+        Some("ManifestTooLarge"),
+        "{}",
+        refused.message()
+    );
+    assert!(
+        refused.message().contains("over the 100 MiB"),
+        "{}",
+        refused.message()
+    );
 
     // The committed backup restores into a single node, every shard.
     let (dst, dst_url) = double("1.18.3", |_| {}).await;

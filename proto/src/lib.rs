@@ -65,9 +65,10 @@ pub mod errors {
 }
 
 /// The largest message either side accepts. A WriteManifest for a cluster
-/// with tens of thousands of shards, or the manifest read back, is well
-/// over gRPC's 4 MiB default.
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+/// with tens of thousands of shards is over gRPC's 4 MiB default (each
+/// shard's result is about 250 bytes); anything larger than this is refused
+/// before it is decoded, so a hostile peer cannot exhaust the other's memory.
+pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
 /// Encoded `FileDescriptorSet` of agent.proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -266,9 +266,12 @@ impl Agent for AgentService {
         let r = req.into_inner();
         check_input(&r.backup_name, r.storage.as_ref(), self.allow_local_targets)?;
         let target = self.target(r.storage.as_ref()).await.map_err(to_status)?;
-        let m = crate::manifest::read(&*target.store, &target.prefix, &r.backup_name)
+        let mut m = crate::manifest::read(&*target.store, &target.prefix, &r.backup_name)
             .await
             .map_err(to_status)?;
+        if r.collections_only {
+            m = crate::manifest::summary(&m);
+        }
         let manifest_json =
             serde_json::to_string(&m).map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(ReadManifestResponse { manifest_json }))
