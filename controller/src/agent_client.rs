@@ -23,8 +23,27 @@ impl tonic::service::Interceptor for Bearer {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        // Every call has a deadline: an agent that accepts a call and never
+        // answers holds its reconcile (and with it a worker every namespace
+        // shares) for this long at most.
+        if !req.metadata().contains_key("grpc-timeout") {
+            req.set_timeout(CALL_DEADLINE);
+        }
         Ok(req)
     }
+}
+
+/// How long a call may take until its answer starts, unless it says more.
+pub const CALL_DEADLINE: Duration = Duration::from_secs(30);
+/// The deadline of calls whose work grows with the backup (WriteManifest
+/// checks every object, DeleteBackup deletes them).
+pub const LONG_CALL_DEADLINE: Duration = Duration::from_secs(300);
+
+/// `msg` as a request with the long deadline.
+pub fn long_call<T>(msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.set_timeout(LONG_CALL_DEADLINE);
+    r
 }
 
 pub type Client = AgentClient<InterceptedService<Channel, Bearer>>;
