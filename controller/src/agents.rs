@@ -29,6 +29,45 @@ pub fn status_reason(s: &tonic::Status) -> (String, String) {
     (reason, s.message().trim().to_string())
 }
 
+/// Storage settings that put other tenants at risk, allowed only when the
+/// operator's administrator says so (flags, or the chart's `storage`
+/// values). Both are off by default.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoragePolicy {
+    /// Without `credentialsSecretRef` the agents use the pod's or node's
+    /// cloud identity (IRSA, instance profile), which every tenant whose
+    /// pods run there shares.
+    pub ambient_credentials: bool,
+    /// An `http://` endpoint sends credentials' signatures and every byte
+    /// of the backup in clear text.
+    pub insecure_endpoints: bool,
+}
+
+/// Whether an operation may start on `s3` under `policy`: the refusal's
+/// reason and message, which says how to opt in.
+pub fn storage_allowed(
+    s3: &S3Storage,
+    policy: &StoragePolicy,
+) -> Result<(), (&'static str, String)> {
+    if s3.credentials_secret_ref.is_none() && !policy.ambient_credentials {
+        return Err((
+            "AmbientCredentialsRefused",
+            "storage.s3 has no credentialsSecretRef, so the agents would use their pod's or node's cloud identity, which every tenant on the node shares: set credentialsSecretRef to a Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or have the operator's administrator allow it (flag --allow-ambient-credentials, Helm value storage.allowAmbientCredentials=true)".into(),
+        ));
+    }
+    if let Some(e) = s3.endpoint.as_deref().filter(|e| e.starts_with("http://"))
+        && !policy.insecure_endpoints
+    {
+        return Err((
+            "InsecureEndpointRefused",
+            format!(
+                "storage.s3.endpoint {e} is plain http: backups and requests would cross the network in clear text; use https://, or have the operator's administrator allow it (flag --allow-insecure-endpoints, Helm value storage.allowInsecureEndpoints=true)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// The storage target the agents get: `s3://bucket/<prefix>` with the
 /// endpoint, region, encryption and the credentials from the Secret (same
 /// namespace). The credentials go to the agents only, never to status,
@@ -495,5 +534,39 @@ impl Agents {
             }
         });
         futures::future::join_all(cancels).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ambient_credentials_and_plain_http_need_the_administrators_opt_in() {
+        let s3 = |yaml: &str| -> S3Storage { serde_yaml::from_str(yaml).unwrap() };
+        let strict = StoragePolicy::default();
+        let secret = s3("{bucket: b, credentialsSecretRef: {name: s3}}");
+        assert_eq!(storage_allowed(&secret, &strict), Ok(()));
+        let https =
+            s3("{bucket: b, endpoint: 'https://minio:9000', credentialsSecretRef: {name: s3}}");
+        assert_eq!(storage_allowed(&https, &strict), Ok(()));
+        let ambient = s3("{bucket: b}");
+        let (reason, message) = storage_allowed(&ambient, &strict).unwrap_err();
+        assert_eq!(reason, "AmbientCredentialsRefused");
+        assert!(
+            message.contains("storage.allowAmbientCredentials=true"),
+            "{message}"
+        );
+        let http =
+            s3("{bucket: b, endpoint: 'http://minio:9000', credentialsSecretRef: {name: s3}}");
+        let (reason, message) = storage_allowed(&http, &strict).unwrap_err();
+        assert_eq!(reason, "InsecureEndpointRefused");
+        assert!(message.contains("--allow-insecure-endpoints"), "{message}");
+        let open = StoragePolicy {
+            ambient_credentials: true,
+            insecure_endpoints: true,
+        };
+        assert_eq!(storage_allowed(&ambient, &open), Ok(()));
+        assert_eq!(storage_allowed(&http, &open), Ok(()));
     }
 }

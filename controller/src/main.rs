@@ -57,6 +57,15 @@ struct Args {
     /// set to its CA, so the API server trusts the webhook.
     #[arg(long, default_value = "qdrant-operator-agent-injector")]
     webhook_config: String,
+    /// Let backups and restores without storage.s3.credentialsSecretRef use
+    /// the agents' pod or node cloud identity (IRSA, instance profile),
+    /// which every tenant with pods on that node shares.
+    #[arg(long, env = "ALLOW_AMBIENT_CREDENTIALS")]
+    allow_ambient_credentials: bool,
+    /// Let backups and restores use an http:// S3 endpoint, which carries
+    /// every byte in clear text.
+    #[arg(long, env = "ALLOW_INSECURE_ENDPOINTS")]
+    allow_insecure_endpoints: bool,
 }
 
 #[tokio::main]
@@ -105,7 +114,6 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    ready.store(true, Ordering::Relaxed);
 
     // Before leadership: every replica answers admission requests.
     let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
@@ -122,8 +130,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             agent_image: args.agent_image.clone(),
             memory_budget_mib: qdrant_operator::inject::MEMORY_BUDGET_MIB,
         };
+        let webhook = qdrant_operator::webhook::bind(listen, hosts, w).await?;
         tokio::spawn(async move {
-            if let Err(e) = qdrant_operator::webhook::serve(listen, hosts, w).await {
+            if let Err(e) = webhook.run().await {
                 tracing::error!(error = %e, "injection webhook stopped");
             }
         });
@@ -137,6 +146,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
+    // Ready once every listener it runs serves: the webhook's is bound.
+    ready.store(true, Ordering::Relaxed);
     let leadership = if args.no_leader_election {
         None
     } else {
@@ -161,6 +172,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?);
     let mut ctx = Context::new(client, ca, identity, metrics);
     ctx.leadership = leadership;
+    ctx.storage_policy = qdrant_operator::agents::StoragePolicy {
+        ambient_credentials: args.allow_ambient_credentials,
+        insecure_endpoints: args.allow_insecure_endpoints,
+    };
     ctx.images = render::Images {
         qdrant: args.qdrant_image,
         agent: args.agent_image,

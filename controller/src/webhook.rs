@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The path the API server posts AdmissionReviews of pods to.
 pub const PATH: &str = "/mutate-pods";
@@ -246,41 +247,87 @@ fn acceptor(
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), renew))
 }
 
-/// Serves the webhook over HTTPS on `listen` with a certificate from the
-/// operator's CA for `hosts` (the Service's DNS names, or an address),
-/// issued again in its last days, so a long-running operator never serves
-/// an expired one.
-pub async fn serve(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result<(), String> {
-    let (mut tls, mut renew) = acceptor(&w.ca, &hosts)?;
+/// How long a client has for its TLS handshake, and then for each request's
+/// headers: a connection that sends nothing is closed, not kept.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection lives: an admission review takes milliseconds,
+/// and the API server opens a new connection when it needs one.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// Connections served at once; more are closed at once, so thousands of
+/// idle ones cannot exhaust the operator's memory.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// The webhook's bound listener: the operator reports ready only once it
+/// exists, so a pod admitted during a rollout is never missed.
+pub struct Listening {
+    listener: tokio::net::TcpListener,
+    hosts: Vec<String>,
+    w: Webhook,
+}
+
+/// Binds the webhook's listener on `listen`.
+pub async fn bind(listen: SocketAddr, hosts: Vec<String>, w: Webhook) -> Result<Listening, String> {
+    // The certificate is checked here too, so a bad one fails before ready.
+    acceptor(&w.ca, &hosts)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|e| format!("webhook listen on {listen}: {e}"))?;
-    tracing::info!(%listen, "injection webhook serving");
-    let app = router(w.clone());
-    loop {
-        let tcp = match listener.accept().await {
-            Ok((tcp, _)) => tcp,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook accept");
-                continue;
-            }
-        };
-        if jiff::Timestamp::now() >= renew {
-            match acceptor(&w.ca, &hosts) {
-                Ok((a, r)) => (tls, renew) = (a, r),
-                Err(e) => tracing::warn!(error = %e, "could not renew the webhook's certificate"),
-            }
-        }
-        let (tls, app) = (tls.clone(), app.clone());
-        tokio::spawn(async move {
-            let Ok(tls) = tls.accept(tcp).await else {
-                return;
+    Ok(Listening { listener, hosts, w })
+}
+
+impl Listening {
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves the webhook over HTTPS with a certificate from the operator's
+    /// CA for its hosts (the Service's DNS names, or an address), issued
+    /// again in its last days, so a long-running operator never serves an
+    /// expired one.
+    pub async fn run(self) -> Result<(), String> {
+        let Listening { listener, hosts, w } = self;
+        let (mut tls, mut renew) = acceptor(&w.ca, &hosts)?;
+        tracing::info!(listen = ?listener.local_addr().ok(), "injection webhook serving");
+        let app = router(w.clone());
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        loop {
+            let tcp = match listener.accept().await {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook accept");
+                    continue;
+                }
             };
-            let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
-                .await;
-        });
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(
+                    max = MAX_CONNECTIONS,
+                    "webhook connections at their limit; closing a new one"
+                );
+                continue;
+            };
+            if jiff::Timestamp::now() >= renew {
+                match acceptor(&w.ca, &hosts) {
+                    Ok((a, r)) => (tls, renew) = (a, r),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not renew the webhook's certificate")
+                    }
+                }
+            }
+            let (tls, app) = (tls.clone(), app.clone());
+            tokio::spawn(async move {
+                let _slot = slot;
+                let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await
+                else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE_TIMEOUT)
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+            });
+        }
     }
 }
 

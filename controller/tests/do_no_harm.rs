@@ -14,6 +14,59 @@ use test_support::stack::{World, eventually};
 
 const NS: &str = "search";
 
+/// Whether a TLS handshake with the webhook at `addr` completes.
+async fn tls_handshake(addr: &str) -> bool {
+    let Ok(tcp) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    #[derive(Debug)]
+    struct AnyCert;
+    impl rustls::client::danger::ServerCertVerifier for AnyCert {
+        fn verify_server_cert(
+            &self,
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &[rustls::pki_types::CertificateDer<'_>],
+            _: &rustls::pki_types::ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn verify_tls13_signature(
+            &self,
+            _: &[u8],
+            _: &rustls::pki_types::CertificateDer<'_>,
+            _: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            rustls::crypto::ring::default_provider()
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert))
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, tcp).await.is_ok()
+}
+
 fn tail(s: &str, n: usize) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
@@ -33,7 +86,7 @@ fn schedule(cluster: &str) -> String {
 fn backup(name: &str, labels: &str, cluster: &str, policy: &str, finalizers: &str) -> String {
     format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}, labels: {{{labels}}}, finalizers: [{finalizers}]}}\n\
-         spec: {{clusterRef: {{name: {cluster}}}, storage: {{s3: {{bucket: some-bucket}}}}, deletionPolicy: {policy}}}\n"
+         spec: {{clusterRef: {{name: {cluster}}}, storage: {{s3: {{bucket: some-bucket, credentialsSecretRef: {{name: s3}}}}}}, deletionPolicy: {policy}}}\n"
     )
 }
 
@@ -135,7 +188,32 @@ async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_fina
          spec:\n  selector: {{app: release}}\n  ports: [{{name: http, port: 6333}}]\n"
     ));
 
-    let mut operator = w.operator("qdrant-operator-0");
+    // The operator as installed: no plain-http endpoints, no ambient
+    // credentials. It is ready only once its webhook serves.
+    let webhook_port = test_support::s3_server::free_port().unwrap();
+    let webhook_addr = format!("127.0.0.1:{webhook_port}");
+    let mut operator = w.operator_exactly(
+        "qdrant-operator-0",
+        &[
+            "--webhook-listen",
+            &webhook_addr,
+            "--webhook-hosts",
+            "127.0.0.1",
+        ],
+    );
+    let readyz = format!("http://127.0.0.1:{}", operator.http_port);
+    loop {
+        let ready = test_support::real_qdrant::request("GET", &readyz, "/readyz", None, None)
+            .is_ok_and(|(code, _)| code == 200);
+        if ready {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        tls_handshake(&webhook_addr).await,
+        "/readyz answered 200 before the webhook served"
+    );
     let log = operator.log.clone();
     let diag = || {
         let objects =
@@ -216,6 +294,58 @@ async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_fina
     assert_eq!(
         restore_finalizers, "",
         "a waiting restore holds a finalizer"
+    );
+
+    // Storage that puts other tenants at risk needs the administrator's
+    // opt-in, and the refusal says how to give it.
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: ambient, namespace: {NS}}}\n\
+         spec: {{clusterRef: {{name: vectors}}, storage: {{s3: {{bucket: some-bucket}}}}}}\n---\n\
+         apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: plain-http, namespace: {NS}}}\n\
+         spec: {{clusterRef: {{name: vectors}}, storage: {{s3: {{bucket: some-bucket, endpoint: 'http://minio.storage:9000', credentialsSecretRef: {{name: s3}}}}}}}}\n"
+    ));
+    for (name, reason, how) in [
+        (
+            "ambient",
+            "AmbientCredentialsRefused",
+            "--allow-ambient-credentials",
+        ),
+        (
+            "plain-http",
+            "InsecureEndpointRefused",
+            "--allow-insecure-endpoints",
+        ),
+    ] {
+        let (got, message) =
+            eventually(30, &format!("backup {name} is refused"), &diag, || async {
+                let st = qb.get(name).await.ok()?.status?;
+                let c = st.conditions.first()?;
+                (st.phase == Some(qdrant_operator::crd::OperationPhase::Failed))
+                    .then(|| (c.reason.clone(), c.message.clone()))
+            })
+            .await;
+        assert_eq!(got, reason);
+        assert!(message.contains(how), "{message}");
+    }
+
+    // Idle connections to the webhook are closed, not kept: a client that
+    // never finishes its handshake cannot hold the operator's memory.
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(&webhook_addr).await.unwrap());
+    }
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        for mut c in idle {
+            let mut buf = [0u8; 1];
+            // EOF (0) or a reset: closed by the webhook.
+            let _ = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the webhook kept idle connections open");
+    assert!(
+        tls_handshake(&webhook_addr).await,
+        "the webhook still serves"
     );
 
     // The QdrantCluster named like the Helm release: refused, naming the

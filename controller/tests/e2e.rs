@@ -205,14 +205,17 @@ impl Env {
 
 /// A reconcile context presenting the test agents' client certificate.
 fn context(client: kube::Client, tls: &qdrant_operator::agent_client::AgentTls) -> Context {
-    Context::new(
+    let mut ctx = Context::new(
         client,
         Arc::new(qdrant_operator::pki::Ca::generate().unwrap()),
         Arc::new(ClientIdentity::fixed(tls.clone())),
         Arc::new(qdrant_operator::runtime::metrics::Metrics::new(
             &mut prometheus_client::registry::Registry::default(),
         )),
-    )
+    );
+    // The S3 server here is plain http on loopback.
+    ctx.storage_policy.insecure_endpoints = true;
+    ctx
 }
 
 fn phase(b: &QdrantBackup) -> Option<OperationPhase> {

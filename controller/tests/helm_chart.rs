@@ -144,6 +144,8 @@ fn values_set_images_replicas_leader_election_and_logs() {
             "replicaCount=1,leaderElection.enabled=false,logFormat=text",
             "--set",
             "agentInjection.enabled=false",
+            "--set",
+            "storage.allowAmbientCredentials=true,storage.allowInsecureEndpoints=true",
         ],
     ));
     // Objects are named after the release, in its namespace.
@@ -170,7 +172,9 @@ fn values_set_images_replicas_leader_election_and_logs() {
             "0.0.0.0:8080",
             "--log-format",
             "text",
-            "--no-leader-election"
+            "--no-leader-election",
+            "--allow-ambient-credentials",
+            "--allow-insecure-endpoints"
         ]
     );
     let deployment = find(&objs, "Deployment", "qo-qdrant-operator").unwrap();

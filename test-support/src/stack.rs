@@ -106,8 +106,17 @@ impl World {
         self.operator_with(pod_name, &["--webhook-listen", "127.0.0.1:0"])
     }
 
-    /// The operator with extra command-line arguments.
+    /// The operator with extra command-line arguments, allowing the plain
+    /// http endpoint of the tests' S3 server on loopback.
     pub fn operator_with(&self, pod_name: &str, extra: &[&str]) -> Operator {
+        let mut args = vec!["--allow-insecure-endpoints"];
+        args.extend_from_slice(extra);
+        self.operator_exactly(pod_name, &args)
+    }
+
+    /// The operator with exactly these command-line arguments (besides its
+    /// HTTP address and log format): its defaults as installed.
+    pub fn operator_exactly(&self, pod_name: &str, extra: &[&str]) -> Operator {
         let log = self.dir.path().join(format!("{pod_name}.log"));
         let port = crate::s3_server::free_port().unwrap();
         let process = Guarded::spawn(

@@ -129,8 +129,14 @@ async fn apply(
 ) -> Result<Action, Error> {
     let ns = b.namespace().unwrap_or_default();
     let backups: Api<QdrantBackup> = Api::namespaced(ctx.client.clone(), &ns);
-    let cluster = Target::get(&ctx.client, &ns, &b.spec.cluster_ref).await?;
     let status = status_of(b);
+    if matches!(status.phase, None | Some(OperationPhase::Pending))
+        && let Err((reason, message)) =
+            crate::agents::storage_allowed(&b.spec.storage.s3, &ctx.storage_policy)
+    {
+        return operation::failed(b, ctx, reason, message).await;
+    }
+    let cluster = Target::get(&ctx.client, &ns, &b.spec.cluster_ref).await?;
     let others = match status.phase {
         None | Some(OperationPhase::Pending) => others(b, ctx, store).await?,
         _ => vec![],
@@ -469,7 +475,7 @@ async fn complete(
     let (seen, _) = agents.survey_some(&names, &b.spec.cluster_ref.name).await?;
     let mut c = agents.any().await?;
     let written = c
-        .write_manifest(WriteManifestRequest {
+        .write_manifest(crate::agent_client::long_call(WriteManifestRequest {
             storage: Some(storage.clone()),
             backup_name: b.name_any(),
             parts: parts.clone(),
@@ -486,7 +492,7 @@ async fn complete(
                 })
                 .collect(),
             owner: b.uid().unwrap_or_default(),
-        })
+        }))
         .await
         .map_err(|s| {
             let (reason, message) = status_reason(&s);
@@ -730,11 +736,11 @@ async fn discard(
     let mut c = agents.any().await.map_err(Halt::text)?;
     // Only what this resource's tasks claimed (its UID in the backup's
     // ownership marker) is deleted: never a backup someone else wrote.
-    c.delete_backup(DeleteBackupRequest {
+    c.delete_backup(crate::agent_client::long_call(DeleteBackupRequest {
         storage: Some(storage),
         backup_name: b.name_any(),
         owner: b.uid().unwrap_or_default(),
-    })
+    }))
     .await
     .map(|r| Discarded::Deleted(r.into_inner().deleted_objects))
     .or_else(|s| match status_reason(&s) {

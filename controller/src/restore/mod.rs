@@ -117,6 +117,10 @@ async fn drive(r: &QdrantRestore, ctx: &Context, cluster: &Target) -> Result<Act
     let status = status_of(r);
     let started = status.stage.is_some();
     let src = source(r, ctx).await.map_err(|h| h.once(started))?;
+    if !started {
+        crate::agents::storage_allowed(&src.storage, &ctx.storage_policy)
+            .map_err(|(reason, message)| Halt::fail(reason, message))?;
+    }
     let ns = r.namespace().unwrap_or_default();
     let storage = storage_target(&ctx.client, &ns, &src.storage, &src.prefix)
         .await
@@ -155,6 +159,7 @@ async fn start(
         .read_manifest(ReadManifestRequest {
             storage: Some(storage.clone()),
             backup_name: src.name.clone(),
+            collections_only: true,
         })
         .await
         .map_err(|s| {

@@ -50,6 +50,8 @@ pub struct Context {
     /// Set when leader election runs: no reconcile starts once this
     /// process may have lost the lease.
     pub leadership: Option<Arc<lease::Leadership>>,
+    /// What storage settings the operator's administrator allows.
+    pub storage_policy: crate::agents::StoragePolicy,
     /// Consecutive failures per object UID (UIDs are unique across kinds).
     failures: Backoff,
 }
@@ -75,6 +77,7 @@ impl Context {
             follow_window: Duration::from_secs(10),
             images: Default::default(),
             leadership: None,
+            storage_policy: Default::default(),
             failures: Backoff::default(),
         }
     }
