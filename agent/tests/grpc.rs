@@ -880,12 +880,12 @@ async fn a_multi_node_backup_is_committed_by_one_manifest_restored_and_deleted()
     let store = env.store().await;
     let huge = bytes::Bytes::from(vec![b' '; (100 << 20) + 1]);
     store
-        .put("multi/hostile/manifest.json", huge)
+        .put("hostile/hostile/manifest.json", huge)
         .await
         .unwrap();
     let refused = cb
         .read_manifest(ReadManifestRequest {
-            storage: Some(storage(&env, "multi")),
+            storage: Some(storage(&env, "hostile")),
             backup_name: "hostile".into(),
             collections_only: true,
         })

@@ -73,6 +73,32 @@ async fn expect_warning(api: &mut ApiServer, reason: &str) {
     );
 }
 
+/// Before writing anything the reconciler reads each object's name: none
+/// of them exists yet, or (the StatefulSet) `sts` answers.
+async fn names_checked(api: &mut ApiServer, sts: impl FnOnce(&Value) -> (u16, Value)) {
+    for path in [
+        "serviceaccounts/vectors-qdrant",
+        "configmaps/vectors-config",
+        "services/vectors-headless",
+        "services/vectors",
+    ] {
+        api.expect("GET", &format!("{NS}/{path}"), |_| not_found())
+            .await;
+    }
+    api.expect(
+        "GET",
+        "/apis/policy/v1/namespaces/search/poddisruptionbudgets/vectors",
+        |_| not_found(),
+    )
+    .await;
+    api.expect(
+        "GET",
+        "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+        sts,
+    )
+    .await;
+}
+
 /// The agent's token and a current certificate exist; every object before
 /// the StatefulSet is applied.
 async fn agent_secrets_current_and_objects_applied(
@@ -80,8 +106,10 @@ async fn agent_secrets_current_and_objects_applied(
     fingerprint: &str,
     not_after: &str,
 ) {
-    api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token"}}))).await;
+    let owned = json!([{"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantCluster", "name": "vectors", "uid": "c-1"}]);
+    api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-token", "ownerReferences": owned.clone()}}))).await;
     let current = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "vectors-agent-tls",
+        "ownerReferences": owned,
         "annotations": {"qdrant.io/ca-sha256": fingerprint, "qdrant.io/not-after": not_after}}});
     api.expect("GET", &format!("{NS}/secrets/vectors-agent-tls"), |_| {
         (200, current)
@@ -144,6 +172,7 @@ async fn a_cluster_applies_every_object_and_reports_its_phase() {
     let (ctx, mut api) = setup();
     let server = tokio::spawn(async move {
         api.expect("GET", &format!("{NS}/secrets/qdrant-api-key"), |_| (200, json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "qdrant-api-key"}}))).await;
+        names_checked(&mut api, |_| not_found()).await;
         api.expect("GET", &format!("{NS}/secrets/vectors-agent-token"), |_| {
             not_found()
         })
@@ -193,12 +222,6 @@ async fn a_cluster_applies_every_object_and_reports_its_phase() {
             );
             assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "c-1");
         }
-        api.expect(
-            "GET",
-            "/apis/apps/v1/namespaces/search/statefulsets/vectors",
-            |_| not_found(),
-        )
-        .await;
         let (_, sts) = api
             .expect(
                 "PATCH",
@@ -334,24 +357,20 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
     let not_after =
         (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 300)).to_string();
     let server = tokio::spawn(async move {
-        // A current certificate from this CA is left alone.
-        agent_secrets_current_and_objects_applied(&mut api, &fingerprint, &not_after).await;
         // A StatefulSet made by an earlier version keeps its (immutable)
         // podManagementPolicy: changing it would fail every apply.
         // So does its (immutable) claim template: a larger persistence.size
         // grows the claims instead.
         let earlier = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "vectors", "namespace": "search"},
+            "metadata": {"name": "vectors", "namespace": "search",
+                "ownerReferences": [{"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantCluster", "name": "vectors", "uid": "c-1"}]},
             "spec": {"podManagementPolicy": "OrderedReady", "serviceName": "vectors-headless",
                      "selector": {}, "template": {},
                      "volumeClaimTemplates": [{"metadata": {"name": "storage"},
                         "spec": {"resources": {"requests": {"storage": "5Gi"}}}}]}});
-        api.expect(
-            "GET",
-            "/apis/apps/v1/namespaces/search/statefulsets/vectors",
-            |_| (200, earlier),
-        )
-        .await;
+        names_checked(&mut api, |_| (200, earlier)).await;
+        // A current certificate from this CA is left alone.
+        agent_secrets_current_and_objects_applied(&mut api, &fingerprint, &not_after).await;
         let (_, sent) = api
             .expect(
                 "PATCH",
@@ -388,13 +407,8 @@ async fn an_object_the_api_server_refuses_is_named_in_the_ready_condition_and_an
     let c = cluster(false, false);
     let answer = with_status(&c);
     let server = tokio::spawn(async move {
+        names_checked(&mut api, |_| not_found()).await;
         agent_secrets_current_and_objects_applied(&mut api, &fingerprint, &not_after).await;
-        api.expect(
-            "GET",
-            "/apis/apps/v1/namespaces/search/statefulsets/vectors",
-            |_| not_found(),
-        )
-        .await;
         let why = "StatefulSet.apps \"vectors\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas' are forbidden";
         api.expect(
             "PATCH",
