@@ -293,21 +293,31 @@ mod tests {
         let sc = agent.security_context.as_ref().unwrap();
         assert_eq!((sc.run_as_user, sc.run_as_group), (Some(1000), Some(2000)));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
-        let probe = agent
-            .readiness_probe
-            .as_ref()
-            .unwrap()
-            .grpc
-            .as_ref()
-            .unwrap();
-        assert_eq!(probe.port, PORT + 1);
-        let secrets: Vec<String> = spec
+        // The agent never gates the pod's readiness (no probe, no required
+        // Secret), so Qdrant's traffic never depends on it.
+        assert!(agent.readiness_probe.is_none() && agent.liveness_probe.is_none());
+        let args = agent.args.as_ref().unwrap();
+        assert!(args.contains(&"--wait-for-credentials".to_string()));
+        assert!(
+            args.windows(2)
+                .any(|w| w[0] == "--health-listen" && w[1] == format!("0.0.0.0:{}", PORT + 1))
+        );
+        let secrets: Vec<(String, Option<bool>)> = spec
             .volumes
             .iter()
             .flatten()
-            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .filter_map(|v| {
+                let s = v.secret.as_ref()?;
+                Some((s.secret_name.clone()?, s.optional))
+            })
             .collect();
-        assert_eq!(secrets, ["qdrant-agent-token", "qdrant-agent-tls"]);
+        assert_eq!(
+            secrets,
+            [
+                ("qdrant-agent-token".to_string(), Some(true)),
+                ("qdrant-agent-tls".to_string(), Some(true))
+            ]
+        );
         // Admitted again (a reinvocation), it gets nothing more.
         assert_eq!(plan_again(&p), None);
     }

@@ -421,6 +421,62 @@ async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_fina
     ]);
     assert!(svc.get_opt("vectors").await.unwrap().is_some());
 
+    // The backup sidecar never takes Qdrant's traffic down: an agent whose
+    // token is unusable keeps running without serving tasks, and its pod
+    // stays Ready on Qdrant's readiness alone.
+    let kubelet = w.kubelet(NS);
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {{name: guarded, namespace: {NS}}}\n\
+         spec: {{replicas: 1, version: v1.18.3, persistence: {{size: 1Gi}}}}\n"
+    ));
+    let pod_diag = || format!("{}\npods:\n{}", diag(), tail(&kubelet.all_logs(), 30));
+    w.running(NS, "guarded", 1, 120, &pod_diag).await;
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "secret",
+        "guarded-agent-token",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"token":""}}"#,
+    ]);
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
+    let before = pods.get("guarded-0").await.unwrap().metadata.uid;
+    w.kubectl(&["-n", NS, "delete", "pod", "guarded-0", "--wait=false"]);
+    eventually(
+        120,
+        "the new pod is Ready with an agent that cannot serve",
+        &pod_diag,
+        || async {
+            let p = pods.get("guarded-0").await.ok()?;
+            let ready = p
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            let waiting = kubelet
+                .logs("guarded-0", "agent")
+                .contains("the agent's credentials did not load");
+            (p.metadata.uid != before && ready && waiting).then_some(())
+        },
+    )
+    .await;
+    let agent = pods
+        .get("guarded-0")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .container_statuses
+        .unwrap();
+    assert!(
+        agent.iter().all(|c| c.restart_count == 0),
+        "a container restarted: {agent:?}"
+    );
+
     // The operator is uninstalled: what holds no finalizer is deleted at
     // once; the one that protects objects says how to let it go.
     operator.process().stop();

@@ -86,17 +86,21 @@ fn the_agent_sidecar_shares_snapshots_runs_as_qdrant_and_needs_no_api_access() {
     assert!(
         args.contains("--token-file /var/run/qdrant-agent/token") && !args.contains("--insecure")
     );
-    // Mutual TLS with the operator's CA; kubelet probes plaintext health on its own port.
+    // Mutual TLS with the operator's CA; plaintext health on its own port
+    // for grpcurl.
     assert!(args.contains("--tls-cert /var/run/qdrant-agent-tls/tls.crt --tls-key /var/run/qdrant-agent-tls/tls.key --tls-client-ca /var/run/qdrant-agent-tls/ca.crt"), "{args}");
     assert!(args.contains("--health-listen 0.0.0.0:50052"));
-    let probe = agent
-        .readiness_probe
-        .as_ref()
-        .unwrap()
-        .grpc
-        .as_ref()
-        .unwrap();
-    assert_eq!(probe.port, 50052);
+    // The sidecar never gates the pod's readiness: no probe, and its
+    // Secrets are optional (it waits for them instead of failing).
+    assert!(agent.readiness_probe.is_none() && agent.liveness_probe.is_none());
+    assert!(args.contains("--wait-for-credentials"), "{args}");
+    let optional: Vec<Option<bool>> = pod
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.secret.as_ref().map(|s| s.optional))
+        .collect();
+    assert_eq!(optional, [Some(true), Some(true)]);
     assert!(mounts(agent).contains(&("agent-tls".into(), "/var/run/qdrant-agent-tls".into())));
     // The API key reaches both containers from its Secret, never as a literal.
     for (c, var) in [

@@ -445,7 +445,13 @@ impl Inner {
         } else if let Some(s) = &v.secret {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), ns);
             let name = s.secret_name.clone().unwrap_or_default();
-            let m = api.get(&name).await?;
+            // An optional Secret that does not exist mounts empty, as a
+            // kubelet does; a required one keeps the pod from starting.
+            let m = match api.get_opt(&name).await? {
+                Some(m) => m,
+                None if s.optional == Some(true) => Secret::default(),
+                None => return Err(format!("secret {name} not found").into()),
+            };
             m.data
                 .unwrap_or_default()
                 .into_iter()

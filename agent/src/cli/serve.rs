@@ -1,11 +1,13 @@
 //! `qdrant-agent serve`: the sidecar mode.
 
 use super::{QdrantArgs, S3Args, SseArgs, node, s3_config};
-use crate::server::{AgentService, Auth, auth, serve};
+use crate::server::{AgentService, Auth, HEALTH_NAME, auth, serve, serve_health};
 use crate::{Error, Result};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
@@ -39,9 +41,15 @@ pub struct ServeArgs {
     #[arg(long)]
     pub allow_local_targets: bool,
     /// Also serve gRPC health alone, in plaintext, on this address (for
-    /// kubelet probes, which cannot present TLS).
+    /// kubelet probes and grpcurl, which cannot present TLS).
     #[arg(long)]
     pub health_listen: Option<SocketAddr>,
+    /// When the token or TLS files cannot be read or are invalid, keep
+    /// running (health NOT_SERVING, the reason in the log) and read them
+    /// again every 10 s instead of exiting: a sidecar that exits makes its
+    /// whole pod NotReady, and so takes Qdrant's traffic down.
+    #[arg(long)]
+    pub wait_for_credentials: bool,
 }
 
 impl ServeArgs {
@@ -57,8 +65,8 @@ impl ServeArgs {
     }
 }
 
-pub async fn run(a: ServeArgs) -> Result<()> {
-    let node = node(&a.qdrant)?;
+/// The token and TLS identity from their files, and the certificate's sha256.
+async fn load_auth(a: &ServeArgs) -> Result<(Auth, String)> {
     let token = match &a.token_file {
         Some(p) => Some(auth::token_from_file(p).await?),
         None => None,
@@ -77,6 +85,43 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         insecure: a.insecure,
     };
     auth.check()?;
+    Ok((auth, certificate_sha256))
+}
+
+/// How often credentials that did not load are read again.
+const CREDENTIALS_RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub async fn run(a: ServeArgs) -> Result<()> {
+    let node = node(&a.qdrant)?;
+    // Health first: it answers (NOT_SERVING) while tasks cannot be served.
+    let health = HealthReporter::new();
+    health
+        .set_service_status(HEALTH_NAME, ServingStatus::NotServing)
+        .await;
+    let _health_server = match a.health_listen {
+        Some(h) => Some(serve_health(
+            tokio::net::TcpListener::bind(h)
+                .await
+                .map_err(|e| Error::io(h.to_string(), e))?,
+            health.clone(),
+        )),
+        None => None,
+    };
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let (auth, certificate_sha256) = loop {
+        match load_auth(&a).await {
+            Ok(loaded) => break loaded,
+            Err(e) if a.wait_for_credentials => {
+                tracing::error!(error = %e, reason = e.reason(), retry_seconds = CREDENTIALS_RETRY.as_secs(), "cannot serve tasks: the agent's credentials did not load (Qdrant is not affected); reading them again");
+                tokio::select! {
+                    _ = tokio::time::sleep(CREDENTIALS_RETRY) => {}
+                    _ = &mut shutdown => return Ok(()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let listen = a.listen_addr();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -85,20 +130,12 @@ pub async fn run(a: ServeArgs) -> Result<()> {
         .local_addr()
         .map_err(|e| Error::io("listener", e))?;
     tracing::info!(%addr, qdrant = %node.qdrant.url(), node = %node.name, token = auth.token.is_some(), tls = auth.tls.is_some(), certificate_sha256, "agent serving");
-    let health_listener = match a.health_listen {
-        Some(h) => Some(
-            tokio::net::TcpListener::bind(h)
-                .await
-                .map_err(|e| Error::io(h.to_string(), e))?,
-        ),
-        None => None,
-    };
     for p in node.sweep_leftovers() {
         tracing::info!(path = %p.display(), "removed a file a killed agent left on the snapshots volume");
     }
     let service = AgentService::new(node, s3_config(&a.s3, &a.sse))
         .allow_local_targets(a.allow_local_targets);
-    serve(listener, health_listener, service, auth, shutdown_signal()).await
+    serve(listener, health, service, auth, shutdown).await
 }
 
 async fn shutdown_signal() {

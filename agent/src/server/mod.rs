@@ -15,16 +15,41 @@ use crate::error::Error;
 use auth::TokenCheck;
 use qdrant_agent_proto::v1::agent_server::AgentServer;
 use std::sync::Arc;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 /// How long shutdown waits for cancelled tasks to clean up: under
 /// Kubernetes' default 30 s termination grace period.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
 
-/// Serves the agent on `listener`; `health_listener`, when given, serves
-/// only gRPC health in plaintext, for kubelet probes (they cannot do TLS).
+/// The agent service's name in gRPC health.
+pub const HEALTH_NAME: &str = <AgentServer<AgentService> as tonic::server::NamedService>::NAME;
+
+/// Serves only gRPC health in plaintext on `listener`, from `reporter`'s
+/// statuses (probes and grpcurl cannot present the client certificate).
+/// It runs from the agent's start, before it can serve tasks.
+pub fn serve_health(
+    listener: tokio::net::TcpListener,
+    reporter: HealthReporter,
+) -> tokio::task::JoinHandle<()> {
+    let svc = HealthServer::new(HealthService::from_health_reporter(reporter));
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            tracing::error!(error = %e, "health server stopped");
+        }
+    })
+}
+
+/// Serves the agent on `listener`, its health from `health` (set serving
+/// here).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    health_listener: Option<tokio::net::TcpListener>,
+    health: HealthReporter,
     service: AgentService,
     auth: Auth,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -39,8 +64,8 @@ pub async fn serve(
         tasks.cancel_all();
     };
     auth.check()?;
-    let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<AgentServer<AgentService>>().await;
+    let health_service = HealthServer::new(HealthService::from_health_reporter(health));
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(qdrant_agent_proto::FILE_DESCRIPTOR_SET)
@@ -65,19 +90,6 @@ pub async fn serve(
             .tls_config(tls)
             .map_err(|e| Error::Invalid(format!("TLS configuration: {e}")))?;
     }
-    let health_only = health_listener.map(|l| {
-        let svc = health_service.clone();
-        tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(l);
-            if let Err(e) = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming(incoming)
-                .await
-            {
-                tracing::error!(error = %e, "health server stopped");
-            }
-        })
-    });
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let served = builder
         .add_service(health_service)
@@ -91,9 +103,6 @@ pub async fn serve(
         tracing::warn!(
             "tasks still running at shutdown; their uploads may stay open until the next task of this node"
         );
-    }
-    if let Some(h) = health_only {
-        h.abort();
     }
     served
 }

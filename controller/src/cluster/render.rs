@@ -560,6 +560,7 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
                 &format!("{AGENT_TLS_DIR}/ca.crt"),
                 "--health-listen",
                 &format!("0.0.0.0:{}", w.port + 1),
+                "--wait-for-credentials",
             ]
             .map(String::from)
             .to_vec(),
@@ -587,27 +588,25 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
             .chain(w.extra_mounts.iter().cloned())
             .collect(),
         ),
-        // gRPC health needs no token, so kubelet can probe it.
-        readiness_probe: Some(Probe {
-            grpc: Some(GRPCAction {
-                port: w.port + 1,
-                service: Some("qdrant.agent.v1.Agent".into()),
-            }),
-            period_seconds: Some(10),
-            ..Default::default()
-        }),
+        // No probe: a pod is Ready only when all its containers are, and
+        // Qdrant's traffic must never depend on the backup sidecar. The
+        // controller checks each agent over gRPC before it uses it, and
+        // its health (plaintext, on the next port) is there for grpcurl.
         security_context: Some(w.security_context.clone()),
         ..Default::default()
     }
 }
 
-/// A Secret volume of mode 0400.
+/// The agent's Secret volume, of mode 0400. Optional: a missing Secret
+/// must never keep the pod, and so Qdrant, from starting; the agent waits
+/// for the files (`--wait-for-credentials`).
 pub fn secret_volume(name: &str, secret: String) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret),
             default_mode: Some(0o400),
+            optional: Some(true),
             ..Default::default()
         }),
         ..Default::default()
