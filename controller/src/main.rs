@@ -172,6 +172,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     )?);
     let mut ctx = Context::new(client, ca, identity, metrics);
     ctx.leadership = leadership;
+    ctx.installation = format!("{}/{}", args.namespace, args.lease_name);
     ctx.storage_policy = qdrant_operator::agents::StoragePolicy {
         ambient_credentials: args.allow_ambient_credentials,
         insecure_endpoints: args.allow_insecure_endpoints,

@@ -477,6 +477,64 @@ async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_fina
         "a container restarted: {agent:?}"
     );
 
+    // A second installation of the operator (another namespace, its own CA)
+    // leaves the first one's resources alone: it re-issues no certificate,
+    // so no pod rolls, and says whose they are.
+    let tls_identity = || async {
+        let sts: Api<StatefulSet> = Api::namespaced(w.admin.clone(), NS);
+        let s = sts.get("guarded").await.unwrap();
+        s.spec
+            .unwrap()
+            .template
+            .metadata
+            .unwrap()
+            .annotations
+            .unwrap()["qdrant.io/agent-tls"]
+            .clone()
+    };
+    let before_second = tls_identity().await;
+    w.kubectl(&["create", "namespace", "second-operator"]);
+    let mut second = w.operator_in(
+        "second-operator",
+        "second-operator-0",
+        &["--no-leader-election"],
+    );
+    let second_log = second.log.clone();
+    let note = eventually(
+        60,
+        "the second installation says whose the cluster is",
+        &diag,
+        || async {
+            let events = w.kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "events.events.k8s.io",
+                "--field-selector",
+                "reason=ManagedElsewhere,regarding.name=guarded",
+                "-o",
+                "jsonpath={.items[*].note}",
+            ]);
+            (!events.is_empty()).then_some(events)
+        },
+    )
+    .await;
+    assert!(
+        note.contains(
+            "managed by the operator installation qdrant-operator/qdrant-operator-leader"
+        ),
+        "{note}"
+    );
+    // Its reconciles of everything else have run by now as well.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(
+        tls_identity().await,
+        before_second,
+        "the second installation re-issued the agents' certificate:\n{}",
+        std::fs::read_to_string(&second_log).unwrap_or_default()
+    );
+    second.process().stop();
+
     // The operator is uninstalled: what holds no finalizer is deleted at
     // once; the one that protects objects says how to let it go.
     operator.process().stop();

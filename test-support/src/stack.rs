@@ -117,6 +117,12 @@ impl World {
     /// The operator with exactly these command-line arguments (besides its
     /// HTTP address and log format): its defaults as installed.
     pub fn operator_exactly(&self, pod_name: &str, extra: &[&str]) -> Operator {
+        self.operator_in(OPERATOR_NS, pod_name, extra)
+    }
+
+    /// The operator as if installed in namespace `ns` (its CA Secret and
+    /// Lease live there), with exactly these arguments.
+    pub fn operator_in(&self, ns: &str, pod_name: &str, extra: &[&str]) -> Operator {
         let log = self.dir.path().join(format!("{pod_name}.log"));
         let port = crate::s3_server::free_port().unwrap();
         let process = Guarded::spawn(
@@ -130,7 +136,7 @@ impl World {
                 ])
                 .args(extra)
                 .env("KUBECONFIG", &self.operator_kubeconfig)
-                .env("POD_NAMESPACE", OPERATOR_NS)
+                .env("POD_NAMESPACE", ns)
                 .env("POD_NAME", pod_name)
                 .env("RUST_LOG", "info,kube=warn")
                 .stdout(std::fs::File::create(&log).unwrap())

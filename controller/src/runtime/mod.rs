@@ -52,6 +52,12 @@ pub struct Context {
     pub leadership: Option<Arc<lease::Leadership>>,
     /// What storage settings the operator's administrator allows.
     pub storage_policy: crate::agents::StoragePolicy,
+    /// This installation of the operator (`<namespace>/<lease name>`): it
+    /// claims each resource it reconciles, and leaves alone those another
+    /// installation claimed. Empty: no claims (tests of one reconciler).
+    pub installation: String,
+    /// Resources found claimed by another installation, said once each.
+    elsewhere: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Consecutive failures per object UID (UIDs are unique across kinds).
     failures: Backoff,
 }
@@ -78,6 +84,8 @@ impl Context {
             images: Default::default(),
             leadership: None,
             storage_policy: Default::default(),
+            installation: String::new(),
+            elsewhere: Default::default(),
             failures: Backoff::default(),
         }
     }
@@ -247,6 +255,66 @@ pub fn controller<K: Kind>(client: &kube::Client) -> Controller<K> {
     .with_config(kube::runtime::controller::Config::default().concurrency(CONCURRENCY))
 }
 
+/// The annotation naming the operator installation that manages a resource.
+pub const ANN_INSTALLATION: &str = "qdrant.io/managed-by-operator";
+
+/// Whether this installation may reconcile `obj`: it claims an unclaimed
+/// one (conditionally on the version read), and leaves one that another
+/// installation claimed alone, saying so once in an Event. Two operators
+/// installed side by side (the chart and `manifests/`, or two namespaces)
+/// would otherwise each re-issue the agents' certificates from their own
+/// CA, rolling every cluster's pods for ever.
+async fn claimed<K: Kind>(obj: &K, ctx: &Context) -> Result<bool, Error> {
+    if ctx.installation.is_empty() {
+        return Ok(true);
+    }
+    match obj.annotations().get(ANN_INSTALLATION) {
+        Some(owner) if *owner == ctx.installation => Ok(true),
+        Some(owner) => {
+            let uid = obj.uid().unwrap_or_default();
+            let first = ctx
+                .elsewhere
+                .lock()
+                .map(|mut seen| seen.insert(uid))
+                .unwrap_or(false);
+            if first {
+                let note = format!(
+                    "managed by the operator installation {owner}; this one ({}) leaves it alone. Uninstall one of them, or remove the annotation {ANN_INSTALLATION} to hand it over",
+                    ctx.installation
+                );
+                tracing::info!(kind = %K::kind(&()), name = %obj.name_any(), owner = %owner, "managed by another operator installation; left alone");
+                report::event(
+                    &ctx.recorder,
+                    &obj.object_ref(&()),
+                    kube::runtime::events::EventType::Warning,
+                    "ManagedElsewhere",
+                    "Reconcile",
+                    note,
+                )
+                .await;
+            }
+            Ok(false)
+        }
+        None if obj.meta().deletion_timestamp.is_some() => Ok(true),
+        None => {
+            let api: Api<K> =
+                Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+            let patch = serde_json::json!({"metadata": {
+                "annotations": {ANN_INSTALLATION: ctx.installation},
+                "resourceVersion": obj.resource_version(),
+            }});
+            api.patch(
+                &obj.name_any(),
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await?;
+            // The claim's own watch event reconciles it next.
+            Ok(false)
+        }
+    }
+}
+
 /// Runs `controller` until shutdown with `reconcile`, measured and backed off.
 pub async fn run<K, R, F>(controller: Controller<K>, ctx: Arc<Context>, reconcile: R)
 where
@@ -266,6 +334,11 @@ where
                         // replica may lead by now. Never reconcile then.
                         tracing::error!("the leader lease may be lost; exiting");
                         std::process::exit(1);
+                    }
+                    match claimed(&*obj, &ctx).await {
+                        Ok(true) => {}
+                        Ok(false) => return Ok(Action::await_change()),
+                        Err(e) => return Err(e),
                     }
                     let fut = reconcile(obj.clone(), ctx.clone());
                     measured(&*obj, &ctx, fut).await
