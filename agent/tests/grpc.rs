@@ -642,6 +642,21 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
         .await
         .unwrap_err();
     assert_eq!(plain.code(), tonic::Code::Unimplemented);
+
+    // A client that never finishes its TLS handshake is dropped: thousands
+    // of idle connections cannot pile up in the agent.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(&agent.addr).await.unwrap());
+    }
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        for mut c in idle {
+            let mut buf = [0u8; 1];
+            let _ = tokio::io::AsyncReadExt::read(&mut c, &mut buf).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the agent kept idle connections open");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -76,7 +76,11 @@ pub async fn tls_from_files(
     use sha2::{Digest, Sha256};
     let cert_pem = read(cert).await?;
     let sha = hex::encode(Sha256::digest(&cert_pem));
-    let mut t = ServerTlsConfig::new().identity(Identity::from_pem(cert_pem, read(key).await?));
+    // A client that does not finish its handshake is dropped, not kept:
+    // idle connections must not pile up in the agent's memory.
+    let mut t = ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert_pem, read(key).await?))
+        .timeout(super::HANDSHAKE_TIMEOUT);
     if let Some(ca) = client_ca {
         t = t.client_ca_root(Certificate::from_pem(read(ca).await?));
     }

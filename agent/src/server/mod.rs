@@ -22,6 +22,23 @@ use tonic_health::server::{HealthReporter, HealthService};
 /// Kubernetes' default 30 s termination grace period.
 const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(25);
 
+/// How long a client has for its TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest a connection lives before it is closed gracefully (calls
+/// in flight finish): the controller connects anew at each reconcile, so
+/// only forgotten or hostile connections ever get this old.
+pub const CONNECTION_AGE: std::time::Duration = std::time::Duration::from_secs(900);
+/// HTTP/2 pings find peers that went away without closing.
+const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A server builder with the limits every listener of the agent has.
+fn server() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_connection_age(CONNECTION_AGE)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+}
+
 /// The agent service's name in gRPC health.
 pub const HEALTH_NAME: &str = <AgentServer<AgentService> as tonic::server::NamedService>::NAME;
 
@@ -35,7 +52,7 @@ pub fn serve_health(
     let svc = HealthServer::new(HealthService::from_health_reporter(reporter));
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = server()
             .add_service(svc)
             .serve_with_incoming(incoming)
             .await
@@ -84,7 +101,7 @@ pub async fn serve(
             .max_encoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES),
         TokenCheck(auth.token.map(Arc::from)),
     );
-    let mut builder = tonic::transport::Server::builder();
+    let mut builder = server();
     if let Some(tls) = auth.tls {
         builder = builder
             .tls_config(tls)
