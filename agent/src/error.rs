@@ -63,6 +63,9 @@ pub enum Error {
     /// A delete or commit of a backup another writer owns. Nothing was touched.
     #[error("{0}")]
     NotOwned(String),
+    /// A scale-in that cannot be done as asked; nothing was moved.
+    #[error("{0}")]
+    Refused(String),
     #[error("cancelled")]
     Cancelled,
     #[error("timed out: {0}")]
@@ -96,6 +99,7 @@ impl Error {
             Error::ChecksumMismatch { .. } => "ChecksumMismatch",
             Error::VersionMismatch { .. } => "VersionMismatch",
             Error::Stalled(_) => "StreamStalled",
+            Error::Refused(_) => "ScaleInRefused",
             Error::Cancelled => "Cancelled",
             Error::Timeout(_) => "Timeout",
             Error::Io { .. } => "LocalIo",

@@ -10,6 +10,7 @@ pub use error::{Error, Result};
 pub mod backup;
 pub mod cli;
 pub mod defaults;
+pub mod drain;
 pub mod manifest;
 pub mod node;
 pub mod progress;

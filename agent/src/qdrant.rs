@@ -325,6 +325,47 @@ impl Qdrant {
         Ok(())
     }
 
+    /// `POST /collections/{c}/cluster`: a shard move, replication or drop,
+    /// committed through consensus (not waited for: the placement shows
+    /// when it is done).
+    pub async fn cluster_operation(&self, c: &str, op: Value) -> Result<()> {
+        let _: Value = self
+            .call(
+                &format!("POST /collections/{c}/cluster"),
+                self.req(reqwest::Method::POST, &["collections", c, "cluster"])
+                    .query(&[("timeout", "60")])
+                    .timeout(Duration::from_secs(90))
+                    .json(&op),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `DELETE /cluster/peer/{id}`: removes a peer from consensus; Qdrant
+    /// refuses while the peer holds shards (no `force`). One already gone
+    /// counts as removed.
+    pub async fn remove_peer(&self, peer: u64) -> Result<()> {
+        let id = peer.to_string();
+        let r: Result<Value> = self
+            .call(
+                &format!("DELETE /cluster/peer/{id}"),
+                self.req(reqwest::Method::DELETE, &["cluster", "peer", &id])
+                    .query(&[("timeout", "60")])
+                    .timeout(Duration::from_secs(90)),
+            )
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(Error::Qdrant { status: 404, .. }) => Ok(()),
+            Err(Error::Qdrant { detail, .. })
+                if detail.contains("not found") || detail.contains("does not exist") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Merges `metadata` into the collection's metadata (`PATCH
     /// /collections/{c}`); a key set to null is removed.
     pub async fn patch_metadata(&self, c: &str, metadata: Value) -> Result<()> {

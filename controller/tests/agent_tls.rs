@@ -220,6 +220,12 @@ impl pb::agent_server::Agent for Hostile {
     ) -> Result<Response<pb::GetPlacementResponse>, Status> {
         self.answer().await
     }
+    async fn start_drain(
+        &self,
+        _: Request<pb::StartDrainRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        self.answer().await
+    }
 }
 
 /// `mode` served with the agents' mutual TLS; its address.

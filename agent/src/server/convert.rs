@@ -125,9 +125,8 @@ pub fn to_status(e: Error) -> Status {
         "BackupExists" => Code::AlreadyExists,
         "BackupNotOwned" => Code::FailedPrecondition,
         "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Code::Unavailable,
-        "ChecksumMismatch" | "VersionMismatch" | "BackupIncomplete" | "ManifestTooLarge" => {
-            Code::FailedPrecondition
-        }
+        "ChecksumMismatch" | "VersionMismatch" | "BackupIncomplete" | "ManifestTooLarge"
+        | "ScaleInRefused" => Code::FailedPrecondition,
         _ => Code::Internal,
     };
     qdrant_agent_proto::errors::status(code, e.to_string(), reason)

@@ -209,6 +209,34 @@ impl Agent for AgentService {
         .await
     }
 
+    async fn start_drain(&self, req: Request<StartDrainRequest>) -> Result<Response<Task>, Status> {
+        let r = req.into_inner();
+        let dreq = crate::drain::DrainRequest {
+            leaving: r.leaving_peer_ids.clone(),
+            staying: r.staying_peer_ids.clone(),
+        };
+        if dreq.leaving.is_empty()
+            || dreq.staying.is_empty()
+            || dreq.leaving.iter().any(|p| dreq.staying.contains(p))
+        {
+            return Err(to_status(Error::Invalid(
+                "a drain needs leaving and staying peers, none of them both".into(),
+            )));
+        }
+        let (progress, cancel) =
+            self.tasks
+                .register(&r.task_id, TaskKind::Drain, "", fingerprint(None, &r))?;
+        let Some(cancel) = cancel else {
+            return Ok(Response::new(progress.get()));
+        };
+        let node = self.node.clone();
+        let p = progress.clone();
+        tokio::spawn(finish_when_done(p.clone(), async move {
+            crate::drain::run(&node, &dreq, &p, &cancel).await
+        }));
+        Ok(Response::new(progress.get()))
+    }
+
     async fn get_task(&self, req: Request<TaskRef>) -> Result<Response<Task>, Status> {
         Ok(Response::new(
             self.tasks.find(&req.into_inner().task_id)?.get(),
