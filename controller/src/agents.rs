@@ -140,6 +140,7 @@ pub enum Start {
     Backup(pb::StartBackupRequest),
     Restore(pb::StartRestoreRequest),
     Verify(pb::StartVerifyRequest),
+    Drain(pb::StartDrainRequest),
 }
 
 impl Start {
@@ -148,6 +149,7 @@ impl Start {
             Start::Backup(r) => c.start_backup(r).await?,
             Start::Restore(r) => c.start_restore(r).await?,
             Start::Verify(r) => c.start_verify(r).await?,
+            Start::Drain(r) => c.start_drain(r).await?,
         };
         Ok(r.into_inner())
     }

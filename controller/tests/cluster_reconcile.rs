@@ -351,6 +351,7 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         endpoint: Some("http://vectors.search.svc:6333".into()),
         conditions: conditions(&[], &d, Some(1), Time(jiff::Timestamp::UNIX_EPOCH)),
         observed_generation: Some(1),
+        scale_in: None,
     });
     let (ctx, mut api) = setup();
     let fingerprint = ctx.ca.fingerprint();

@@ -1204,7 +1204,17 @@ async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
     let kubelet = w.kubelet(NS);
     first_cluster(&w);
     let clusters: Api<QdrantCluster> = Api::namespaced(w.admin.clone(), NS);
-    let diag = || tail(&operator.log_text(), 20);
+    let diag = || {
+        let objects =
+            w.cp.kubectl(&["-n", NS, "get", "qc,sts,pods", "-o", "wide"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default();
+        format!(
+            "operator log:\n{}\nobjects:\n{objects}\npods (last lines):\n{}",
+            tail(&operator.log_text(), 20),
+            tail(&kubelet.all_logs(), 60)
+        )
+    };
     let running = || async {
         let st = clusters.get("vectors").await.ok()?.status?;
         (st.phase == Some(ClusterPhase::Running) && st.ready_replicas == 3).then_some(())

@@ -2,7 +2,7 @@
 //! kube-apiserver (RBAC on, client-certificate admin, service-account token
 //! signing, an audit log of what the operator's ServiceAccount did) and
 //! kube-controller-manager (StatefulSet, garbage-collector, namespace,
-//! disruption and volume-binding controllers: claims bind to the
+//! disruption, volume-binding and claim-protection controllers: claims bind to the
 //! PersistentVolumes a test creates, which growing a claim needs). No
 //! kubelet and no scheduler: see `kubelet`.
 //!
@@ -136,7 +136,7 @@ impl ControlPlane {
                 .args(["--service-account-private-key-file", &p("sa.key")])
                 .args(["--root-ca-file", &p("ca.crt")])
                 .arg("--leader-elect=false")
-                .arg("--controllers=statefulset,garbagecollector,namespace,serviceaccount-token,disruption,persistentvolume-binder")
+                .arg("--controllers=statefulset,garbagecollector,namespace,serviceaccount-token,disruption,persistentvolume-binder,persistentvolumeclaim-protection-controller")
                 .args(["--bind-address", "127.0.0.1", "--secure-port", "0"])
                 .stdout(Stdio::null())
                 .stderr(log_file(&d, "kube-controller-manager.log")?),

@@ -170,6 +170,49 @@ fn decide_phase(c: &QdrantCluster, o: &Observed) -> Decision {
     }
 }
 
+/// A scale-in in progress or refused says so in the phase and conditions:
+/// the StatefulSet keeps its pods until the shards of those that leave
+/// have moved.
+pub fn scaling(d: &mut Decision, s: Option<&crate::crd::ScaleIn>) {
+    use crate::crd::ScaleInState;
+    let Some(s) = s else { return };
+    if !d.apply {
+        return;
+    }
+    let leaving = match s.from - s.to {
+        1 => "the pod that leaves".to_string(),
+        n => format!("the {n} pods that leave"),
+    };
+    match s.state {
+        ScaleInState::MovingShards => {
+            let msg = match &s.message {
+                Some(m) => m.clone(),
+                None => format!(
+                    "moving the shard replicas of {leaving} to the pods that stay before scaling in from {} to {}: {} of {} done",
+                    s.from, s.to, s.shards_moved, s.shards_to_move
+                ),
+            };
+            *d = progressing(ClusterPhase::Scaling, "MovingShards", msg);
+        }
+        ScaleInState::Refused => {
+            let msg = format!(
+                "scaling in from {} to {} is refused, and the cluster keeps its {} pods: {}",
+                s.from,
+                s.to,
+                s.from,
+                s.message.clone().unwrap_or_default()
+            );
+            d.phase = ClusterPhase::Scaling;
+            d.conditions = vec![
+                ("Ready", false, "ScaleInRefused", msg.clone()),
+                ("Progressing", false, "ScaleInRefused", msg.clone()),
+                ("Degraded", false, "ScaleInRefused", msg),
+            ];
+        }
+        ScaleInState::Drained => {}
+    }
+}
+
 fn progressing(phase: ClusterPhase, reason: &'static str, msg: String) -> Decision {
     Decision {
         apply: true,

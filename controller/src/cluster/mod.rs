@@ -25,6 +25,7 @@ pub const FINALIZER: &str = "qdrant.io/cluster";
 
 pub mod decide;
 pub mod render;
+pub mod scale;
 pub mod volumes;
 
 /// Reconciles one QdrantCluster. It has no finalizer: owned objects go with
@@ -150,7 +151,8 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     }
     let before = decide(&c, &observed);
     if !before.apply {
-        write_status(&c, ctx, &before, None).await?;
+        let scale_in = c.status.as_ref().and_then(|s| s.scale_in.clone());
+        write_status(&c, ctx, &before, None, scale_in).await?;
         // The Secret's watch wakes it when the Secret appears.
         return Ok(Action::requeue(crate::runtime::operation::WATCHED_WAIT));
     }
@@ -196,6 +198,32 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
             .get_or_insert_with(Default::default)
             .insert(render::ANN_AGENT_TLS.into(), id);
     }
+    // A scale-in shrinks the StatefulSet only once the pods that leave
+    // hold no shard replica.
+    let current = existing
+        .as_ref()
+        .and_then(|e| e.spec.as_ref()?.replicas)
+        .unwrap_or(c.spec.replicas);
+    let scaled = scale::step(&c, ctx, current).await?;
+    if let Some((warning, reason, note)) = &scaled.event {
+        let t = if *warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        report::event(
+            &ctx.recorder,
+            &c.object_ref(&()),
+            t,
+            reason,
+            "Scale",
+            note.clone(),
+        )
+        .await;
+    }
+    if let Some(spec) = desired.spec.as_mut() {
+        spec.replicas = Some(scaled.replicas);
+    }
     if let (Some(spec), Some(e)) = (desired.spec.as_mut(), existing.as_ref()) {
         // podManagementPolicy cannot change: a StatefulSet made by an earlier
         // version keeps its own (the README says how to switch).
@@ -215,13 +243,15 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     let sts = ssa(client, &ns, &desired).await?;
     observed.statefulset = Some(sts.clone());
     observed.claims = volumes::grow(ctx, &c, &name).await?;
-    let d = decide(&c, &observed);
-    write_status(&c, ctx, &d, Some(&sts)).await?;
+    let mut d = decide(&c, &observed);
+    decide::scaling(&mut d, scaled.status.as_ref());
+    write_status(&c, ctx, &d, Some(&sts), scaled.status.clone()).await?;
     let resizing = d
         .conditions
         .iter()
         .any(|(ty, ok, ..)| *ty == "VolumesSized" && !ok);
     Ok(match d.phase {
+        _ if scaled.requeue().is_some() => Action::requeue(scaled.requeue().unwrap_or_default()),
         // Nothing announces a finished resize but the claims' status.
         _ if resizing => Action::requeue(Duration::from_secs(30)),
         ClusterPhase::Running => Action::requeue(Duration::from_secs(300)),
@@ -323,6 +353,7 @@ async fn write_status(
     ctx: &Context,
     d: &decide::Decision,
     sts: Option<&StatefulSet>,
+    scale_in: Option<crate::crd::ScaleIn>,
 ) -> Result<(), Error> {
     let previous = c.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
@@ -339,6 +370,7 @@ async fn write_status(
         endpoint: Some(render::endpoint(c)),
         conditions: conditions(&previous.conditions, d, c.metadata.generation, now),
         observed_generation: c.metadata.generation,
+        scale_in,
     };
     if status == previous {
         return Ok(());

@@ -760,7 +760,10 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
                         }
                         .into(),
                     ),
-                    when_scaled: Some("Retain".into()),
+                    // A pod removed by a scale-in was emptied and its
+                    // peer left Qdrant's cluster first (`scale`): its
+                    // volume holds nothing a node could come back with.
+                    when_scaled: Some("Delete".into()),
                 },
             ),
             ..Default::default()

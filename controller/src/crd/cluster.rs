@@ -236,4 +236,51 @@ pub struct QdrantClusterStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// A scale-in in progress: the pods that leave are emptied (their
+    /// shard replicas moved to the pods that stay) before the StatefulSet
+    /// shrinks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_in: Option<ScaleIn>,
+}
+
+/// A scale-in from `from` to `to` pods, as the agent that drives it reports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleIn {
+    pub from: i32,
+    pub to: i32,
+    pub state: ScaleInState,
+    /// The agent task that moves the shards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<super::AgentTask>,
+    /// Qdrant peer ids of the pods that leave, and of those that stay.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leaving_peers: Vec<u64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub staying_peers: Vec<u64>,
+    /// Shard replicas moved or dropped so far, out of `shardsToMove`.
+    #[serde(default)]
+    pub shards_moved: u32,
+    #[serde(default)]
+    pub shards_to_move: u32,
+    /// Why it is refused or failed, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The spec generation it was refused for: a new spec tries again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// A refused scale-in is looked at again from this time on (the
+    /// collection that stood in its way may have changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ScaleInState {
+    /// Shard replicas are being moved off the pods that leave.
+    MovingShards,
+    /// Their peers are empty and removed: the StatefulSet shrinks.
+    Drained,
+    /// It cannot be done as asked (the message says why); nothing moved.
+    Refused,
 }
