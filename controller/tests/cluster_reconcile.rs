@@ -352,6 +352,7 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         conditions: conditions(&[], &d, Some(1), Time(jiff::Timestamp::UNIX_EPOCH)),
         observed_generation: Some(1),
         scale_in: None,
+        agent_image: Some(qdrant_operator::cluster::render::default_agent_image()),
     });
     let (ctx, mut api) = setup();
     let fingerprint = ctx.ca.fingerprint();
@@ -359,13 +360,11 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         (jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * 300)).to_string();
     let server = tokio::spawn(async move {
         // A StatefulSet made by an earlier version keeps its (immutable)
-        // podManagementPolicy: changing it would fail every apply.
-        // So does its (immutable) claim template: a larger persistence.size
-        // grows the claims instead.
+        // claim template: a larger persistence.size grows the claims instead.
         let earlier = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": "vectors", "namespace": "search",
                 "ownerReferences": [{"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantCluster", "name": "vectors", "uid": "c-1"}]},
-            "spec": {"podManagementPolicy": "OrderedReady", "serviceName": "vectors-headless",
+            "spec": {"podManagementPolicy": "Parallel", "serviceName": "vectors-headless",
                      "selector": {}, "template": {},
                      "volumeClaimTemplates": [{"metadata": {"name": "storage"},
                         "spec": {"resources": {"requests": {"storage": "5Gi"}}}}]}});
@@ -379,7 +378,7 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
                 ready_sts,
             )
             .await;
-        assert_eq!(sent["spec"]["podManagementPolicy"], "OrderedReady");
+        assert_eq!(sent["spec"]["podManagementPolicy"], "Parallel");
         assert_eq!(
             sent["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
             "5Gi"
@@ -444,5 +443,48 @@ async fn an_object_the_api_server_refuses_is_named_in_the_ready_condition_and_an
         reconcile(Arc::new(c), ctx).await.is_err(),
         "retried with backoff"
     );
+    server.await.unwrap();
+}
+
+/// An OrderedReady StatefulSet (made by an earlier version, immutable) is
+/// deleted without its pods and made again as Parallel, which adopts them.
+#[tokio::test]
+async fn an_ordered_ready_statefulset_is_made_again_as_parallel_keeping_its_pods() {
+    let (ctx, mut api) = setup();
+    let server = tokio::spawn(async move {
+        let earlier = json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "vectors", "namespace": "search", "uid": "s-1",
+                "ownerReferences": [{"apiVersion": "qdrant.io/v1alpha1", "kind": "QdrantCluster", "name": "vectors", "uid": "c-1"}]},
+            "spec": {"podManagementPolicy": "OrderedReady", "serviceName": "vectors-headless",
+                     "selector": {}, "template": {}}});
+        names_checked(&mut api, |_| (200, earlier)).await;
+        let (_, body) = api
+            .expect(
+                "DELETE",
+                "/apis/apps/v1/namespaces/search/statefulsets/vectors",
+                |_| {
+                    (
+                        200,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                    )
+                },
+            )
+            .await;
+        assert_eq!(body["propagationPolicy"], "Orphan", "its pods stay: {body}");
+        assert_eq!(body["preconditions"]["uid"], "s-1");
+        let (_, ev) = api
+            .expect(
+                "POST",
+                "/apis/events.k8s.io/v1/namespaces/search/events",
+                echo_uid,
+            )
+            .await;
+        assert_eq!(ev["reason"], "RecreatingStatefulSet");
+        api.nothing_more().await;
+    });
+    let action = reconcile(Arc::new(cluster(false, false)), ctx)
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)));
     server.await.unwrap();
 }

@@ -271,8 +271,13 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
             ])
             .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
             .unwrap_or_default();
+        let operations = w
+            .cp
+            .kubectl(&["-n", NS, "get", "qb,qr", "-o", "jsonpath={range .items[*]}{.kind} {.metadata.name}: {.status.phase} {.status.stage} {.status.conditions[0].reason}: {.status.conditions[0].message}{\"\\n\"}{end}"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default();
         format!(
-            "operator log:\n{}\nkube-controller-manager:\n{}\nobjects:\n{objects}\npods (last lines):\n{}",
+            "operator log:\n{}\nkube-controller-manager:\n{}\nobjects:\n{objects}\nbackups and restores:\n{operations}\npods (last lines):\n{}",
             tail(&operator.log_text(), 30),
             w.cp.log_tail("kube-controller-manager.log"),
             tail(&kubelet.all_logs(), 40)
@@ -344,6 +349,109 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         None,
     ));
     assert_eq!(code, 401);
+
+    // A StatefulSet as earlier versions made it, OrderedReady (immutable):
+    // the operator makes it again as Parallel, and the pods go on running.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
+    let uids = || async {
+        let mut v: Vec<String> = pods
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        v.sort();
+        v
+    };
+    // Settled: every pod runs the StatefulSet's current template.
+    eventually(60, "the StatefulSet has settled", &diag, || async {
+        let s = sts.get("vectors").await.ok()?;
+        let st = s.status?;
+        (st.observed_generation == s.metadata.generation
+            && st.current_revision.is_some()
+            && st.current_revision == st.update_revision
+            && st.updated_replicas == Some(3)
+            && st.ready_replicas == Some(3))
+        .then_some(())
+    })
+    .await;
+    let before = uids().await;
+    let pid = operator.pid().expect("running").to_string();
+    let kill = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    // Paused (well within its lease) so it does not re-create it first.
+    kill("-STOP");
+    let mut legacy: Value =
+        serde_json::from_str(&w.kubectl(&["-n", NS, "get", "sts", "vectors", "-o", "json"]))
+            .unwrap();
+    w.kubectl(&["-n", NS, "delete", "sts", "vectors", "--cascade=orphan"]);
+    legacy["spec"]["podManagementPolicy"] = json!("OrderedReady");
+    for f in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+        "generation",
+    ] {
+        legacy["metadata"].as_object_mut().unwrap().remove(f);
+    }
+    legacy.as_object_mut().unwrap().remove("status");
+    let out = need(w.cp.kubectl_stdin(&["create", "-f", "-"], Some(&legacy.to_string())));
+    // As a StatefulSet that has run for a while: its pods adopted.
+    for _ in 0..50 {
+        let adopted = sts
+            .get_opt("vectors")
+            .await
+            .ok()
+            .flatten()
+            .is_some_and(|s| {
+                s.status.and_then(|st| st.observed_generation) == s.metadata.generation
+            });
+        if adopted {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    kill("-CONT");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(
+        60,
+        "the StatefulSet is made again as Parallel",
+        &diag,
+        || async {
+            let s = sts.get_opt("vectors").await.ok()??;
+            (s.spec?.pod_management_policy.as_deref() == Some("Parallel")).then_some(())
+        },
+    )
+    .await;
+    w.running(NS, "vectors", 3, 120, &diag).await;
+    let revisions = w.kubectl(&["-n", NS, "get", "pods,sts,controllerrevisions", "-o", "custom-columns=NAME:.metadata.name,REV:.metadata.labels.controller-revision-hash,CUR:.status.currentRevision,UPD:.status.updateRevision,UID:.metadata.uid,OWNER:.metadata.ownerReferences[0].uid"]);
+    let events = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "events",
+        "-o",
+        "custom-columns=T:.lastTimestamp,OBJ:.involvedObject.name,REASON:.reason,MSG:.message",
+    ]);
+    assert_eq!(
+        uids().await,
+        before,
+        "no pod was restarted\n{revisions}\n{events}"
+    );
 
     // A larger persistence.size grows each node's volume claim (the
     // StatefulSet's claim template cannot change), and the cluster says so

@@ -310,3 +310,77 @@ fn a_config_change_changes_the_pod_template_so_pods_roll() {
         Some(serde_json::json!({"storage": {"performance": {"max_search_threads": 2}}}));
     assert_ne!(ann(&c), ann(&changed));
 }
+
+#[test]
+fn pods_spread_over_machines_pull_with_secrets_and_evict_when_unhealthy() {
+    let mut c = cluster(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: one, namespace: search}\n\
+         spec: {version: v1.18.3, imagePullSecrets: [{name: registry}]}\n",
+    );
+    let sts = statefulset(&c, &Images::default());
+    let spec = sts.spec.unwrap();
+    // Parallel even for one node: the field is immutable, and the cluster
+    // may become distributed later.
+    assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
+    let pod = spec.template.spec.unwrap();
+    let anti = pod.affinity.unwrap().pod_anti_affinity.unwrap();
+    let soft = &anti
+        .preferred_during_scheduling_ignored_during_execution
+        .unwrap()[0];
+    assert_eq!(
+        soft.pod_affinity_term.topology_key,
+        "kubernetes.io/hostname"
+    );
+    assert!(
+        anti.required_during_scheduling_ignored_during_execution
+            .is_none(),
+        "never left Pending for it"
+    );
+    assert_eq!(pod.image_pull_secrets.unwrap()[0].name, "registry");
+    let pdb = qdrant_operator::cluster::render::pod_disruption_budget(&c);
+    assert_eq!(
+        pdb.spec.unwrap().unhealthy_pod_eviction_policy.as_deref(),
+        Some("AlwaysAllow")
+    );
+    // A user's own affinity replaces the default.
+    c.spec.affinity = Some(Default::default());
+    let sts = statefulset(&c, &Images::default());
+    assert_eq!(
+        sts.spec.unwrap().template.spec.unwrap().affinity,
+        Some(Default::default())
+    );
+}
+
+#[test]
+fn an_operator_upgrade_keeps_the_agent_image_a_cluster_runs() {
+    use qdrant_operator::cluster::render::agent_image;
+    let mut c = example();
+    let old = Images {
+        agent: "registry.example.com/qdrant-agent:0.1.0".into(),
+        ..Default::default()
+    };
+    let new = Images {
+        agent: "registry.example.com/qdrant-agent:0.2.0".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        agent_image(&c, &old),
+        old.agent,
+        "a new cluster runs the operator's"
+    );
+    c.status = Some(qdrant_operator::crd::QdrantClusterStatus {
+        agent_image: Some(old.agent.clone()),
+        ..Default::default()
+    });
+    assert_eq!(
+        agent_image(&c, &new),
+        old.agent,
+        "the operator was upgraded: no roll"
+    );
+    c.metadata.annotations =
+        Some([("qdrant.io/upgrade-agent".to_string(), "true".to_string())].into());
+    assert_eq!(agent_image(&c, &new), new.agent, "asked for");
+    c.metadata.annotations = None;
+    c.spec.agent.image = Some("mine/agent:1".into());
+    assert_eq!(agent_image(&c, &new), "mine/agent:1");
+}

@@ -61,6 +61,10 @@ impl Operator {
     pub fn process(&mut self) -> &mut Guarded {
         &mut self.process
     }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.process.pid()
+    }
 }
 
 pub struct World {

@@ -170,6 +170,53 @@ fn decide_phase(c: &QdrantCluster, o: &Observed) -> Decision {
     }
 }
 
+/// Whether the pods may move from the version they all run (`running`,
+/// none yet for a new cluster) to `wanted`. Qdrant keeps data readable one
+/// minor version forward only, and never backward: a downgrade, or an
+/// upgrade that skips a minor version, is refused with what to do instead.
+pub fn version_change(running: Option<&str>, wanted: &str) -> Result<(), String> {
+    let parse = |v: &str| -> Option<(u64, u64, u64)> {
+        let core = v.trim_start_matches('v').split(['-', '+']).next()?;
+        let mut it = core.split('.').map(|n| n.parse::<u64>().ok());
+        Some((it.next()??, it.next()??, it.next()??))
+    };
+    let (Some(running), Some(r), Some(w)) = (running, running.and_then(parse), parse(wanted))
+    else {
+        return Ok(());
+    };
+    if w < r {
+        return Err(format!(
+            "spec.version {wanted} is older than {running}, which every node runs: Qdrant does not support downgrades (data written by a newer version may not load in an older one); the pods keep {running}. To go back, restore a backup into a new QdrantCluster of {wanted}"
+        ));
+    }
+    if w.0 == r.0 && w.1 > r.1 + 1 {
+        return Err(format!(
+            "spec.version {wanted} skips minor versions: Qdrant upgrades one minor version at a time, so the pods keep {running}; set the latest v{}.{}.x first, let every node run it, then {wanted}",
+            r.0,
+            r.1 + 1
+        ));
+    }
+    Ok(())
+}
+
+/// A refused version change says so: the pods keep the version they run.
+pub fn version_refused(d: &mut Decision, why: &str) {
+    if !d.apply {
+        return;
+    }
+    let degraded = d
+        .conditions
+        .iter()
+        .find(|c| c.0 == "Degraded")
+        .map(|c| c.1)
+        .unwrap_or(false);
+    d.conditions = vec![
+        ("Ready", false, "VersionRefused", why.to_string()),
+        ("Progressing", false, "VersionRefused", why.to_string()),
+        ("Degraded", degraded, "VersionRefused", why.to_string()),
+    ];
+}
+
 /// A scale-in in progress or refused says so in the phase and conditions:
 /// the StatefulSet keeps its pods until the shards of those that leave
 /// have moved.
@@ -383,5 +430,26 @@ mod tests {
             progressing.last_transition_time, t0,
             "Progressing stayed False"
         );
+    }
+
+    #[test]
+    fn versions_move_forward_one_minor_at_a_time() {
+        assert_eq!(version_change(None, "v1.18.3"), Ok(()), "a new cluster");
+        assert_eq!(version_change(Some("v1.18.3"), "v1.18.3"), Ok(()));
+        assert_eq!(version_change(Some("v1.17.6"), "v1.18.3"), Ok(()));
+        assert_eq!(version_change(Some("v1.18.1"), "1.18.3"), Ok(()));
+        let down = version_change(Some("v1.18.3"), "v1.17.6").unwrap_err();
+        assert!(down.contains("does not support downgrades"), "{down}");
+        assert!(
+            down.contains("restore a backup into a new QdrantCluster of v1.17.6"),
+            "{down}"
+        );
+        assert!(
+            version_change(Some("v1.18.3"), "v1.18.2").is_err(),
+            "a patch downgrade"
+        );
+        let skip = version_change(Some("v1.16.2"), "v1.18.3").unwrap_err();
+        assert!(skip.contains("set the latest v1.17.x first"), "{skip}");
+        assert_eq!(version_change(Some("v1.18.3"), "v1.19.0-rc1"), Ok(()));
     }
 }

@@ -17,6 +17,7 @@ use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -142,13 +143,26 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let mut observed = Observed::default();
+    // Qdrant reads its keys at start: a changed key rolls the pods.
+    let mut keys = sha2::Sha256::new();
     if let Some(k) = &c.spec.api_key {
         for r in std::iter::once(&k.secret_ref).chain(k.read_only_secret_ref.as_ref()) {
-            if secrets.get_opt(&r.name).await?.is_none() {
-                observed.missing_secrets.push(r.name.clone());
+            match secrets.get_opt(&r.name).await? {
+                None => observed.missing_secrets.push(r.name.clone()),
+                Some(s) => {
+                    let value = s
+                        .data
+                        .unwrap_or_default()
+                        .remove(&r.key)
+                        .unwrap_or_default();
+                    keys.update(format!("{}/{}:", r.name, r.key));
+                    keys.update(&value.0);
+                    keys.update(b"\n");
+                }
             }
         }
     }
+    let keys = hex::encode(keys.finalize());
     let before = decide(&c, &observed);
     if !before.apply {
         let scale_in = c.status.as_ref().and_then(|s| s.scale_in.clone());
@@ -165,13 +179,38 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     check_ours(client, &ns, &headless).await?;
     check_ours(client, &ns, &service).await?;
     check_ours(client, &ns, &pdb).await?;
-    let mut desired = render::statefulset(&c, &ctx.images);
+    // A downgrade, or an upgrade that skips a minor version, is refused:
+    // the pods keep the version they run.
+    let running = c.status.as_ref().and_then(|s| s.version.clone());
+    let refused_version = decide::version_change(running.as_deref(), &c.spec.version).err();
+    let rendered = match (&refused_version, &running) {
+        (Some(_), Some(v)) => {
+            let mut kept = (*c).clone();
+            kept.spec.version = v.clone();
+            kept
+        }
+        _ => (*c).clone(),
+    };
+    let mut desired = render::statefulset(&rendered, &ctx.images);
+    if c.spec.api_key.is_some()
+        && let Some(meta) = desired
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.metadata.as_mut())
+    {
+        meta.annotations
+            .get_or_insert_with(Default::default)
+            .insert(render::ANN_API_KEY.into(), keys);
+    }
     let name = render::Names::of(&c).statefulset();
     let existing = Api::<StatefulSet>::namespaced(client.clone(), &ns)
         .get_opt(&name)
         .await?;
     if let Some(e) = &existing {
         ours("StatefulSet", &e.metadata, &desired.metadata)?;
+        if let Some(action) = recreate_for_parallel(ctx, &c, e).await? {
+            return Ok(action);
+        }
     }
     let mut tls_identity = None;
     if c.spec.agent.enabled {
@@ -225,16 +264,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         spec.replicas = Some(scaled.replicas);
     }
     if let (Some(spec), Some(e)) = (desired.spec.as_mut(), existing.as_ref()) {
-        // podManagementPolicy cannot change: a StatefulSet made by an earlier
-        // version keeps its own (the README says how to switch).
-        if let Some(p) = e
-            .spec
-            .as_ref()
-            .and_then(|s| s.pod_management_policy.clone())
-        {
-            spec.pod_management_policy = Some(p);
-        }
-        // Nor can the claim template: it keeps its size, and a larger
+        // The claim template cannot change: it keeps its size, and a larger
         // persistence.size grows each claim instead.
         if let Some(size) = volumes::template_size(e) {
             render::set_claim_size(spec, &size);
@@ -245,6 +275,25 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     observed.claims = volumes::grow(ctx, &c, &name).await?;
     let mut d = decide(&c, &observed);
     decide::scaling(&mut d, scaled.status.as_ref());
+    if let Some(why) = &refused_version {
+        decide::version_refused(&mut d, why);
+        let said = c
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .is_some_and(|r| r.reason == "VersionRefused" && &r.message == why);
+        if !said {
+            report::event(
+                &ctx.recorder,
+                &c.object_ref(&()),
+                EventType::Warning,
+                "VersionRefused",
+                "Reconcile",
+                why.clone(),
+            )
+            .await;
+        }
+    }
     write_status(&c, ctx, &d, Some(&sts), scaled.status.clone()).await?;
     let resizing = d
         .conditions
@@ -358,15 +407,33 @@ async fn write_status(
     let previous = c.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
     let st = sts.and_then(|s| s.status.clone()).unwrap_or_default();
+    let template = sts.and_then(|s| s.spec.as_ref()?.template.spec.clone());
+    let image = |name: &str| {
+        template
+            .iter()
+            .flat_map(|t| &t.containers)
+            .find(|c| c.name == name)
+            .and_then(|c| c.image.clone())
+    };
+    let every_pod_runs_it = d.phase == ClusterPhase::Running
+        || d.conditions.first().is_some_and(|c| {
+            c.2 == "VersionRefused"
+                && st.ready_replicas == Some(st.replicas)
+                && st.current_revision == st.update_revision
+        });
     let status = QdrantClusterStatus {
         phase: Some(d.phase),
         replicas: st.replicas,
         ready_replicas: st.ready_replicas.unwrap_or(0),
-        version: if d.phase == ClusterPhase::Running {
-            Some(c.spec.version.clone())
+        // What the pods run once every one runs the template.
+        version: if every_pod_runs_it {
+            image("qdrant")
+                .and_then(|i| i.rsplit_once(':').map(|(_, t)| t.to_string()))
+                .or_else(|| previous.version.clone())
         } else {
             previous.version.clone()
         },
+        agent_image: image(render::AGENT_CONTAINER).or_else(|| previous.agent_image.clone()),
         endpoint: Some(render::endpoint(c)),
         conditions: conditions(&previous.conditions, d, c.metadata.generation, now),
         observed_generation: c.metadata.generation,
@@ -421,6 +488,62 @@ async fn write_status(
         .await;
     }
     Ok(())
+}
+
+/// A StatefulSet made by an earlier version with `podManagementPolicy:
+/// OrderedReady` (immutable) is deleted without its pods (orphaned: they go
+/// on running, with their volumes) and made again with `Parallel`, which
+/// adopts them: a cluster made with one node must be able to become
+/// distributed.
+async fn recreate_for_parallel(
+    ctx: &Context,
+    c: &QdrantCluster,
+    existing: &StatefulSet,
+) -> Result<Option<Action>, Error> {
+    let policy = existing
+        .spec
+        .as_ref()
+        .and_then(|s| s.pod_management_policy.as_deref())
+        .unwrap_or("OrderedReady");
+    if policy == "Parallel" {
+        return Ok(None);
+    }
+    // Only once the StatefulSet controller has synced it (its pods are
+    // adopted): a pod adopted while the StatefulSet is being deleted
+    // would be deleted with it.
+    let synced = existing.status.as_ref().and_then(|s| s.observed_generation)
+        == existing.metadata.generation;
+    if !synced {
+        return Ok(Some(Action::requeue(Duration::from_secs(2))));
+    }
+    let api: Api<StatefulSet> =
+        Api::namespaced(ctx.client.clone(), &c.namespace().unwrap_or_default());
+    let dp = kube::api::DeleteParams {
+        propagation_policy: Some(kube::api::PropagationPolicy::Orphan),
+        preconditions: Some(kube::api::Preconditions {
+            uid: existing.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&existing.name_any(), &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => return Err(e.into()),
+    }
+    report::event(
+        &ctx.recorder,
+        &c.object_ref(&()),
+        EventType::Normal,
+        "RecreatingStatefulSet",
+        "Reconcile",
+        format!(
+            "StatefulSet {} had podManagementPolicy {policy}, which cannot change: it is made again with Parallel; its pods and volumes stay",
+            existing.name_any()
+        ),
+    )
+    .await;
+    Ok(Some(Action::requeue(Duration::from_secs(2))))
 }
 
 /// Earlier versions put a finalizer on every QdrantCluster, though nothing

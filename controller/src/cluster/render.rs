@@ -158,6 +158,9 @@ pub fn pod_disruption_budget(c: &QdrantCluster) -> PodDisruptionBudget {
         metadata: meta(c, Names::of(c).pdb()),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
+            // A pod that is not Ready serves nothing: evicting it (a node
+            // drain) must not wait for it to become Ready first.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             selector: Some(LabelSelector {
                 match_labels: Some(selector_labels(c)),
                 ..Default::default()
@@ -455,10 +458,40 @@ pub fn default_agent_image() -> String {
     )
 }
 
+/// The agent image a cluster's pods run: its `spec.agent.image`; else the
+/// one its pods run now (an operator upgrade changes no running cluster),
+/// unless the annotation `qdrant.io/upgrade-agent: "true"` asks for the
+/// operator's; else the operator's.
+pub fn agent_image(c: &QdrantCluster, images: &Images) -> String {
+    let upgrade = c
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_UPGRADE_AGENT))
+        .is_some_and(|v| v == "true");
+    c.spec
+        .agent
+        .image
+        .clone()
+        .or_else(|| {
+            (!upgrade)
+                .then(|| c.status.as_ref()?.agent_image.clone())
+                .flatten()
+        })
+        .unwrap_or_else(|| images.agent.clone())
+}
+
+/// The pod template's digest of Qdrant's API keys: Qdrant reads them only
+/// at start, so a new key rolls the pods.
+pub const ANN_API_KEY: &str = "qdrant.io/api-key-sha256";
+
+/// The annotation that moves a cluster's agents to the operator's image.
+pub const ANN_UPGRADE_AGENT: &str = "qdrant.io/upgrade-agent";
+
 fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
     let a = &c.spec.agent;
     agent_sidecar(&AgentWiring {
-        image: a.image.clone().unwrap_or_else(|| images.agent.clone()),
+        image: agent_image(c, images),
         port: a.port,
         memory_budget_mib: a.memory_budget_mib,
         resources: a.resources.clone(),
@@ -708,15 +741,9 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
             // Distributed Qdrant pods are Ready only once their peers run:
             // started one by one (OrderedReady), a cluster whose pods all
             // restart together never comes back. Qdrant's chart uses
-            // Parallel too. Immutable: an existing StatefulSet keeps its own.
-            pod_management_policy: Some(
-                if c.spec.cluster.enabled {
-                    "Parallel"
-                } else {
-                    "OrderedReady"
-                }
-                .into(),
-            ),
+            // Parallel too; a one-node cluster has it as well, so it can
+            // become distributed (the field is immutable).
+            pod_management_policy: Some("Parallel".into()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(c)),
@@ -742,7 +769,15 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
                     volumes: Some(volumes),
                     node_selector: (!s.node_selector.is_empty()).then(|| s.node_selector.clone()),
                     tolerations: (!s.tolerations.is_empty()).then(|| s.tolerations.clone()),
-                    affinity: s.affinity.clone(),
+                    affinity: Some(s.affinity.clone().unwrap_or_else(|| spread(c))),
+                    image_pull_secrets: (!s.image_pull_secrets.is_empty()).then(|| {
+                        s.image_pull_secrets
+                            .iter()
+                            .map(|r| k8s_openapi::api::core::v1::LocalObjectReference {
+                                name: r.name.clone(),
+                            })
+                            .collect()
+                    }),
                     topology_spread_constraints: (!s.topology_spread_constraints.is_empty())
                         .then(|| s.topology_spread_constraints.clone()),
                     ..Default::default()
@@ -766,6 +801,31 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
                     when_scaled: Some("Delete".into()),
                 },
             ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The default affinity: nodes of one cluster on different machines where
+/// the scheduler can (a machine lost takes one replica, not all of them),
+/// but never left Pending for it.
+fn spread(c: &QdrantCluster) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(LabelSelector {
+                            match_labels: Some(selector_labels(c)),
+                            ..Default::default()
+                        }),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                },
+            ]),
             ..Default::default()
         }),
         ..Default::default()

@@ -65,6 +65,9 @@ pub struct QdrantClusterSpec {
     pub affinity: Option<Affinity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// Secrets (same namespace) to pull Qdrant's and the agent's images with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<super::LocalObjectReference>,
     #[serde(default)]
     pub agent: AgentSpec,
 }
@@ -228,6 +231,11 @@ pub struct QdrantClusterStatus {
     /// Version all nodes run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// The agent image the pods run. It stays when the operator is upgraded
+    /// (an upgrade must not restart every Qdrant pod); `spec.agent.image`,
+    /// or the annotation `qdrant.io/upgrade-agent: "true"`, changes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_image: Option<String>,
     /// In-cluster URL of Qdrant's REST API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
