@@ -117,7 +117,8 @@ fn reader(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     let w = World::start().await;
-    let operator = w.operator("qdrant-operator-0");
+    let mut operator = w.operator("qdrant-operator-0");
+    let operator_log = operator.log.clone();
     let kubelet = w.kubelet(NS);
     let diag = || {
         let objects =
@@ -130,7 +131,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
                 .unwrap_or_default();
         format!(
             "operator log:\n{}\nobjects:\n{objects}\nstatus: {status}\npods (last lines):\n{}",
-            tail(&operator.log_text(), 30),
+            tail(&std::fs::read_to_string(&operator_log).unwrap_or_default(), 30),
             tail(&kubelet.all_logs(), 30)
         )
     };
@@ -296,4 +297,156 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
         },
     )
     .await;
+
+    // A downgrade is refused, and the pods keep the version they run.
+    let image = |container: &'static str| {
+        let sts = sts.clone();
+        async move {
+            let s = sts.get("vectors").await.ok()?;
+            s.spec?
+                .template
+                .spec?
+                .containers
+                .into_iter()
+                .find(|c| c.name == container)?
+                .image
+        }
+    };
+    let template = || {
+        let sts = sts.clone();
+        async move {
+            sts.get("vectors")
+                .await
+                .ok()?
+                .spec?
+                .template
+                .metadata?
+                .annotations
+        }
+    };
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"version":"v1.17.6"}}"#,
+    ]);
+    let why = eventually(60, "the downgrade is refused", &diag, || async {
+        let (reason, message) = ready_reason().await?;
+        (reason == "VersionRefused").then_some(message)
+    })
+    .await;
+    assert!(why.contains("does not support downgrades"), "{why}");
+    assert_eq!(
+        image("qdrant").await.as_deref(),
+        Some("qdrant/qdrant:v1.18.3")
+    );
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"version":"v1.18.3"}}"#,
+    ]);
+    eventually(60, "the cluster is Running again", &diag, || async {
+        (ready_reason().await?.0 == "AllReplicasReady").then_some(())
+    })
+    .await;
+
+    // An operator upgrade (another default agent image) restarts nothing;
+    // the annotation moves the cluster to the new agent.
+    let before_upgrade = template().await;
+    let old_agent = image("agent").await.unwrap();
+    operator.process().stop();
+    let upgraded = w.operator_with(
+        "qdrant-operator-1",
+        &[
+            "--webhook-listen",
+            "127.0.0.1:0",
+            "--agent-image",
+            "registry.example.com/qdrant-agent:9.9.9",
+        ],
+    );
+    // A change wakes the new operator's reconcile of the cluster at once.
+    w.kubectl(&[
+        "-n",
+        NS,
+        "annotate",
+        "qc",
+        "vectors",
+        "example.com/touched=1",
+    ]);
+    eventually(
+        60,
+        "the new operator has reconciled the cluster",
+        &diag,
+        || async { upgraded.log_text().contains("reconciling").then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert_eq!(
+        image("agent").await.unwrap(),
+        old_agent,
+        "{}",
+        upgraded.log_text()
+    );
+    assert_eq!(
+        template().await,
+        before_upgrade,
+        "the operator upgrade rolled the pods"
+    );
+    w.kubectl(&[
+        "-n",
+        NS,
+        "annotate",
+        "qc",
+        "vectors",
+        "qdrant.io/upgrade-agent=true",
+    ]);
+    eventually(
+        60,
+        "the pods move to the new agent image",
+        &diag,
+        || async {
+            let st = clusters.get("vectors").await.ok()?.status?;
+            (image("agent").await.as_deref() == Some("registry.example.com/qdrant-agent:9.9.9")
+                && st.agent_image.as_deref() == Some("registry.example.com/qdrant-agent:9.9.9"))
+            .then_some(())
+        },
+    )
+    .await;
+
+    // A new API key rolls the pods: Qdrant reads it only at start.
+    let before_key = template().await.unwrap()["qdrant.io/api-key-sha256"].clone();
+    let new_key = "day-two-rotated-key-81b0";
+    w.apply(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: qdrant-api-key, namespace: {NS}}}\nstringData: {{api-key: {new_key}}}\n"
+    ));
+    eventually(
+        60,
+        "the pod template carries the new key's digest",
+        &diag,
+        || async {
+            let now = template().await?["qdrant.io/api-key-sha256"].clone();
+            (now != before_key).then_some(())
+        },
+    )
+    .await;
+    eventually(240, "every pod runs with the new key", &diag, || async {
+        let st = sts.get("vectors").await.ok()?.status?;
+        let rolled = st.current_revision.is_some()
+            && st.current_revision == st.update_revision
+            && st.ready_replicas == Some(2);
+        let (code, _) = request("GET", &base, "/collections", Some(new_key), None).ok()?;
+        (rolled && code == 200).then_some(())
+    })
+    .await;
+    let (code, _) = need(request("GET", &base, "/collections", Some(API_KEY), None));
+    assert_eq!(code, 401, "the old key still works");
 }
