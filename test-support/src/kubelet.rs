@@ -422,7 +422,21 @@ impl Inner {
     async fn volume(&self, v: &Volume, pod_dir: &Path) -> Result<PathBuf, BoxError> {
         let ns = &self.namespace;
         if let Some(pvc) = &v.persistent_volume_claim {
-            let d = self.root.path().join("pvc").join(&pvc.claim_name);
+            // A claim's data lives as long as the claim: a claim deleted
+            // and made again under its name (a node removed, then added
+            // back) starts empty, as a newly provisioned volume does.
+            let api: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+                Api::namespaced(self.client.clone(), ns);
+            let uid = api
+                .get_opt(&pvc.claim_name)
+                .await?
+                .and_then(|c| c.metadata.uid)
+                .ok_or_else(|| format!("claim {} not found", pvc.claim_name))?;
+            let d = self
+                .root
+                .path()
+                .join("pvc")
+                .join(format!("{}-{uid}", pvc.claim_name));
             std::fs::create_dir_all(&d)?;
             return Ok(d);
         }
