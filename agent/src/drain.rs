@@ -14,12 +14,15 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// What a drain is asked to do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DrainRequest {
-    /// The peers that leave.
+    /// The peers that leave (none: only rebalance).
     pub leaving: Vec<u64>,
     /// The peers that stay (the agent's own among them).
     pub staying: Vec<u64>,
+    /// Then move replicas among the staying peers until each holds a fair
+    /// share (within one replica of the others).
+    pub rebalance: bool,
 }
 
 /// One step of a drain.
@@ -164,6 +167,72 @@ pub fn plan(
     Ok(steps)
 }
 
+/// Pure: moves that even out the replicas over `peers` (all collections
+/// together), one replica at a time from the most loaded peer to the least
+/// loaded one that lacks that shard, until no two peers differ by more than
+/// one replica or nothing more can move. `all` is (collection, replicas).
+pub fn plan_rebalance(all: &[(String, Replicas)], peers: &[u64]) -> Vec<Step> {
+    let mut holders: BTreeMap<(String, u32), BTreeSet<u64>> = BTreeMap::new();
+    let mut active: BTreeSet<(String, u32, u64)> = BTreeSet::new();
+    let mut load: BTreeMap<u64, usize> = peers.iter().map(|p| (*p, 0)).collect();
+    for (c, r) in all {
+        for (shard, hs) in r {
+            for (p, state) in hs {
+                holders.entry((c.clone(), *shard)).or_default().insert(*p);
+                if state == "Active" {
+                    active.insert((c.clone(), *shard, *p));
+                }
+                if let Some(n) = load.get_mut(p) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    let mut steps = vec![];
+    // Each move narrows the spread by one, so this many always suffice.
+    for _ in 0..holders.len() * peers.len().max(1) {
+        let Some((&max, &hi)) = load
+            .iter()
+            .max_by_key(|(p, n)| (**n, std::cmp::Reverse(**p)))
+        else {
+            break;
+        };
+        // The least loaded peer that can take a shard of `max`.
+        let mut candidates: Vec<(u64, usize)> = load
+            .iter()
+            .filter(|(_, n)| hi > **n + 1)
+            .map(|(p, n)| (*p, *n))
+            .collect();
+        candidates.sort_by_key(|(p, n)| (*n, *p));
+        let found = candidates.iter().find_map(|(to, _)| {
+            holders
+                .iter()
+                .find(|((c, s), hs)| {
+                    hs.contains(&max) && !hs.contains(to) && active.contains(&(c.clone(), *s, max))
+                })
+                .map(|((c, s), _)| (c.clone(), *s, *to))
+        });
+        let Some((collection, shard, to)) = found else {
+            break;
+        };
+        if let Some(hs) = holders.get_mut(&(collection.clone(), shard)) {
+            hs.remove(&max);
+            hs.insert(to);
+        }
+        active.remove(&(collection.clone(), shard, max));
+        active.insert((collection.clone(), shard, to));
+        *load.entry(max).or_default() -= 1;
+        *load.entry(to).or_default() += 1;
+        steps.push(Step::Move {
+            collection,
+            shard,
+            from: max,
+            to,
+        });
+    }
+    steps
+}
+
 /// How long one move or drop may take before the drain fails.
 const STEP_TIMEOUT: Duration = Duration::from_secs(3600);
 const POLL: Duration = Duration::from_millis(500);
@@ -177,9 +246,9 @@ pub async fn run(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    if req.staying.is_empty() || req.leaving.is_empty() {
+    if req.staying.is_empty() || (req.leaving.is_empty() && !req.rebalance) {
         return Err(Error::Invalid(
-            "a drain needs peers that leave and peers that stay".into(),
+            "a drain needs peers that stay, and peers that leave or a rebalance".into(),
         ));
     }
     let q = &node.qdrant;
@@ -215,6 +284,24 @@ pub async fn run(
         tracing::info!(step = %step.describe(), "drain");
         run_step(node, step, cancel).await?;
         progress.update(|t| t.shards_done += 1);
+    }
+    if req.rebalance {
+        // From where the replicas are now, the leaving peers emptied.
+        let mut all = vec![];
+        for (c, _, _) in &planned {
+            let mut r = replicas(&q.placement(c).await?);
+            for hs in r.values_mut() {
+                hs.retain(|(p, _)| !req.leaving.contains(p));
+            }
+            all.push((c.clone(), r));
+        }
+        let moves = plan_rebalance(&all, &req.staying);
+        progress.update(|t| t.shards_total += moves.len() as u32);
+        for step in &moves {
+            tracing::info!(step = %step.describe(), "rebalance");
+            run_step(node, step, cancel).await?;
+            progress.update(|t| t.shards_done += 1);
+        }
     }
     for peer in &req.leaving {
         if cancel.is_cancelled() {
@@ -306,7 +393,56 @@ mod tests {
         DrainRequest {
             leaving: leaving.to_vec(),
             staying: staying.to_vec(),
+            rebalance: false,
         }
+    }
+
+    #[test]
+    fn a_rebalance_gives_a_new_node_its_share_one_move_at_a_time() {
+        // Two collections grown on peers 1 and 2; peer 3 just joined.
+        let docs = shards(&[
+            (0, &[(1, "Active"), (2, "Active")]),
+            (1, &[(1, "Active"), (2, "Active")]),
+            (2, &[(1, "Active"), (2, "Active")]),
+        ]);
+        let logs = shards(&[
+            (0, &[(1, "Active")]),
+            (1, &[(2, "Active")]),
+            (2, &[(1, "Active")]),
+        ]);
+        let all = vec![("docs".to_string(), docs), ("logs".to_string(), logs)];
+        let steps = plan_rebalance(&all, &[1, 2, 3]);
+        // 9 replicas over 3 peers: 3 each; peer 1 held 5, peer 2 held 4.
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        let mut load = BTreeMap::from([(1u64, 5i64), (2, 4), (3, 0)]);
+        for s in &steps {
+            let Step::Move { from, to, .. } = s else {
+                panic!("{s:?}")
+            };
+            assert_eq!(*to, 3);
+            *load.get_mut(from).unwrap() -= 1;
+            *load.get_mut(to).unwrap() += 1;
+        }
+        assert_eq!(load, BTreeMap::from([(1, 3), (2, 3), (3, 3)]));
+        // Never two replicas of a shard on one peer.
+        let moved: Vec<(&str, u32)> = steps
+            .iter()
+            .map(|s| match s {
+                Step::Move {
+                    collection, shard, ..
+                } => (collection.as_str(), *shard),
+                Step::Drop { .. } => unreachable!(),
+            })
+            .collect();
+        let mut unique = moved.clone();
+        unique.dedup();
+        assert_eq!(unique.len(), moved.len());
+        // A balanced cluster moves nothing.
+        let even = vec![(
+            "logs".to_string(),
+            shards(&[(0, &[(1, "Active")]), (1, &[(2, "Active")])]),
+        )];
+        assert!(plan_rebalance(&even, &[1, 2]).is_empty());
     }
 
     fn shards(list: &[(u32, &[(u64, &str)])]) -> Replicas {

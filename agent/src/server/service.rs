@@ -214,8 +214,9 @@ impl Agent for AgentService {
         let dreq = crate::drain::DrainRequest {
             leaving: r.leaving_peer_ids.clone(),
             staying: r.staying_peer_ids.clone(),
+            rebalance: r.rebalance,
         };
-        if dreq.leaving.is_empty()
+        if (dreq.leaving.is_empty() && !dreq.rebalance)
             || dreq.staying.is_empty()
             || dreq.leaving.iter().any(|p| dreq.staying.contains(p))
         {
