@@ -352,6 +352,7 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         conditions: conditions(&[], &d, Some(1), Time(jiff::Timestamp::UNIX_EPOCH)),
         observed_generation: Some(1),
         scale_in: None,
+        rebalance: None,
         agent_image: Some(qdrant_operator::cluster::render::default_agent_image()),
     });
     let (ctx, mut api) = setup();

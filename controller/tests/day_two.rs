@@ -67,6 +67,7 @@ fn replicas(w: &World, n: i32) {
 /// round) until stopped: the failures, and how many rounds ran.
 fn reader(
     base: String,
+    key: &'static str,
     collections: &'static [&'static str],
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(Vec<String>, u64)> {
@@ -79,7 +80,7 @@ fn reader(
                     "POST",
                     &base,
                     &format!("/collections/{c}/points/count"),
-                    Some(API_KEY),
+                    Some(key),
                     Some(&json!({"exact": true})),
                 );
                 match count {
@@ -98,7 +99,7 @@ fn reader(
                     "POST",
                     &base,
                     &format!("/collections/{c}/points/query"),
-                    Some(API_KEY),
+                    Some(key),
                     Some(&json!({"query": [1.0, 1.0, 0.5, -1.0], "limit": 3})),
                 );
                 match search {
@@ -131,7 +132,10 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
                 .unwrap_or_default();
         format!(
             "operator log:\n{}\nobjects:\n{objects}\nstatus: {status}\npods (last lines):\n{}",
-            tail(&std::fs::read_to_string(&operator_log).unwrap_or_default(), 30),
+            tail(
+                &std::fs::read_to_string(&operator_log).unwrap_or_default(),
+                30
+            ),
             tail(&kubelet.all_logs(), 30)
         )
     };
@@ -208,7 +212,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
 
     // Scale in while a reader counts and searches every collection.
     let stop = Arc::new(AtomicBool::new(false));
-    let reading = reader(base.clone(), &["single", "double"], stop.clone());
+    let reading = reader(base.clone(), API_KEY, &["single", "double"], stop.clone());
     replicas(&w, 2);
     eventually(300, "vectors-2 is emptied and removed", &diag, || async {
         let c = clusters.get("vectors").await.ok()?;
@@ -449,4 +453,54 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     .await;
     let (code, _) = need(request("GET", &base, "/collections", Some(API_KEY), None));
     assert_eq!(code, 401, "the old key still works");
+
+    // Scale out: the new node gets its fair share of the replicas, one move
+    // at a time, while reads go on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = reader(base.clone(), new_key, &["single", "double"], stop.clone());
+    replicas(&w, 3);
+    eventually(
+        300,
+        "the replicas are evened out over 3 nodes",
+        &diag,
+        || async {
+            let st = clusters.get("vectors").await.ok()?.status?;
+            let r = st.rebalance?;
+            (st.ready_replicas == 3 && r.replicas == 3 && r.done).then_some(r.shards_moved)
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (failures, rounds) = reading.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {rounds} rounds of reads failed while scaling out, first: {:?}",
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    let mut per_peer: std::collections::BTreeMap<String, usize> = Default::default();
+    for c in ["single", "double"] {
+        let info = need(call(
+            "GET",
+            &base,
+            &format!("/collections/{c}/cluster"),
+            Some(new_key),
+            None,
+        ));
+        *per_peer.entry(info["peer_id"].to_string()).or_default() +=
+            info["local_shards"].as_array().unwrap().len();
+        for r in info["remote_shards"].as_array().unwrap() {
+            *per_peer.entry(r["peer_id"].to_string()).or_default() += 1;
+        }
+    }
+    // 3 + 6 replicas over 3 nodes: 3 each.
+    assert_eq!(per_peer.len(), 3, "{per_peer:?}");
+    assert!(per_peer.values().all(|n| *n == 3), "{per_peer:?}");
+    for (c, points) in &before {
+        assert_eq!(
+            &need(all_points(&base, c, Some(new_key))),
+            points,
+            "{c} after the scale-out"
+        );
+    }
 }

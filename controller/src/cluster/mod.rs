@@ -166,7 +166,8 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     let before = decide(&c, &observed);
     if !before.apply {
         let scale_in = c.status.as_ref().and_then(|s| s.scale_in.clone());
-        write_status(&c, ctx, &before, None, scale_in).await?;
+        let rebalance = c.status.as_ref().and_then(|s| s.rebalance.clone());
+        write_status(&c, ctx, &before, None, scale_in, rebalance).await?;
         // The Secret's watch wakes it when the Secret appears.
         return Ok(Action::requeue(crate::runtime::operation::WATCHED_WAIT));
     }
@@ -294,13 +295,44 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
     }
-    write_status(&c, ctx, &d, Some(&sts), scaled.status.clone()).await?;
+    // Once every pod runs and no scale-in is under way, the shards are
+    // evened out over the nodes.
+    let settled = d.phase == ClusterPhase::Running && scaled.status.is_none();
+    let rebalanced = scale::rebalance(&c, ctx, settled).await?;
+    if let Some((warning, reason, note)) = &rebalanced.event {
+        let t = if *warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        report::event(
+            &ctx.recorder,
+            &c.object_ref(&()),
+            t,
+            reason,
+            "Rebalance",
+            note.clone(),
+        )
+        .await;
+    }
+    write_status(
+        &c,
+        ctx,
+        &d,
+        Some(&sts),
+        scaled.status.clone(),
+        rebalanced.status.clone(),
+    )
+    .await?;
     let resizing = d
         .conditions
         .iter()
         .any(|(ty, ok, ..)| *ty == "VolumesSized" && !ok);
     Ok(match d.phase {
         _ if scaled.requeue().is_some() => Action::requeue(scaled.requeue().unwrap_or_default()),
+        _ if rebalanced.requeue.is_some() => {
+            Action::requeue(rebalanced.requeue.unwrap_or_default())
+        }
         // Nothing announces a finished resize but the claims' status.
         _ if resizing => Action::requeue(Duration::from_secs(30)),
         ClusterPhase::Running => Action::requeue(Duration::from_secs(300)),
@@ -403,6 +435,7 @@ async fn write_status(
     d: &decide::Decision,
     sts: Option<&StatefulSet>,
     scale_in: Option<crate::crd::ScaleIn>,
+    rebalance: Option<crate::crd::Rebalance>,
 ) -> Result<(), Error> {
     let previous = c.status.clone().unwrap_or_default();
     let now = Time(jiff::Timestamp::now());
@@ -438,6 +471,7 @@ async fn write_status(
         conditions: conditions(&previous.conditions, d, c.metadata.generation, now),
         observed_generation: c.metadata.generation,
         scale_in,
+        rebalance,
     };
     if status == previous {
         return Ok(());

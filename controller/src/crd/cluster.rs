@@ -128,6 +128,11 @@ pub struct ClusterMode {
     #[serde(default = "default_p2p_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub p2p_port: i32,
+    /// When the node count changes, move shard replicas (one at a time,
+    /// through the agent) until every node holds a fair share: Qdrant puts
+    /// nothing on a new node by itself.
+    #[serde(default = "yes")]
+    pub rebalance: bool,
 }
 
 fn default_p2p_port() -> i32 {
@@ -139,6 +144,7 @@ impl Default for ClusterMode {
         Self {
             enabled: false,
             p2p_port: default_p2p_port(),
+            rebalance: true,
         }
     }
 }
@@ -249,6 +255,33 @@ pub struct QdrantClusterStatus {
     /// shrinks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_in: Option<ScaleIn>,
+    /// Evening out the shard replicas over the nodes, after the node count
+    /// changed (`spec.cluster.rebalance`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance: Option<Rebalance>,
+}
+
+/// Shard replicas moved until every node holds a fair share.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Rebalance {
+    /// The node count the replicas are (being) evened out for.
+    pub replicas: i32,
+    /// Done for that count.
+    #[serde(default)]
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<super::AgentTask>,
+    #[serde(default)]
+    pub shards_moved: u32,
+    #[serde(default)]
+    pub shards_to_move: u32,
+    /// Why it waits or failed, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A failed attempt is tried again from this time on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
 }
 
 /// A scale-in from `from` to `to` pods, as the agent that drives it reports.
