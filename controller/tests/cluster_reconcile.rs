@@ -352,7 +352,16 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         conditions: conditions(&[], &d, Some(1), Time(jiff::Timestamp::UNIX_EPOCH)),
         observed_generation: Some(1),
         scale_in: None,
-        rebalance: None,
+        // Its shards were evened out for its 3 nodes already.
+        rebalance: Some(qdrant_operator::crd::Rebalance {
+            replicas: 3,
+            done: true,
+            task: None,
+            shards_moved: 0,
+            shards_to_move: 0,
+            message: None,
+            retry_after: None,
+        }),
         agent_image: Some(qdrant_operator::cluster::render::default_agent_image()),
     });
     let (ctx, mut api) = setup();
