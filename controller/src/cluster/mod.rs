@@ -245,22 +245,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         .and_then(|e| e.spec.as_ref()?.replicas)
         .unwrap_or(c.spec.replicas);
     let scaled = scale::step(&c, ctx, current).await?;
-    if let Some((warning, reason, note)) = &scaled.event {
-        let t = if *warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        report::event(
-            &ctx.recorder,
-            &c.object_ref(&()),
-            t,
-            reason,
-            "Scale",
-            note.clone(),
-        )
-        .await;
-    }
+    say(ctx, &c, "Scale", &scaled.event).await;
     if let Some(spec) = desired.spec.as_mut() {
         spec.replicas = Some(scaled.replicas);
     }
@@ -299,22 +284,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     // evened out over the nodes.
     let settled = d.phase == ClusterPhase::Running && scaled.status.is_none();
     let rebalanced = scale::rebalance(&c, ctx, settled).await?;
-    if let Some((warning, reason, note)) = &rebalanced.event {
-        let t = if *warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        };
-        report::event(
-            &ctx.recorder,
-            &c.object_ref(&()),
-            t,
-            reason,
-            "Rebalance",
-            note.clone(),
-        )
-        .await;
-    }
+    say(ctx, &c, "Rebalance", &rebalanced.event).await;
     write_status(
         &c,
         ctx,
@@ -522,6 +492,31 @@ async fn write_status(
         .await;
     }
     Ok(())
+}
+
+/// Records `event` ((warning, reason, note)) on the cluster, if any.
+async fn say(
+    ctx: &Context,
+    c: &QdrantCluster,
+    action: &str,
+    event: &Option<(bool, &'static str, String)>,
+) {
+    if let Some((warning, reason, note)) = event {
+        let t = if *warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        report::event(
+            &ctx.recorder,
+            &c.object_ref(&()),
+            t,
+            reason,
+            action,
+            note.clone(),
+        )
+        .await;
+    }
 }
 
 /// A StatefulSet made by an earlier version with `podManagementPolicy:

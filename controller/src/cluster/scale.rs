@@ -194,54 +194,51 @@ fn refused(
     }
 }
 
-/// Finds every pod's Qdrant peer and starts the drain on a pod that stays.
-async fn start(
+/// The Qdrant peers of pods `0..count`, in order, and the agent that runs
+/// a drain or rebalance (pod 0's).
+struct Peers {
+    agents: Agents,
+    ids: Vec<u64>,
+    runner: String,
+    instance: String,
+}
+
+/// Every pod's Qdrant peer, as its agent tells; `Ok(Err(why))` while an
+/// agent does not answer yet.
+async fn peers(
     c: &QdrantCluster,
     ctx: &Context,
-    current: i32,
-    mut status: ScaleIn,
-    attempt: u32,
-) -> Result<Scaled, Error> {
-    let waiting = |mut s: ScaleIn, why: String| {
-        s.task = None;
-        s.message = Some(why);
-        Ok(Scaled::hold(current, s))
-    };
+    count: i32,
+) -> Result<Result<Peers, String>, Error> {
     let agents = match Agents::of(&ctx.client, &Target::of_cluster(c), &ctx.tls.get()).await {
         Ok(a) => a,
         Err(Halt::Kube(e)) => return Err(e.into()),
-        Err(h) => return waiting(status, h.text()),
+        Err(h) => return Ok(Err(h.text())),
     };
     let (seen, unreachable) = match agents.survey(&[]).await {
         Ok(s) => s,
-        Err(h) => return waiting(status, h.text()),
+        Err(h) => return Ok(Err(h.text())),
     };
     let name = c.name_any();
-    let peer = |pod: &str| {
-        seen.iter()
+    let mut ids = vec![];
+    for i in 0..count {
+        let pod = format!("{name}-{i}");
+        match seen
+            .iter()
             .find(|s| s.pod == pod)
             .map(|s| s.placement.peer_id)
-            .filter(|p| *p != 0)
-    };
-    let mut leaving = vec![];
-    let mut staying = vec![];
-    for i in 0..current {
-        let pod = format!("{name}-{i}");
-        let Some(p) = peer(&pod) else {
-            let why = format!(
-                "waiting for the agent of pod {pod} to tell its Qdrant peer before moving shards{}",
-                if unreachable.is_empty() {
+        {
+            Some(p) if p != 0 => ids.push(p),
+            _ => {
+                let out_of_reach = if unreachable.is_empty() {
                     String::new()
                 } else {
                     format!(" ({})", unreachable.join("; "))
-                }
-            );
-            return waiting(status, why);
-        };
-        if i < status.to {
-            staying.push(p);
-        } else {
-            leaving.push(p);
+                };
+                return Ok(Err(format!(
+                    "waiting for the agent of pod {pod} to tell its Qdrant peer before moving shards{out_of_reach}"
+                )));
+            }
         }
     }
     let runner = format!("{name}-0");
@@ -250,6 +247,35 @@ async fn start(
         .find(|s| s.pod == runner)
         .map(|s| s.instance_id.clone())
         .unwrap_or_default();
+    Ok(Ok(Peers {
+        agents,
+        ids,
+        runner,
+        instance,
+    }))
+}
+
+/// Finds every pod's Qdrant peer and starts the drain on a pod that stays.
+async fn start(
+    c: &QdrantCluster,
+    ctx: &Context,
+    current: i32,
+    mut status: ScaleIn,
+    attempt: u32,
+) -> Result<Scaled, Error> {
+    let found = match peers(c, ctx, current).await? {
+        Ok(p) => p,
+        Err(why) => {
+            status.task = None;
+            status.message = Some(why);
+            return Ok(Scaled::hold(current, status));
+        }
+    };
+    let (agents, runner, instance) = (found.agents, found.runner, found.instance);
+    let (staying, leaving) = found
+        .ids
+        .split_at((status.to.max(0) as usize).min(found.ids.len()));
+    let (staying, leaving) = (staying.to_vec(), leaving.to_vec());
     let task_id = format!(
         "drain-{}-{}-{}-{}-{attempt}",
         c.uid().unwrap_or_default(),
@@ -441,55 +467,19 @@ async fn start_rebalance(
     mut status: crate::crd::Rebalance,
     attempt: u32,
 ) -> Result<Rebalanced, Error> {
-    let waiting = |mut s: crate::crd::Rebalance, why: String| {
-        s.task = None;
-        s.message = Some(why);
-        Ok(Rebalanced {
-            status: Some(s),
-            event: None,
-            requeue: Some(Duration::from_secs(10)),
-        })
-    };
-    let agents = match Agents::of(&ctx.client, &Target::of_cluster(c), &ctx.tls.get()).await {
-        Ok(a) => a,
-        Err(Halt::Kube(e)) => return Err(e.into()),
-        Err(h) => return waiting(status, h.text()),
-    };
-    let (seen, unreachable) = match agents.survey(&[]).await {
-        Ok(s) => s,
-        Err(h) => return waiting(status, h.text()),
-    };
-    let name = c.name_any();
-    let mut peers = vec![];
-    for i in 0..status.replicas {
-        let pod = format!("{name}-{i}");
-        match seen
-            .iter()
-            .find(|s| s.pod == pod)
-            .map(|s| s.placement.peer_id)
-        {
-            Some(p) if p != 0 => peers.push(p),
-            _ => {
-                return waiting(
-                    status,
-                    format!(
-                        "waiting for the agent of pod {pod} before evening out the shards{}",
-                        if unreachable.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", unreachable.join("; "))
-                        }
-                    ),
-                );
-            }
+    let found = match peers(c, ctx, status.replicas).await? {
+        Ok(p) => p,
+        Err(why) => {
+            status.task = None;
+            status.message = Some(why);
+            return Ok(Rebalanced {
+                status: Some(status),
+                event: None,
+                requeue: Some(Duration::from_secs(10)),
+            });
         }
-    }
-    let runner = format!("{name}-0");
-    let instance = seen
-        .iter()
-        .find(|s| s.pod == runner)
-        .map(|s| s.instance_id.clone())
-        .unwrap_or_default();
+    };
+    let (agents, peers, runner, instance) = (found.agents, found.ids, found.runner, found.instance);
     let task_id = format!(
         "rebalance-{}-{}-{attempt}",
         c.uid().unwrap_or_default(),
