@@ -389,10 +389,22 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
             )
             .await;
         assert_eq!(sent["spec"]["podManagementPolicy"], "Parallel");
+        // The operator restarts pods itself, each when it is safe.
+        assert_eq!(sent["spec"]["updateStrategy"]["type"], "OnDelete");
         assert_eq!(
             sent["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
             "5Gi"
         );
+        // Its pods all run the current template: nothing to restart.
+        let (query, _) = api
+            .expect("GET", &format!("{NS}/pods"), |_| {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+                )
+            })
+            .await;
+        assert!(query.contains("labelSelector="), "{query}");
         no_claims_yet(&mut api).await;
         // The pods run with the certificate the Secret holds: a renewal
         // changes this annotation, and so rolls them.

@@ -64,26 +64,35 @@ fn replicas(w: &World, n: i32) {
 }
 
 /// Reads every collection in a loop (an exact count and a search each
-/// round) until stopped: the failures, and how many rounds ran.
+/// round) until stopped: the failures, and how many rounds ran. Each
+/// request goes to the first of `bases` that takes the connection, as a
+/// Service sends it to a ready pod; an answer other than the right one is
+/// a failure.
 fn reader(
-    base: String,
+    bases: Vec<String>,
     key: &'static str,
     collections: &'static [&'static str],
     stop: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<(Vec<String>, u64)> {
     std::thread::spawn(move || {
+        let ask = |path: &str, body: Value| {
+            let mut last = None;
+            for b in &bases {
+                match request("POST", b, path, Some(key), Some(&body)) {
+                    Ok(answer) => return Ok(answer),
+                    Err(e) => last = Some(e.to_string()),
+                }
+            }
+            Err(last.unwrap_or_default())
+        };
         let mut failures = vec![];
         let mut rounds = 0;
         while !stop.load(Ordering::Relaxed) {
             for c in collections {
-                let count = request(
-                    "POST",
-                    &base,
+                match ask(
                     &format!("/collections/{c}/points/count"),
-                    Some(key),
-                    Some(&json!({"exact": true})),
-                );
-                match count {
+                    json!({"exact": true}),
+                ) {
                     Ok((200, body)) => {
                         let n = serde_json::from_str::<Value>(&body)
                             .ok()
@@ -95,14 +104,8 @@ fn reader(
                     Ok((code, body)) => failures.push(format!("{c}: count HTTP {code}: {body}")),
                     Err(e) => failures.push(format!("{c}: count {e}")),
                 }
-                let search = request(
-                    "POST",
-                    &base,
-                    &format!("/collections/{c}/points/query"),
-                    Some(key),
-                    Some(&json!({"query": [1.0, 1.0, 0.5, -1.0], "limit": 3})),
-                );
-                match search {
+                let query = json!({"query": [1.0, 1.0, 0.5, -1.0], "limit": 3});
+                match ask(&format!("/collections/{c}/points/query"), query) {
                     Ok((200, _)) => {}
                     Ok((code, body)) => failures.push(format!("{c}: search HTTP {code}: {body}")),
                     Err(e) => failures.push(format!("{c}: search {e}")),
@@ -212,7 +215,12 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
 
     // Scale in while a reader counts and searches every collection.
     let stop = Arc::new(AtomicBool::new(false));
-    let reading = reader(base.clone(), API_KEY, &["single", "double"], stop.clone());
+    let reading = reader(
+        vec![base.clone()],
+        API_KEY,
+        &["single", "double"],
+        stop.clone(),
+    );
     replicas(&w, 2);
     eventually(300, "vectors-2 is emptied and removed", &diag, || async {
         let c = clusters.get("vectors").await.ok()?;
@@ -301,6 +309,94 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
         },
     )
     .await;
+
+    // A new template rolls out one pod at a time, each only once its
+    // shards are Active elsewhere. With singleReplica: Wait, a pod holding
+    // a collection's only replica does not restart.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
+    let uids = || async {
+        let mut v: Vec<String> = pods
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        v.sort();
+        v
+    };
+    let before_roll = uids().await;
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"singleReplica":"Wait"},"config":{"storage":{"performance":{"max_search_threads":2}}}}}"#,
+    ]);
+    let why = eventually(
+        60,
+        "the roll waits for the only replicas",
+        &diag,
+        || async {
+            let (reason, message) = ready_reason().await?;
+            (reason == "WaitingForReplicas").then_some(message)
+        },
+    )
+    .await;
+    assert!(why.contains("of single"), "{why}");
+    assert!(!why.contains("of double"), "{why}");
+    assert_eq!(uids().await, before_roll, "a pod restarted");
+    // Restart anyway: the replicated collection is served throughout.
+    let mut bases = vec![];
+    for i in 0..2 {
+        let ip = kubelet.pod_ip(&format!("vectors-{i}")).await.unwrap();
+        bases.push(format!("http://{ip}:6333"));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = reader(bases, API_KEY, &["double"], stop.clone());
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"singleReplica":"Restart"}}}"#,
+    ]);
+    eventually(240, "every pod runs the new template", &diag, || async {
+        let st = sts.get("vectors").await.ok()?.status?;
+        let now = uids().await;
+        (st.updated_replicas == Some(2)
+            && st.ready_replicas == Some(2)
+            && now.iter().all(|u| !before_roll.contains(u)))
+        .then_some(())
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let (failures, rounds) = reading.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {rounds} rounds of reads of the replicated collection failed during the roll, first: {:?}",
+        failures.len(),
+        failures.iter().take(5).collect::<Vec<_>>()
+    );
+    let warned = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        "reason=RestartingSingleReplica",
+        "-o",
+        "jsonpath={.items[*].type}",
+    ]);
+    assert!(warned.contains("Warning"), "{warned:?}");
+    w.running(NS, "vectors", 2, 120, &diag).await;
 
     // A downgrade is refused, and the pods keep the version they run.
     let image = |container: &'static str| {
@@ -444,9 +540,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     .await;
     eventually(240, "every pod runs with the new key", &diag, || async {
         let st = sts.get("vectors").await.ok()?.status?;
-        let rolled = st.current_revision.is_some()
-            && st.current_revision == st.update_revision
-            && st.ready_replicas == Some(2);
+        let rolled = st.updated_replicas == Some(2) && st.ready_replicas == Some(2);
         let (code, _) = request("GET", &base, "/collections", Some(new_key), None).ok()?;
         (rolled && code == 200).then_some(())
     })
@@ -457,7 +551,12 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     // Scale out: the new node gets its fair share of the replicas, one move
     // at a time, while reads go on.
     let stop = Arc::new(AtomicBool::new(false));
-    let reading = reader(base.clone(), new_key, &["single", "double"], stop.clone());
+    let reading = reader(
+        vec![base.clone()],
+        new_key,
+        &["single", "double"],
+        stop.clone(),
+    );
     replicas(&w, 3);
     eventually(
         300,

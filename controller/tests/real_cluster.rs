@@ -453,6 +453,42 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         "no pod was restarted\n{revisions}\n{events}"
     );
 
+    // A change of the pod template (here Qdrant's config) restarts the pods
+    // one at a time, each evicted only once the one before is Ready again.
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"config":{"storage":{"performance":{"max_search_threads":2}}}}}"#,
+    ]);
+    eventually(240, "every pod runs the new template", &diag, || async {
+        let s = sts.get("vectors").await.ok()?;
+        let st = s.status?;
+        let now = uids().await;
+        (st.update_revision.is_some()
+            && st.updated_replicas == Some(3)
+            && st.ready_replicas == Some(3)
+            && now.iter().all(|u| !before.contains(u)))
+        .then_some(())
+    })
+    .await;
+    let restarts = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "events.events.k8s.io",
+        "--field-selector",
+        "reason=RestartingPod",
+        "-o",
+        "jsonpath={.items[*].note}",
+    ]);
+    assert!(restarts.contains("restarting pod vectors-2"), "{restarts}");
+    w.running(NS, "vectors", 3, 120, &diag).await;
+
     // A larger persistence.size grows each node's volume claim (the
     // StatefulSet's claim template cannot change), and the cluster says so
     // until the storage provider has grown them.

@@ -112,7 +112,11 @@ fn decide_phase(c: &QdrantCluster, o: &Observed) -> Decision {
     };
     let ready = st.ready_replicas.unwrap_or(0);
     let updated = st.updated_replicas.unwrap_or(0);
-    let rolling = st.update_revision.is_some() && st.current_revision != st.update_revision;
+    // With the OnDelete strategy the StatefulSet never moves its current
+    // revision on: pods still on an old template are what is left to roll.
+    let rolling = st.update_revision.is_some()
+        && st.current_revision != st.update_revision
+        && updated < st.replicas;
     let stale = st.observed_generation.unwrap_or(0) < sts.metadata.generation.unwrap_or(0);
     if rolling || (updated < want && st.replicas == want) {
         return progressing(
@@ -197,6 +201,18 @@ pub fn version_change(running: Option<&str>, wanted: &str) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// A rolling update that waits says why in the Progressing and Ready
+/// conditions.
+pub fn rolling(d: &mut Decision, waiting: Option<&(&'static str, String)>) {
+    let Some((reason, message)) = waiting else {
+        return;
+    };
+    if !d.apply || d.phase != ClusterPhase::Upgrading {
+        return;
+    }
+    *d = progressing(ClusterPhase::Upgrading, reason, message.clone());
 }
 
 /// A refused version change says so: the pods keep the version they run.

@@ -26,6 +26,7 @@ pub const FINALIZER: &str = "qdrant.io/cluster";
 
 pub mod decide;
 pub mod render;
+pub mod roll;
 pub mod scale;
 pub mod volumes;
 
@@ -257,9 +258,14 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         }
     }
     let sts = ssa(client, &ns, &desired).await?;
+    // Pods that run an old template restart one at a time, each once its
+    // shards are Active elsewhere.
+    let rolled = roll::step(&c, ctx, &sts).await?;
+    say(ctx, &c, "Roll", &rolled.event).await;
     observed.statefulset = Some(sts.clone());
     observed.claims = volumes::grow(ctx, &c, &name).await?;
     let mut d = decide(&c, &observed);
+    decide::rolling(&mut d, rolled.waiting.as_ref());
     decide::scaling(&mut d, scaled.status.as_ref());
     if let Some(why) = &refused_version {
         decide::version_refused(&mut d, why);
@@ -303,6 +309,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         _ if rebalanced.requeue.is_some() => {
             Action::requeue(rebalanced.requeue.unwrap_or_default())
         }
+        _ if rolled.requeue.is_some() => Action::requeue(rolled.requeue.unwrap_or_default()),
         // Nothing announces a finished resize but the claims' status.
         _ if resizing => Action::requeue(Duration::from_secs(30)),
         ClusterPhase::Running => Action::requeue(Duration::from_secs(300)),
@@ -422,7 +429,7 @@ async fn write_status(
         || d.conditions.first().is_some_and(|c| {
             c.2 == "VersionRefused"
                 && st.ready_replicas == Some(st.replicas)
-                && st.current_revision == st.update_revision
+                && st.updated_replicas == Some(st.replicas)
         });
     let status = QdrantClusterStatus {
         phase: Some(d.phase),

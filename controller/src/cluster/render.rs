@@ -733,9 +733,10 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
                 match_labels: Some(selector_labels(c)),
                 ..Default::default()
             },
-            // Version changes roll out one pod at a time, highest ordinal first.
+            // The operator restarts the pods itself (`roll`), one at a
+            // time, each once its shards have an Active replica elsewhere.
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("OnDelete".into()),
                 ..Default::default()
             }),
             // Distributed Qdrant pods are Ready only once their peers run:

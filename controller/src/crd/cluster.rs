@@ -52,6 +52,11 @@ pub struct QdrantClusterSpec {
     pub api_key: Option<ApiKey>,
     #[serde(default)]
     pub metrics: Metrics,
+    /// How pods are restarted for a change of their template (version,
+    /// config, image, keys, resources): one at a time, each only once the
+    /// shards it holds have an Active replica elsewhere.
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
     /// Extra Qdrant configuration merged into the generated config file
     /// (same shape as Qdrant's `config.yaml`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -164,6 +169,26 @@ pub struct Metrics {
     /// Annotate pods for Prometheus scraping of Qdrant's `/metrics`.
     #[serde(default)]
     pub enabled: bool,
+}
+
+/// How the operator restarts pods for a new template.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// What to do with a pod that holds the only Active replica of a shard
+    /// (a collection of replication factor 1): `Restart` it anyway (that
+    /// shard is unavailable for the restart; a Warning Event names it), or
+    /// `Wait` until another replica is Active (the Progressing condition
+    /// names the shards).
+    #[serde(default)]
+    pub single_replica: SingleReplica,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum SingleReplica {
+    #[default]
+    Restart,
+    Wait,
 }
 
 /// The backup agent sidecar.
