@@ -7,7 +7,7 @@
 use crate::error::{Error, Result};
 use crate::keys;
 use crate::manifest::{self, CollectionEntry, Manifest, NodeEntry, ObjectEntry, ObjectMode};
-use crate::node::{Node, Target, free_space};
+use crate::node::{Node, Target};
 use crate::progress::{Progress, now};
 use crate::store::ObjectStore;
 use crate::upload::{UploadOptions, upload_stream};
@@ -129,7 +129,14 @@ async fn run_claimed(
         // such collections are backed up shard by shard, with their keys.
         let custom = crate::manifest::custom_sharded(&config);
         let mode = match req.mode {
-            Mode::Auto => auto_mode(node, &info),
+            Mode::Auto => {
+                let n = node.clone();
+                let free = tokio::task::spawn_blocking(move || n.snapshots_free())
+                    .await
+                    .ok()
+                    .flatten();
+                auto_mode(free, &info)
+            }
             Mode::File if custom => {
                 return Err(Error::Invalid(format!(
                     "collection {c:?} uses custom sharding, whose keys a collection snapshot cannot restore; back it up with --mode stream"
@@ -520,10 +527,11 @@ async fn upload_file(
 }
 
 /// Shard files when the snapshots volume has at least twice the
-/// collection's estimated size free, the live stream otherwise. Qdrant reports no on-disk size,
-/// so the estimate is points x (dense vector bytes + 1 KiB payload/index).
-fn auto_mode(node: &Node, info: &Value) -> Mode {
-    let Some(free) = node.snapshots_dir.as_deref().and_then(free_space) else {
+/// collection's estimated size `free` (under its size limit), the live
+/// stream otherwise. Qdrant reports no on-disk size, so the estimate is
+/// points x (dense vector bytes + 1 KiB payload/index).
+pub fn auto_mode(free: Option<u64>, info: &Value) -> Mode {
+    let Some(free) = free else {
         return Mode::Stream;
     };
     if free >= 2 * estimate_size(info) {

@@ -14,6 +14,10 @@ pub struct Node {
     pub snapshots_dir: Option<PathBuf>,
     /// The same volume as Qdrant sees it, when mounted elsewhere.
     pub qdrant_snapshots_dir: Option<PathBuf>,
+    /// The most the snapshots directory may hold (a Kubernetes emptyDir's
+    /// `sizeLimit`: past it the kubelet evicts the pod), whatever the
+    /// filesystem has free.
+    pub snapshots_limit: Option<u64>,
 }
 
 impl Node {
@@ -115,6 +119,35 @@ pub struct Target {
     pub prefix: String,
 }
 
+impl Node {
+    /// Bytes a snapshot may still take in the snapshots directory: the
+    /// filesystem's free space, and no more than its size limit leaves.
+    /// Blocking (it reads the directory): call from `spawn_blocking`.
+    pub fn snapshots_free(&self) -> Option<u64> {
+        let dir = self.snapshots_dir.as_deref()?;
+        let free = free_space(dir)?;
+        Some(match self.snapshots_limit {
+            Some(limit) => free.min(limit.saturating_sub(used_space(dir))),
+            None => free,
+        })
+    }
+}
+
+/// Bytes of the files below `dir` (links not followed).
+pub fn used_space(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => used_space(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
@@ -147,6 +180,7 @@ mod tests {
             name: "pod-0".into(),
             snapshots_dir: Some(dir.path().into()),
             qdrant_snapshots_dir: None,
+            snapshots_limit: None,
         };
         let docs = dir.path().join("docs");
         std::fs::create_dir_all(&docs).unwrap();
@@ -191,5 +225,36 @@ mod tests {
         assert!(docs.join("docs-222.snapshot").exists());
         assert!(docs.join("restore-notes.snapshot").exists());
         assert!(node.sweep_leftovers().is_empty(), "the journal is cleared");
+    }
+
+    #[test]
+    fn the_snapshots_size_limit_caps_the_room_auto_mode_sees() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut node = Node {
+            qdrant: Qdrant::new("http://127.0.0.1:1", None).unwrap(),
+            name: "pod-0".into(),
+            snapshots_dir: Some(dir.path().into()),
+            qdrant_snapshots_dir: None,
+            snapshots_limit: None,
+        };
+        std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+        std::fs::write(dir.path().join("docs/a.snapshot"), vec![0u8; 3 << 20]).unwrap();
+        let disk = node.snapshots_free().unwrap();
+        assert!(disk > 16 << 20, "the disk has room: {disk}");
+        // An emptyDir of 4 MiB with 3 MiB in it: 1 MiB left, whatever the disk.
+        node.snapshots_limit = Some(4 << 20);
+        assert_eq!(node.snapshots_free(), Some(1 << 20));
+        node.snapshots_limit = Some(2 << 20);
+        assert_eq!(node.snapshots_free(), Some(0));
+        // Auto mode then streams a collection it would otherwise write.
+        let info = serde_json::json!({"points_count": 1000, "config": {"params": {"vectors": {"size": 128}}}});
+        assert_eq!(
+            crate::backup::auto_mode(Some(disk), &info),
+            crate::backup::Mode::ShardFile
+        );
+        assert_eq!(
+            crate::backup::auto_mode(node.snapshots_free(), &info),
+            crate::backup::Mode::Stream
+        );
     }
 }

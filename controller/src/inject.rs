@@ -38,6 +38,16 @@ pub fn tls_secret(workload: &str) -> String {
     format!("{workload}-agent-tls")
 }
 
+/// Whether `q` is a quantity the agent reads: digits with an optional
+/// binary suffix (Ki, Mi, Gi, Ti).
+pub fn plain_quantity(q: &str) -> bool {
+    let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &q[digits.len()..];
+    !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit())
+        && matches!(unit, "" | "Ki" | "Mi" | "Gi" | "Ti")
+}
+
 /// The patch that adds the agent to `pod`; `Ok(None)` when it has one;
 /// `Err` says why this pod cannot get one (it is then admitted unchanged).
 pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Plan>, String> {
@@ -82,6 +92,15 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
         env,
         extra_mounts,
         qdrant_http_port: http_port(qdrant),
+        // An emptyDir's sizeLimit (Qdrant's chart sets none by default).
+        snapshots_size_limit: spec
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == snapshots.name)
+            .and_then(|v| v.empty_dir.as_ref()?.size_limit.as_ref())
+            .map(|q| q.0.clone())
+            .filter(|q| crate::inject::plain_quantity(q)),
         snapshots: VolumeMount {
             read_only: None,
             ..snapshots

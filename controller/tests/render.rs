@@ -315,8 +315,31 @@ fn a_config_change_changes_the_pod_template_so_pods_roll() {
 fn pods_spread_over_machines_pull_with_secrets_and_evict_when_unhealthy() {
     let mut c = cluster(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantCluster\nmetadata: {name: one, namespace: search}\n\
-         spec: {version: v1.18.3, imagePullSecrets: [{name: registry}]}\n",
+         spec: {version: v1.18.3, imagePullSecrets: [{name: registry}], snapshotsSizeLimit: 20Gi}\n",
     );
+    // The snapshots emptyDir has its limit, and the agent counts under it.
+    let sts = statefulset(&c, &Images::default());
+    let pod = sts.spec.unwrap().template.spec.unwrap();
+    let snapshots = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "snapshots")
+        .unwrap();
+    assert_eq!(
+        snapshots
+            .empty_dir
+            .as_ref()
+            .unwrap()
+            .size_limit
+            .as_ref()
+            .map(|q| q.0.as_str()),
+        Some("20Gi")
+    );
+    let agent = pod.containers.iter().find(|c| c.name == "agent").unwrap();
+    let args = agent.args.as_ref().unwrap().join(" ");
+    assert!(args.contains("--snapshots-size-limit 20Gi"), "{args}");
     let sts = statefulset(&c, &Images::default());
     let spec = sts.spec.unwrap();
     // Parallel even for one node: the field is immutable, and the cluster

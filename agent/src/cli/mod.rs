@@ -83,6 +83,10 @@ pub struct QdrantArgs {
     /// The same directory as Qdrant sees it, if mounted at another path.
     #[arg(long)]
     pub qdrant_snapshots_dir: Option<PathBuf>,
+    /// The most the snapshots directory may hold (e.g. its emptyDir's
+    /// sizeLimit, 10Gi): auto mode counts only what stays under it.
+    #[arg(long, value_parser = parse_size, env = "QDRANT_SNAPSHOTS_SIZE_LIMIT")]
+    pub snapshots_size_limit: Option<u64>,
     /// This node's name in object keys (default: the host name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
@@ -155,6 +159,7 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
         name,
         snapshots_dir: a.snapshots_dir.clone(),
         qdrant_snapshots_dir: a.qdrant_snapshots_dir.clone(),
+        snapshots_limit: a.snapshots_size_limit,
     })
 }
 
@@ -258,7 +263,8 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-/// A size in bytes, or with a unit: 8MiB, 16 MiB, 512KiB, 1GiB (also MB, KB, GB as binary).
+/// A size in bytes, or with a unit: 8MiB, 16 MiB, 512KiB, 1GiB, 10Gi (also
+/// MB, KB, GB, TB as binary, and Kubernetes' Ki, Mi, Gi, Ti).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -268,9 +274,10 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("{s:?} is not a size (e.g. 8MiB or 8388608)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
+        "k" | "kb" | "kib" | "ki" => 1 << 10,
+        "m" | "mb" | "mib" | "mi" => 1 << 20,
+        "g" | "gb" | "gib" | "gi" => 1 << 30,
+        "t" | "tb" | "tib" | "ti" => 1 << 40,
         other => {
             return Err(format!(
                 "unknown size unit {other:?} in {s:?} (use KiB, MiB or GiB)"

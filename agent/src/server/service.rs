@@ -6,7 +6,7 @@ use super::convert::{self, check_input, fingerprint, shard_placements, to_status
 use super::tasks::Registry;
 use crate::backup;
 use crate::error::Error;
-use crate::node::{Node, Target, free_space};
+use crate::node::{Node, Target};
 use crate::progress::{Progress, is_terminal, now};
 use crate::restore;
 use crate::store::{self, Location, S3Config};
@@ -122,9 +122,9 @@ impl Agent for AgentService {
         };
         let dir = self.node.snapshots_dir.clone();
         let free = match &dir {
-            Some(d) => {
-                let d = d.clone();
-                tokio::task::spawn_blocking(move || free_space(&d))
+            Some(_) => {
+                let n = self.node.clone();
+                tokio::task::spawn_blocking(move || n.snapshots_free())
                     .await
                     .ok()
                     .flatten()

@@ -505,6 +505,7 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
         extra_mounts: vec![],
         qdrant_http_port: HTTP_PORT,
         snapshots: mount("snapshots", SNAPSHOTS_PATH),
+        snapshots_size_limit: c.spec.snapshots_size_limit.clone(),
         token_volume: "agent-token".into(),
         tls_volume: "agent-tls".into(),
         security_context: restricted(),
@@ -528,6 +529,8 @@ pub struct AgentWiring {
     pub qdrant_http_port: i32,
     /// Qdrant's snapshots volume, mounted where Qdrant has it.
     pub snapshots: VolumeMount,
+    /// That volume's `sizeLimit` (an emptyDir's), which auto mode respects.
+    pub snapshots_size_limit: Option<String>,
     pub token_volume: String,
     pub tls_volume: String,
     pub security_context: SecurityContext,
@@ -596,7 +599,13 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
                 "--wait-for-credentials",
             ]
             .map(String::from)
-            .to_vec(),
+            .into_iter()
+            .chain(
+                w.snapshots_size_limit
+                    .iter()
+                    .flat_map(|l| ["--snapshots-size-limit".to_string(), l.clone()]),
+            )
+            .collect(),
         ),
         ports: Some(vec![ContainerPort {
             name: Some("agent".into()),
@@ -676,7 +685,10 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
         // shard stream needs no disk.
         Volume {
             name: "snapshots".into(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: s.snapshots_size_limit.clone().map(Quantity),
+                ..Default::default()
+            }),
             ..Default::default()
         },
         Volume {

@@ -70,6 +70,12 @@ pub struct QdrantClusterSpec {
     pub affinity: Option<Affinity>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// The most Qdrant's snapshots volume (an emptyDir) may hold, e.g.
+    /// `20Gi`: past it the kubelet evicts the pod. The agent's `auto` mode
+    /// writes a shard's snapshot there only when it fits under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[0-9]+(Ki|Mi|Gi|Ti)?$"))]
+    pub snapshots_size_limit: Option<String>,
     /// Secrets (same namespace) to pull Qdrant's and the agent's images with.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub image_pull_secrets: Vec<super::LocalObjectReference>,
