@@ -203,6 +203,27 @@ pub fn version_change(running: Option<&str>, wanted: &str) -> Result<(), String>
     Ok(())
 }
 
+/// Shards being evened out over the nodes: the cluster is Scaling, so no
+/// backup or restore starts under the moves.
+pub fn rebalancing(d: &mut Decision, r: Option<&crate::crd::Rebalance>) {
+    let Some(r) = r else { return };
+    let moving = !r.done
+        && r.task
+            .as_ref()
+            .is_some_and(|t| t.state == crate::crd::AgentTaskState::Running);
+    if !d.apply || !moving || d.phase != ClusterPhase::Running {
+        return;
+    }
+    *d = progressing(
+        ClusterPhase::Scaling,
+        "MovingShards",
+        format!(
+            "evening out the shard replicas over the {} nodes: {} of {} moved",
+            r.replicas, r.shards_moved, r.shards_to_move
+        ),
+    );
+}
+
 /// A rolling update that waits says why in the Progressing and Ready
 /// conditions.
 pub fn rolling(d: &mut Decision, waiting: Option<&(&'static str, String)>) {

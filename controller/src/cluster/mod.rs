@@ -291,6 +291,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     let settled = d.phase == ClusterPhase::Running && scaled.status.is_none();
     let rebalanced = scale::rebalance(&c, ctx, settled).await?;
     say(ctx, &c, "Rebalance", &rebalanced.event).await;
+    decide::rebalancing(&mut d, rebalanced.status.as_ref());
     write_status(
         &c,
         ctx,

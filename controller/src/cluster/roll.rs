@@ -116,6 +116,13 @@ pub async fn step(c: &QdrantCluster, ctx: &Context, sts: &StatefulSet) -> Result
             ),
         ));
     }
+    // A backup or restore under way would lose the pod's tasks.
+    if let Some(why) = crate::cluster::scale::operation_running(c, ctx).await? {
+        return Ok(waiting(
+            "RollingUpdate",
+            format!("waiting to restart pods until it ends: {why}"),
+        ));
+    }
     let name = next.name_any();
     let mut event = None;
     if c.spec.cluster.enabled && c.spec.agent.enabled && pods.len() > 1 {

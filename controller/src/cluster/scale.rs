@@ -194,6 +194,38 @@ fn refused(
     }
 }
 
+/// A backup or restore of the cluster that runs now, named: shards must not
+/// move (or pods restart) under it. New ones wait while shards move, as
+/// the cluster is then not Running.
+pub async fn operation_running(c: &QdrantCluster, ctx: &Context) -> Result<Option<String>, Error> {
+    use crate::crd::{ClusterKind, OperationPhase, QdrantBackup, QdrantRestore};
+    let ns = c.namespace().unwrap_or_default();
+    let ours = |r: &crate::crd::ClusterReference| {
+        r.kind == ClusterKind::QdrantCluster && r.name == c.name_any()
+    };
+    let running = |p: Option<OperationPhase>| p == Some(OperationPhase::InProgress);
+    let backups = kube::Api::<QdrantBackup>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await?;
+    if let Some(b) = backups
+        .items
+        .iter()
+        .find(|b| ours(&b.spec.cluster_ref) && running(b.status.as_ref().and_then(|s| s.phase)))
+    {
+        return Ok(Some(format!("backup {} runs", b.name_any())));
+    }
+    let restores = kube::Api::<QdrantRestore>::namespaced(ctx.client.clone(), &ns)
+        .list(&Default::default())
+        .await?;
+    Ok(restores
+        .items
+        .iter()
+        .find(|r| {
+            ours(&r.spec.target_cluster_ref) && running(r.status.as_ref().and_then(|s| s.phase))
+        })
+        .map(|r| format!("restore {} runs", r.name_any())))
+}
+
 /// The Qdrant peers of pods `0..count`, in order, and the agent that runs
 /// a drain or rebalance (pod 0's).
 struct Peers {
@@ -263,6 +295,11 @@ async fn start(
     mut status: ScaleIn,
     attempt: u32,
 ) -> Result<Scaled, Error> {
+    if let Some(why) = operation_running(c, ctx).await? {
+        status.task = None;
+        status.message = Some(format!("waiting to move shards until it ends: {why}"));
+        return Ok(Scaled::hold(current, status));
+    }
     let found = match peers(c, ctx, current).await? {
         Ok(p) => p,
         Err(why) => {
@@ -467,6 +504,15 @@ async fn start_rebalance(
     mut status: crate::crd::Rebalance,
     attempt: u32,
 ) -> Result<Rebalanced, Error> {
+    if let Some(why) = operation_running(c, ctx).await? {
+        status.task = None;
+        status.message = Some(format!("waiting to move shards until it ends: {why}"));
+        return Ok(Rebalanced {
+            status: Some(status),
+            event: None,
+            requeue: Some(Duration::from_secs(10)),
+        });
+    }
     let found = match peers(c, ctx, status.replicas).await? {
         Ok(p) => p,
         Err(why) => {
