@@ -243,6 +243,32 @@ impl Kubelet {
         }
     }
 
+    /// SIGSTOP (`freeze: true`) or SIGCONT one container: a frozen process
+    /// still has its listening socket, so the kernel accepts connections
+    /// that are then never answered (a hung process, not a dead one).
+    /// Returns how many processes were signalled.
+    pub async fn freeze_container(&self, pod: &str, container: &str, freeze: bool) -> usize {
+        let st = self.inner.state.lock().await;
+        let sig = if freeze {
+            rustix::process::Signal::STOP
+        } else {
+            rustix::process::Signal::CONT
+        };
+        let mut n = 0;
+        for p in st
+            .pods
+            .values()
+            .filter(|r| r.name == pod)
+            .flat_map(|r| r.containers.iter())
+            .filter(|c| c.name == container)
+            .filter_map(|c| c.process.as_ref())
+        {
+            p.signal(sig);
+            n += 1;
+        }
+        n
+    }
+
     /// SIGKILL one container; it restarts like any exited container.
     pub async fn kill_container(&self, pod: &str, container: &str) {
         let mut st = self.inner.state.lock().await;
