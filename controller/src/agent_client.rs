@@ -150,7 +150,7 @@ pub async fn connect(
     };
     Ok(
         AgentClient::with_interceptor(channel(addr, server_name, tls).await?, Bearer(bearer))
-            .max_decoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES)
+            .max_decoding_message_size(qdrant_agent_proto::MAX_ANSWER_BYTES)
             .max_encoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES),
     )
 }

@@ -128,7 +128,7 @@ async fn an_agent_that_stops_answering_fails_calls_within_the_deadlines() {
 /// as `mode` says.
 #[derive(Clone, Copy)]
 enum Hostile {
-    /// Answers Status with a 64 MiB message.
+    /// Answers Status with a message just over the operator's bound.
     Huge,
     /// Accepts every call and never answers (the connection stays alive).
     Silent,
@@ -155,7 +155,7 @@ impl pb::agent_server::Agent for Hostile {
     ) -> Result<Response<pb::StatusResponse>, Status> {
         match self {
             Hostile::Huge => Ok(Response::new(pb::StatusResponse {
-                node_name: "x".repeat(64 << 20),
+                node_name: "x".repeat(qdrant_agent_proto::MAX_ANSWER_BYTES),
                 ..Default::default()
             })),
             Hostile::Silent => self.answer().await,

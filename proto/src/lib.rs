@@ -70,6 +70,12 @@ pub mod errors {
 /// before it is decoded, so a hostile peer cannot exhaust the other's memory.
 pub const MAX_MESSAGE_BYTES: usize = 32 << 20;
 
+/// The largest answer the operator decodes: one node's Task (about 250
+/// bytes a shard, so over 30,000 shards on one node) or a manifest without
+/// its object lists. Its reconciles run 64 at once under a 256 MiB limit, so
+/// an agent (whose image a tenant names) gets a quarter of `MAX_MESSAGE_BYTES`.
+pub const MAX_ANSWER_BYTES: usize = 8 << 20;
+
 /// Encoded `FileDescriptorSet` of agent.proto, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/agent_descriptor.bin"));
