@@ -17,6 +17,17 @@ pub enum Error {
         status: u16,
         detail: String,
     },
+    /// Qdrant took the key but it does not allow `what` (the read-only key,
+    /// or a JWT without global manage access).
+    #[error(
+        "Qdrant refused {what} with this API key ({detail}): backups and restores need Qdrant's full-access key (service.api_key), not the read-only one (service.read_only_api_key), or a JWT granting global manage access ({{\"access\": \"m\"}})"
+    )]
+    QdrantForbidden { what: String, detail: String },
+    /// Qdrant does not take the key given (or none was given).
+    #[error(
+        "Qdrant rejected the API key for {what} ({detail}): give the agent Qdrant's service.api_key"
+    )]
+    QdrantUnauthorized { what: String, detail: String },
     /// Qdrant answered, but a peer it needed for the request is down.
     #[error(
         "Qdrant could not reach {peer} for {what}: start that node (or wait until it is back), then retry; {detail}"
@@ -91,6 +102,8 @@ impl Error {
             Error::QdrantUnreachable { .. } => "QdrantUnreachable",
             Error::Qdrant { status: 404, .. } => "QdrantNotFound",
             Error::QdrantPeerUnavailable { .. } => "QdrantPeerUnavailable",
+            Error::QdrantForbidden { .. } => "QdrantForbidden",
+            Error::QdrantUnauthorized { .. } => "QdrantUnauthorized",
             Error::Qdrant { .. } => "QdrantError",
             Error::Store { reason, .. } => reason,
             Error::Unsupported(_) => "StoreUnsupported",

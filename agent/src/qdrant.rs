@@ -172,11 +172,24 @@ impl Qdrant {
                 detail,
             });
         }
-        Err(Error::Qdrant {
-            what: what.to_string(),
-            status: status.as_u16(),
-            detail,
+        let what = what.to_string();
+        Err(match status.as_u16() {
+            401 => Error::QdrantUnauthorized { what, detail },
+            403 => Error::QdrantForbidden { what, detail },
+            status => Error::Qdrant {
+                what,
+                status,
+                detail,
+            },
         })
+    }
+
+    /// An answer that is not Qdrant's: the URL points at another server.
+    fn not_qdrant(&self, what: &str) -> Error {
+        Error::Invalid(format!(
+            "the server at {} does not look like Qdrant ({what} did not answer as Qdrant does): check the Qdrant URL",
+            self.base
+        ))
     }
 
     fn transport_err(&self, what: &str, e: reqwest::Error) -> Error {
@@ -205,6 +218,14 @@ impl Qdrant {
             result: T,
         }
         let resp = self.send(what, r).await?;
+        let json = resp
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("json"));
+        if !json {
+            return Err(self.not_qdrant(what));
+        }
         let env: Envelope<T> = resp.json().await.map_err(|e| Error::Qdrant {
             what: what.to_string(),
             status: 200,
@@ -220,11 +241,11 @@ impl Qdrant {
             .await?
             .json()
             .await
-            .map_err(|e| Error::Internal(format!("GET /: {}", e.without_url())))?;
+            .map_err(|_| self.not_qdrant("GET /"))?;
         v.get("version")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| Error::Internal("GET / has no version".into()))
+            .ok_or_else(|| self.not_qdrant("GET /"))
     }
 
     /// This node's peer id, `None` when clustering is disabled.

@@ -43,6 +43,38 @@ pub struct RestoreRequest {
     /// finishes; a rollback deletes only those. Empty: no marker (the CLI,
     /// which rolls back within its one task).
     pub owner: String,
+    /// Whether hints name the CLI's flags (`--rename`) or the QdrantRestore's
+    /// fields (`spec.collectionMapping`).
+    pub from_cli: bool,
+}
+
+impl RestoreRequest {
+    /// How a person gives collection `old` the new name `new`.
+    fn rename_hint(&self, old: &str, new: &str) -> String {
+        if self.from_cli {
+            format!("--rename {old}={new}")
+        } else {
+            format!("spec.collectionMapping: {{{old}: {new}}}")
+        }
+    }
+
+    /// The source collection restored as `target`.
+    fn source_of<'a>(&'a self, target: &'a str) -> &'a str {
+        self.rename
+            .iter()
+            .find(|(_, new)| new.as_str() == target)
+            .map_or(target, |(old, _)| old.as_str())
+    }
+
+    /// Restoring over a live collection would replace its data: refused,
+    /// saying how to restore beside it.
+    fn exists(&self, target: &str) -> Error {
+        let source = self.source_of(target);
+        Error::Invalid(format!(
+            "collection {target:?} already exists in the target Qdrant; restore {source:?} under another name ({}) or delete {target:?} first",
+            self.rename_hint(source, "NEW")
+        ))
+    }
 }
 
 /// The key, in a collection's metadata, of the restore that is creating it.
@@ -145,7 +177,7 @@ pub async fn run(
         // Refused before anything is touched.
         for (_, name, _) in &plan {
             if node.qdrant.collection(name).await?.is_some() {
-                return Err(exists(name));
+                return Err(req.exists(name));
             }
         }
     }
@@ -221,14 +253,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Restoring over a live collection would replace its data: refused, saying
-/// how to restore beside it.
-fn exists(name: &str) -> Error {
-    Error::Invalid(format!(
-        "collection {name:?} already exists in the target Qdrant; restore it under another name (--rename {name}=NEW) or delete it first"
-    ))
-}
-
 type Plan<'a> = Vec<(&'a CollectionEntry, String, Vec<&'a ObjectEntry>)>;
 
 /// The collections and objects to restore, with their target names.
@@ -243,8 +267,13 @@ fn select<'a>(m: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>> {
     };
     for old in req.rename.keys() {
         if !wanted.iter().any(|(c, _)| c == old) {
+            let what = if req.from_cli {
+                "--rename"
+            } else {
+                "spec.collectionMapping"
+            };
             return Err(Error::Invalid(format!(
-                "--rename names {old:?}, which is not being restored"
+                "{what} names {old:?}, which is not being restored"
             )));
         }
     }
@@ -378,7 +407,7 @@ async fn restore_collection(
         q.create_collection(name, &create_body(&entry.config, &req.owner)?)
             .await
             .map_err(|e| match e {
-                Error::Qdrant { status: 409, .. } => exists(name),
+                Error::Qdrant { status: 409, .. } => req.exists(name),
                 e => e,
             })?;
         cx.created
@@ -900,5 +929,55 @@ async fn wait_green(
             _ = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(from_cli: bool, rename: &[(&str, &str)]) -> RestoreRequest {
+        RestoreRequest {
+            backup_name: "b1".into(),
+            collections: vec![],
+            rename: rename
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            verify_first: false,
+            create_collections: true,
+            restore_aliases: true,
+            green_timeout: Duration::from_secs(1),
+            concurrency: 1,
+            stage: Stage::All,
+            owner: String::new(),
+            from_cli,
+        }
+    }
+
+    /// A hint names what the person used: the CLI's flag, or the
+    /// QdrantRestore's field, for the collection that was asked for.
+    #[test]
+    fn a_taken_name_is_refused_with_the_hint_of_the_front_end_used() {
+        let cli = req(true, &[("docs", "docs-restored")]).exists("docs-restored");
+        assert_eq!(
+            cli.to_string(),
+            "invalid input: collection \"docs-restored\" already exists in the target Qdrant; restore \"docs\" under another name (--rename docs=NEW) or delete \"docs-restored\" first"
+        );
+        let resource = req(false, &[("docs", "docs-restored")]).exists("docs-restored");
+        assert!(
+            resource
+                .to_string()
+                .contains("(spec.collectionMapping: {docs: NEW})"),
+            "{resource}"
+        );
+        assert!(!resource.to_string().contains("--"), "{resource}");
+        let plain = req(false, &[]).exists("docs");
+        assert!(
+            plain.to_string().contains(
+                "restore \"docs\" under another name (spec.collectionMapping: {docs: NEW})"
+            ),
+            "{plain}"
+        );
     }
 }

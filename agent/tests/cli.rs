@@ -551,7 +551,7 @@ async fn restore_never_overwrites_a_collection_or_moves_a_live_alias() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(
-            "already exists in the target Qdrant; restore it under another name (--rename docs=NEW)"
+            "collection \"docs\" already exists in the target Qdrant; restore \"docs\" under another name (--rename docs=NEW)"
         ),
         "{}",
         stderr(&out)
@@ -581,6 +581,29 @@ async fn restore_never_overwrites_a_collection_or_moves_a_live_alias() {
     assert_eq!(
         dst.aliases().get("docs-latest").map(String::as_str),
         Some("serving")
+    );
+
+    // Again under the same new name: the hint names the flag as given, for
+    // the collection that was asked for.
+    let again = env.run(&[
+        "restore",
+        "--qdrant-url",
+        &dst_url,
+        "--from",
+        &url,
+        "--name",
+        "b1",
+        "--collection",
+        "docs",
+        "--rename",
+        "docs=docs-restored",
+    ]);
+    assert!(
+        stderr(&again).contains(
+            "collection \"docs-restored\" already exists in the target Qdrant; restore \"docs\" under another name (--rename docs=NEW) or delete \"docs-restored\" first"
+        ),
+        "{}",
+        stderr(&again)
     );
 }
 

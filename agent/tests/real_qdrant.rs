@@ -519,7 +519,11 @@ async fn the_api_key_comes_from_qdrants_own_config_file() {
     std::fs::write(&denied, "storage:\n  storage_path: /qdrant/storage\n").unwrap();
     let o = backup(&denied);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("401"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).trim_end().ends_with("[QdrantUnauthorized]"),
+        "{}",
+        stderr(&o)
+    );
     assert_ok(&backup(&local));
     let o = backup(&dir.path().join("missing.yaml"));
     let err = stderr(&o);
@@ -673,4 +677,106 @@ async fn a_rollback_deletes_only_the_collections_its_own_restore_created() {
     assert_eq!(t.created_collections, ["docs-back"]);
     assert_eq!(metadata("docs-back"), json!({"team": "search"}));
     same_points(&base, "docs", &base, "docs-back");
+}
+
+/// What a newcomer gets wrong first, against the real Qdrant: the
+/// read-only key (Qdrant refuses snapshots and collection creation to it),
+/// a wrong key, a URL that is not Qdrant, and no S3 credentials at all. Each
+/// ends in one line that says what access is needed or what to check, with
+/// no SDK dump, and a refused backup leaves nothing in the bucket.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_newcomers_mistakes_each_get_one_line_that_says_what_is_needed() {
+    let env = Env::new("real-mistakes");
+    let q = need(RealQdrant::start_keys(
+        1,
+        false,
+        Some("full-key-81d0"),
+        Some("read-only-key-81d0"),
+    ));
+    let base = q.nodes[0].url.clone();
+    need(call(
+        "PUT",
+        &base,
+        "/collections/docs?wait=true",
+        Some("full-key-81d0"),
+        Some(json!({"vectors": {"size": 4, "distance": "Cosine"}})),
+    ));
+    let to = env.url("mistakes");
+    let one_line = |o: &std::process::Output, reason: &str, says: &[&str]| {
+        let err = stderr(o);
+        assert!(!o.status.success(), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "one line:\n{err}");
+        assert!(err.trim_end().ends_with(&format!("[{reason}]")), "{err}");
+        for s in says {
+            assert!(err.contains(s), "{s:?} in {err}");
+        }
+    };
+    let with_key =
+        |key: &str, args: &[&str]| env.agent(args).env("QDRANT_API_KEY", key).output().unwrap();
+    let backup = ["backup", "--qdrant-url", &base, "--to", &to, "--name"];
+
+    let needs_full_key = [
+        "service.api_key",
+        "not the read-only one",
+        "{\"access\": \"m\"}",
+    ];
+    let o = with_key("read-only-key-81d0", &[&backup[..], &["ro"]].concat());
+    one_line(&o, "QdrantForbidden", &needs_full_key);
+    env.assert_nothing_left("mistakes/ro").await;
+
+    assert_ok(&with_key(
+        "full-key-81d0",
+        &[&backup[..], &["full"]].concat(),
+    ));
+    let o = with_key(
+        "read-only-key-81d0",
+        &[
+            "restore",
+            "--qdrant-url",
+            &base,
+            "--from",
+            &to,
+            "--name",
+            "full",
+            "--rename",
+            "docs=docs-copy",
+        ],
+    );
+    one_line(&o, "QdrantForbidden", &needs_full_key);
+    assert_eq!(
+        get(&base, "/collections/docs-copy", Some("full-key-81d0"))
+            .unwrap()
+            .0,
+        404
+    );
+
+    let o = with_key("wrong-key", &[&backup[..], &["wrong"]].concat());
+    one_line(&o, "QdrantUnauthorized", &["service.api_key"]);
+
+    // The S3 endpoint where Qdrant should be.
+    let o = with_key(
+        "full-key-81d0",
+        &[
+            "backup",
+            "--qdrant-url",
+            &env.s3.endpoint,
+            "--to",
+            &to,
+            "--name",
+            "x",
+        ],
+    );
+    one_line(&o, "InvalidRequest", &["does not look like Qdrant"]);
+
+    // No credentials anywhere; the SDK's instance-metadata source is tried
+    // (on a closed port) and its warnings stay out of the terminal.
+    let o = env
+        .agent(&["list", "--from", &to])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_EC2_METADATA_DISABLED")
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    one_line(&o, "S3NoCredentials", &["AWS_ACCESS_KEY_ID"]);
 }

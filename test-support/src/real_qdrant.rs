@@ -27,6 +27,8 @@ pub struct Node {
 pub struct RealQdrant {
     pub nodes: Vec<Node>,
     pub api_key: Option<String>,
+    /// Qdrant's `service.read_only_api_key`.
+    pub read_only_api_key: Option<String>,
     _dir: tempfile::TempDir,
 }
 
@@ -45,6 +47,16 @@ impl RealQdrant {
         n: usize,
         distributed: bool,
         api_key: Option<&str>,
+    ) -> Result<Self, BoxError> {
+        Self::start_keys(n, distributed, api_key, None)
+    }
+
+    /// As `start_with`, with a read-only API key besides the full one.
+    pub fn start_keys(
+        n: usize,
+        distributed: bool,
+        api_key: Option<&str>,
+        read_only_api_key: Option<&str>,
     ) -> Result<Self, BoxError> {
         bins::qdrant()?; // fail early, with the set-up hint
         let dir = tempfile::Builder::new().prefix("qdrant-").tempdir()?;
@@ -95,6 +107,7 @@ impl RealQdrant {
         let mut q = RealQdrant {
             nodes,
             api_key: api_key.map(str::to_string),
+            read_only_api_key: read_only_api_key.map(str::to_string),
             _dir: dir,
         };
         for i in 0..n {
@@ -110,6 +123,7 @@ impl RealQdrant {
     pub fn start_node(&mut self, i: usize) -> Result<(), BoxError> {
         let bin = bins::qdrant()?;
         let api_key = self.api_key.clone();
+        let read_only = self.read_only_api_key.clone();
         let node = &mut self.nodes[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -124,6 +138,9 @@ impl RealQdrant {
             .stderr(log);
         if let Some(k) = &api_key {
             cmd.env("QDRANT__SERVICE__API_KEY", k);
+        }
+        if let Some(k) = &read_only {
+            cmd.env("QDRANT__SERVICE__READ_ONLY_API_KEY", k);
         }
         node.process = Some(Guarded::spawn(
             format!("qdrant node {i}"),

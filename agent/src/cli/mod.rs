@@ -247,7 +247,13 @@ pub fn parse_renames(all: &[String]) -> Result<std::collections::HashMap<String,
                 "--rename gives {other:?} and {old:?} the same new name {new:?}"
             ));
         }
-        out.insert(old, new);
+        if let Some(first) = out.insert(old.clone(), new.clone())
+            && first != new
+        {
+            return Err(format!(
+                "--rename gives {old:?} two new names, {first:?} and {new:?}: give one"
+            ));
+        }
     }
     Ok(out)
 }
@@ -324,6 +330,9 @@ mod tests {
         assert_eq!(human(3 << 30), "3.00 GiB");
         assert_eq!(human(900), "900 B");
         assert!(parse_rename("a=").is_err());
+        let e = two("docs=a1", "docs=a2").unwrap_err();
+        assert!(e.contains("two new names"), "{e}");
+        assert!(two("docs=a1", "docs=a1").is_ok());
         assert!(parse_rename("ab").is_err());
     }
 

@@ -58,6 +58,7 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         concurrency: a.concurrency,
         stage: Default::default(),
         owner: String::new(),
+        from_cli: true,
     };
     let ((), t) = run_task(TaskKind::Restore, &a.name, async |p, cancel| {
         restore::run(&node, &target, &req, p, cancel).await

@@ -70,6 +70,7 @@ pub fn restore_request(r: &StartRestoreRequest) -> RestoreRequest {
             RestoreStage::Rollback => restore::Stage::Rollback,
         },
         owner: r.owner.clone(),
+        from_cli: false,
     }
 }
 
@@ -121,7 +122,8 @@ pub fn to_status(e: Error) -> Status {
         "ManifestMissing" | "ObjectNotFound" | "S3BucketNotFound" | "QdrantNotFound" => {
             Code::NotFound
         }
-        "S3AccessDenied" => Code::PermissionDenied,
+        "S3AccessDenied" | "QdrantForbidden" => Code::PermissionDenied,
+        "QdrantUnauthorized" => Code::Unauthenticated,
         "BackupExists" => Code::AlreadyExists,
         "BackupNotOwned" => Code::FailedPrecondition,
         "S3Unreachable" | "S3Unavailable" | "QdrantUnreachable" => Code::Unavailable,

@@ -117,7 +117,17 @@ impl S3Store {
 /// SDK debug dump).
 fn dispatch_failure<E: std::error::Error + 'static>(e: &E) -> (&'static str, String) {
     let full = DisplayErrorContext(e).to_string();
-    if full.contains("no credentials found") || full.contains("credential provider was not enabled")
+    let mut cause: Option<&dyn std::error::Error> = Some(e);
+    let mut no_credentials = false;
+    while let Some(c) = cause {
+        no_credentials |= c
+            .downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some();
+        cause = c.source();
+    }
+    if no_credentials
+        || full.contains("no credentials found")
+        || full.contains("credential provider was not enabled")
     {
         return (
             "S3NoCredentials",
