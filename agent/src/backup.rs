@@ -336,7 +336,7 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
     } = *cx;
     let taken_at = now();
     let on_part = |n: u64| progress.add_bytes(n);
-    let (collection, rel, shard_id, shard_key, mode, outcome) = match job {
+    let (collection, rel, shard_id, shard_key, mode, with, outcome) = match job {
         Job::Shard {
             collection,
             shard,
@@ -371,12 +371,14 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
                 };
                 upload_stream(store.clone(), &key, src, opts, &on_part, cancel).await?
             };
+            let with = if file { "shard-file" } else { "stream" };
             (
                 collection,
                 rel,
                 Some(shard),
                 shard_key,
                 ObjectMode::Stream,
+                with,
                 out,
             )
         }
@@ -385,7 +387,7 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
             let (rel, out) =
                 upload_collection_snapshot(node, store, root, &collection, opts, &on_part, cancel)
                     .await?;
-            (collection, rel, None, None, ObjectMode::File, out)
+            (collection, rel, None, None, ObjectMode::File, "file", out)
         }
     };
     progress.shard_done(ShardResult {
@@ -394,7 +396,7 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
         key: rel.clone(),
         size: outcome.size,
         sha256: outcome.sha256.clone(),
-        mode: mode.as_str().into(),
+        mode: with.into(),
         done: true,
         taken_at: taken_at.clone(),
     });
@@ -410,6 +412,7 @@ async fn run_job(cx: &JobCtx<'_>, job: Job) -> Result<(String, ObjectEntry)> {
             node: node.name.clone(),
             peer_id,
             taken_at,
+            taken_with: Some(with.into()),
         },
     ))
 }

@@ -42,6 +42,10 @@ pub struct ObjectEntry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer_id: Option<u64>,
     pub taken_at: String,
+    /// The backup mode that read it: `stream`, `shard-file` or `file`
+    /// (`mode` is the object's format, the same for the first two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_with: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -415,6 +419,7 @@ pub fn assemble(
                 node: t.node_name.clone(),
                 peer_id,
                 taken_at: r.taken_at.clone(),
+                taken_with: (!r.mode.is_empty()).then(|| r.mode.clone()),
             });
         }
     }
@@ -800,6 +805,7 @@ mod tests {
                 node: "n".into(),
                 peer_id: None,
                 taken_at: String::new(),
+                taken_with: None,
             }
         }
 

@@ -169,6 +169,23 @@ async fn backups_in_every_mode_of_real_qdrant_restore_every_point() {
         }
         let o = env.run(&args);
         assert_ok(&o);
+        // The mode that read each collection is said, and recorded (auto
+        // chooses shard files here: the snapshots directory has room).
+        let taken = if mode == "auto" { "shard-file" } else { mode };
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            stdout.contains(&format!("mode: {taken} ({})", wanted.join(", "))),
+            "{stdout}"
+        );
+        let m = qdrant_agent::manifest::read(&*env.store().await, "cli", &name)
+            .await
+            .unwrap();
+        assert!(
+            m.objects()
+                .all(|(_, o)| o.taken_with.as_deref() == Some(taken)),
+            "{:?}",
+            m.objects().map(|(_, o)| &o.taken_with).collect::<Vec<_>>()
+        );
         // The first restore goes in under the original names (and gets the
         // alias back); the others under new names beside it.
         let mut args = vec![

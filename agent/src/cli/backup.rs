@@ -33,7 +33,8 @@ pub struct BackupArgs {
     /// s3://BUCKET/PREFIX or file:///DIR
     #[arg(long)]
     pub to: String,
-    /// Backup name (default: backup-<UTC timestamp>).
+    /// Backup name (default: backup-YYYYMMDD-HHMMSS-XXXX, the UTC time and
+    /// four random hex digits).
     #[arg(long)]
     pub name: Option<String>,
     /// Collection to back up, optionally with shards: NAME or NAME:0,2. Repeatable; default all.
@@ -90,13 +91,36 @@ pub async fn run(a: BackupArgs) -> Result<()> {
     })
     .await?;
     println!(
-        "backup {} complete: {} objects, {}, manifest {}",
+        "backup {} complete: {}, {}, manifest {}",
         m.backup_name,
-        m.objects().count(),
+        super::count(m.objects().count(), "object"),
         human(m.total_bytes()),
         task.manifest_key
     );
+    println!("{}", modes_taken(&m));
     Ok(())
+}
+
+/// Which mode read each collection (auto chooses per collection):
+/// "mode: shard-file (docs), stream (big)".
+fn modes_taken(m: &crate::manifest::Manifest) -> String {
+    let mut by: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for c in &m.collections {
+        let mut seen: Vec<&str> = c
+            .objects
+            .iter()
+            .map(|o| o.taken_with.as_deref().unwrap_or(o.mode.as_str()))
+            .collect();
+        seen.dedup();
+        for w in seen {
+            by.entry(w).or_default().push(&c.name);
+        }
+    }
+    let parts: Vec<String> = by
+        .iter()
+        .map(|(w, cs)| format!("{w} ({})", cs.join(", ")))
+        .collect();
+    format!("mode: {}", parts.join(", "))
 }
 
 /// `backup-<UTC time>-<4 hex>`: sortable by time, and two runs in the same

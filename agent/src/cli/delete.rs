@@ -29,6 +29,11 @@ pub async fn run(a: DeleteArgs) -> Result<()> {
         )));
     }
     let n = manifest::delete_backup(&*target.store, &target.prefix, &a.name, "").await?;
-    println!("deleted backup {} under {}: {n} objects", a.name, a.from);
+    println!(
+        "deleted backup {} under {}: {}",
+        a.name,
+        a.from,
+        super::count(n as usize, "object")
+    );
     Ok(())
 }

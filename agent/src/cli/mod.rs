@@ -258,6 +258,15 @@ pub fn parse_renames(all: &[String]) -> Result<std::collections::HashMap<String,
     Ok(out)
 }
 
+/// "1 object", "3 objects".
+pub fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// Bytes as a person reads them: 512 B, 47.9 MiB, 1.20 GiB.
 pub fn human(bytes: u64) -> String {
     let b = bytes as f64;

@@ -65,9 +65,9 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
     })
     .await?;
     println!(
-        "restore of {} complete: {} objects, {}",
+        "restore of {} complete: {}, {}",
         a.name,
-        t.shards_done,
+        super::count(t.shards_done as usize, "object"),
         human(t.bytes_done)
     );
     Ok(())

@@ -55,9 +55,9 @@ pub async fn run(a: VerifyArgs) -> Result<()> {
         )));
     }
     println!(
-        "backup {} verified: {} objects, {}, every one matches its manifest",
+        "backup {} verified: {}, {}, every one matches its manifest",
         m.backup_name,
-        checked.len(),
+        super::count(checked.len(), "object"),
         human(m.total_bytes())
     );
     Ok(())
