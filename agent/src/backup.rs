@@ -268,10 +268,23 @@ async fn run_claimed(
         doomed.extend(planned);
         doomed.sort();
         doomed.dedup();
+        let mut left = 0;
         for key in doomed {
             if let Err(de) = store.delete(&key).await {
+                left += 1;
                 tracing::warn!(key, error = %de, "could not delete an object of the failed backup");
             }
+        }
+        if cancel.is_cancelled() {
+            let cleaned = if left == 0 {
+                "its open uploads were aborted and every object it had written deleted".to_string()
+            } else {
+                format!("{left} of its objects could not be deleted (see the log)")
+            };
+            return Err(Error::Interrupted(format!(
+                "backup {} cancelled; {cleaned}",
+                req.backup_name
+            )));
         }
         return Err(e);
     }

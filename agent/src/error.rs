@@ -79,6 +79,10 @@ pub enum Error {
     Refused(String),
     #[error("cancelled")]
     Cancelled,
+    /// A task cancelled from outside (Ctrl-C, CancelTask), saying what was
+    /// cleaned up.
+    #[error("{0}")]
+    Interrupted(String),
     #[error("timed out: {0}")]
     Timeout(String),
     #[error("local I/O on {path}: {source}")]
@@ -113,7 +117,7 @@ impl Error {
             Error::VersionMismatch { .. } => "VersionMismatch",
             Error::Stalled(_) => "StreamStalled",
             Error::Refused(_) => "ScaleInRefused",
-            Error::Cancelled => "Cancelled",
+            Error::Cancelled | Error::Interrupted(_) => "Cancelled",
             Error::Timeout(_) => "Timeout",
             Error::Io { .. } => "LocalIo",
             Error::Internal(_) => "Internal",

@@ -56,9 +56,9 @@ impl Progress {
             t.finished_at = now();
             match result {
                 Ok(()) => t.set_phase(TaskPhase::Succeeded),
-                Err(crate::Error::Cancelled) => {
+                Err(e @ (crate::Error::Cancelled | crate::Error::Interrupted(_))) => {
                     t.set_phase(TaskPhase::Cancelled);
-                    t.error = "cancelled".into();
+                    t.error = e.to_string();
                     t.error_reason = "Cancelled".into();
                 }
                 Err(e) => {
@@ -76,4 +76,17 @@ pub fn is_terminal(p: TaskPhase) -> bool {
         p,
         TaskPhase::Succeeded | TaskPhase::Failed | TaskPhase::Cancelled
     )
+}
+
+/// `f`, or `Cancelled` as soon as `cancel` fires: a request to a store or a
+/// Qdrant that stopped answering is dropped at once (the SDK's own timeouts
+/// and retries would hold a Ctrl-C for minutes).
+pub async fn or_cancelled<T>(
+    cancel: &tokio_util::sync::CancellationToken,
+    f: impl std::future::Future<Output = crate::Result<T>>,
+) -> crate::Result<T> {
+    tokio::select! {
+        r = f => r,
+        _ = cancel.cancelled() => Err(crate::Error::Cancelled),
+    }
 }

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 use crate::keys;
 use crate::manifest::{self, CollectionEntry, Manifest, ObjectEntry, ObjectMode};
 use crate::node::{Node, Target};
-use crate::progress::Progress;
+use crate::progress::{Progress, or_cancelled};
 use crate::qdrant::{create_body_from_config, minor_version};
 use crate::store::{ByteStream, ObjectStore};
 use bytes::Bytes;
@@ -151,7 +151,11 @@ pub async fn run(
         return rollback(node, req).await;
     }
     let store = target.store.clone();
-    let m = manifest::read(&*store, &target.prefix, &req.backup_name).await?;
+    let m = or_cancelled(
+        cancel,
+        manifest::read(&*store, &target.prefix, &req.backup_name),
+    )
+    .await?;
     let version = node.qdrant.version().await?;
     if minor_version(&version).is_none()
         || minor_version(&version) != minor_version(&m.qdrant_version)
@@ -243,10 +247,36 @@ pub async fn run(
         // Collections this task created hold a partial restore: remove them,
         // so nothing half-restored passes for the real thing.
         let created = created.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut removed = vec![];
         for c in &created {
-            if let Err(de) = node.qdrant.delete_collection(c).await {
-                tracing::warn!(collection = %c, error = %de, "could not remove a partially restored collection");
+            match node.qdrant.delete_collection(c).await {
+                Ok(()) => removed.push(format!("{c:?}")),
+                Err(de) => {
+                    tracing::warn!(collection = %c, error = %de, "could not remove a partially restored collection");
+                }
             }
+        }
+        if cancel.is_cancelled() {
+            // Whatever the interrupted requests said ("body stream
+            // cancelled"), what happened is the cancellation.
+            let cleaned = match (removed.len(), created.len()) {
+                (0, 0) => "no collection had been created yet".to_string(),
+                (r, c) if r == c => format!(
+                    "removed the collection{} it had created: {}",
+                    if r == 1 { "" } else { "s" },
+                    removed.join(", ")
+                ),
+                _ => format!(
+                    "removed {} of the {} collections it had created ({}); see the log for the others",
+                    removed.len(),
+                    created.len(),
+                    removed.join(", ")
+                ),
+            };
+            return Err(Error::Interrupted(format!(
+                "restore of {} cancelled; {cleaned}",
+                req.backup_name
+            )));
         }
         return Err(e);
     }
@@ -340,7 +370,7 @@ pub(crate) async fn verify_one(
     cancel: &CancellationToken,
 ) -> Result<()> {
     let key = keys::join(root, &o.key);
-    let stream = store.get(&key, None).await?;
+    let stream = or_cancelled(cancel, store.get(&key, None)).await?;
     let (size, sum) = hash_stream(stream, cancel).await?;
     if size != o.size || sum != o.sha256 {
         return Err(Error::ChecksumMismatch {
@@ -566,13 +596,15 @@ async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<()> {
             let to = *cx.shard_map.get(&from).unwrap_or(&from);
             let verdict = Verdict::default();
             let body = checked_stream(
-                cx.store.get(&key, None).await?,
+                or_cancelled(cx.cancel, cx.store.get(&key, None)).await?,
                 o,
                 cx.progress.clone(),
                 cx.cancel.clone(),
                 verdict.clone(),
             );
-            let others = cx.node.qdrant.placement(cx.name).await?.other_active(to);
+            let others = or_cancelled(cx.cancel, cx.node.qdrant.placement(cx.name))
+                .await?
+                .other_active(to);
             let sent = cx
                 .node
                 .qdrant
@@ -815,7 +847,7 @@ async fn download_range(
     cancel: &CancellationToken,
 ) -> Result<()> {
     use tokio::io::AsyncSeekExt;
-    let mut s = store.get(key, Some((start, end))).await?;
+    let mut s = or_cancelled(cancel, store.get(key, Some((start, end)))).await?;
     let mut f = tokio::fs::OpenOptions::new()
         .write(true)
         .open(path)

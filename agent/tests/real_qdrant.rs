@@ -797,3 +797,83 @@ async fn a_newcomers_mistakes_each_get_one_line_that_says_what_is_needed() {
         .unwrap();
     one_line(&o, "S3NoCredentials", &["AWS_ACCESS_KEY_ID"]);
 }
+
+/// Ctrl-C during a restore says that it was cancelled and what was cleaned
+/// up (not the interrupted request's "body stream cancelled"), and the
+/// collection it had created is gone. S3 is held still by a gate (a TCP
+/// proxy) so the interrupt lands while objects are in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn ctrl_c_during_a_restore_says_what_was_cleaned_up() {
+    let env = Env::new("real-interrupt");
+    let q = need(RealQdrant::start(1, None));
+    let base = q.nodes[0].url.clone();
+    create(
+        &base,
+        "docs",
+        json!({"vectors": {"size": 4, "distance": "Dot"}, "shard_number": 2}),
+    );
+    upsert(&base, "docs", 500, None);
+    let to = env.url("int");
+    assert_ok(&env.run(&["backup", "--qdrant-url", &base, "--to", &to, "--name", "b"]));
+    let gate = need(test_support::gate::Gate::start(&env.s3.endpoint).await);
+    let child = std::process::Command::new(common::AGENT)
+        .args([
+            "restore",
+            "--qdrant-url",
+            &base,
+            "--from",
+            &to,
+            "--name",
+            "b",
+            "--rename",
+            "docs=docs-copy",
+            "--s3-endpoint",
+            &gate.url,
+        ])
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The collection is created before any object is read: then S3 stops.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while get(&base, "/collections/docs-copy", None).unwrap().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no collection created"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    gate.close();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Acted on at once, not after the S3 client's timeouts and retries
+    // (minutes): the in-flight GETs are dropped.
+    let mut child = child;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the restore did not stop within 60 s of Ctrl-C");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let o = child.wait_with_output().unwrap();
+    let err = stderr(&o);
+    assert!(!o.status.success(), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        "error: restore of b cancelled; removed the collection it had created: \"docs-copy\" [Cancelled]",
+        "{err}"
+    );
+    assert_eq!(get(&base, "/collections/docs-copy", None).unwrap().0, 404);
+    assert_eq!(get(&base, "/collections/docs", None).unwrap().0, 200);
+}
