@@ -115,6 +115,17 @@ async fn run_claimed(
     };
     let aliases = node.qdrant.aliases().await?;
 
+    // A snapshots directory that is missing or unreadable: auto mode
+    // streams instead (and says so), the file modes refuse before anything.
+    let unusable = node
+        .snapshots_dir
+        .as_deref()
+        .and_then(snapshots_dir_unusable);
+    if let (Some(why), Mode::Auto) = (&unusable, req.mode) {
+        tracing::warn!(
+            "the snapshots directory {why}: streaming every shard instead, which needs no disk"
+        );
+    }
     let mut entries = Vec::new();
     let mut jobs = Vec::new();
     for (c, shards) in &wanted {
@@ -129,6 +140,7 @@ async fn run_claimed(
         // such collections are backed up shard by shard, with their keys.
         let custom = crate::manifest::custom_sharded(&config);
         let mode = match req.mode {
+            Mode::Auto if unusable.is_some() => Mode::Stream,
             Mode::Auto => {
                 let n = node.clone();
                 let free = tokio::task::spawn_blocking(move || n.snapshots_free())
@@ -144,10 +156,17 @@ async fn run_claimed(
             }
             m => m,
         };
-        if matches!(mode, Mode::File | Mode::ShardFile) && node.snapshots_dir.is_none() {
-            return Err(Error::Invalid(
-                "file and shard-file modes need the snapshots directory (--snapshots-dir)".into(),
-            ));
+        if matches!(mode, Mode::File | Mode::ShardFile) {
+            if node.snapshots_dir.is_none() {
+                return Err(Error::Invalid(format!(
+                    "file and shard-file modes need the snapshots directory (--snapshots-dir): {SNAPSHOTS_HINT}"
+                )));
+            }
+            if let Some(why) = &unusable {
+                return Err(Error::Invalid(format!(
+                    "the snapshots directory {why}: {SNAPSHOTS_HINT}"
+                )));
+            }
         }
         if mode == Mode::File {
             jobs.push(Job::File {
@@ -509,9 +528,17 @@ async fn upload_file(
     let result = async {
         keys::validate_segment("snapshot", &desc.name)?;
         let key = key(&desc.name);
-        let file = tokio::fs::File::open(&path)
-            .await
-            .map_err(|e| Error::io(&path, e))?;
+        let file = tokio::fs::File::open(&path).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::Invalid(format!(
+                    "Qdrant wrote snapshot {}, but it is not at {}: the snapshots directory given is not Qdrant's; {SNAPSHOTS_HINT}",
+                    desc.name,
+                    path.display()
+                ))
+            } else {
+                Error::io(&path, e)
+            }
+        })?;
         let p = path.clone();
         let src = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
             .map_err(move |e| Error::io(&p, e));
@@ -540,6 +567,24 @@ async fn upload_file(
         }
     }
     result
+}
+
+/// Where the snapshots directory is, said wherever a mistake about it is.
+const SNAPSHOTS_HINT: &str = "it must be the directory Qdrant writes snapshots to (storage.snapshots_path in Qdrant's config: /qdrant/snapshots in Qdrant's image, ./snapshots beside a Qdrant started by hand), as this process sees it; --mode stream needs none";
+
+/// Why the snapshots directory cannot be used, if it cannot.
+fn snapshots_dir_unusable(dir: &std::path::Path) -> Option<String> {
+    match std::fs::read_dir(dir) {
+        Ok(_) => None,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Some(format!("{} does not exist", dir.display()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => Some(format!(
+            "{} cannot be read by this process (run it with Qdrant's user or group)",
+            dir.display()
+        )),
+        Err(e) => Some(format!("{}: {e}", dir.display())),
+    }
 }
 
 /// Shard files when the snapshots volume has at least twice the

@@ -41,7 +41,8 @@ impl Node {
     pub fn note_snapshot(&self, collection: &str, name: &str) {
         if let Some(d) = &self.snapshots_dir {
             let j = d.join(JOURNAL);
-            let _ = std::fs::create_dir_all(&j);
+            // Never the snapshots directory itself: a wrong path is not made.
+            let _ = std::fs::create_dir(&j);
             let _ = std::fs::write(j.join(format!("{collection}__{name}")), b"");
         }
     }

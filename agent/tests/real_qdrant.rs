@@ -770,6 +770,68 @@ async fn a_newcomers_mistakes_each_get_one_line_that_says_what_is_needed() {
     let o = with_key("wrong-key", &[&backup[..], &["wrong"]].concat());
     one_line(&o, "QdrantUnauthorized", &["service.api_key"]);
 
+    // A snapshots directory that does not exist: auto mode streams (and
+    // says so), without creating it; shard-file mode refuses, saying which
+    // directory it must be. One that exists but is not Qdrant's is found out
+    // once Qdrant has written a snapshot elsewhere.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("snapshots");
+    let missing = missing.to_str().unwrap();
+    let o = with_key(
+        "full-key-81d0",
+        &[&backup[..], &["auto-missing", "--snapshots-dir", missing]].concat(),
+    );
+    assert_ok(&o);
+    assert!(
+        stderr(&o).contains("does not exist: streaming every shard instead"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("mode: stream (docs)"));
+    assert!(
+        !std::path::Path::new(missing).exists(),
+        "{missing} was made"
+    );
+    let where_ = ["storage.snapshots_path", "--mode stream needs none"];
+    let o = with_key(
+        "full-key-81d0",
+        &[
+            &backup[..],
+            &[
+                "sf-missing",
+                "--mode",
+                "shard-file",
+                "--snapshots-dir",
+                missing,
+            ],
+        ]
+        .concat(),
+    );
+    one_line(
+        &o,
+        "InvalidRequest",
+        &[&[missing, "does not exist"][..], &where_].concat(),
+    );
+    let wrong = dir.path().to_str().unwrap();
+    let o = with_key(
+        "full-key-81d0",
+        &[
+            &backup[..],
+            &["sf-wrong", "--mode", "shard-file", "--snapshots-dir", wrong],
+        ]
+        .concat(),
+    );
+    one_line(
+        &o,
+        "InvalidRequest",
+        &[
+            &["the snapshots directory given is not Qdrant's"][..],
+            &where_,
+        ]
+        .concat(),
+    );
+    env.assert_nothing_left("mistakes/sf-wrong").await;
+
     // The S3 endpoint where Qdrant should be.
     let o = with_key(
         "full-key-81d0",

@@ -358,6 +358,10 @@ impl Double {
 
     /// Serves on 127.0.0.1 (port 0 picks a free one); returns the base URL.
     pub async fn start(self) -> std::io::Result<String> {
+        // As Qdrant makes its snapshots_path at start.
+        if let Some(d) = &self.snapshots_dir {
+            std::fs::create_dir_all(d)?;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let url = format!("http://{}", listener.local_addr()?);
         tokio::spawn(async move {
