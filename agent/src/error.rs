@@ -48,6 +48,9 @@ pub enum Error {
     Unsupported(&'static str),
     #[error("backup {0} has no manifest.json: it is incomplete or does not exist")]
     ManifestMissing(String),
+    /// Nothing at all under the backup's name; says what is there instead.
+    #[error("{0}")]
+    ManifestNotFound(String),
     /// A manifest larger than any backup this agent writes: refused before
     /// it is read into memory.
     #[error("{0}")]
@@ -111,7 +114,7 @@ impl Error {
             Error::Qdrant { .. } => "QdrantError",
             Error::Store { reason, .. } => reason,
             Error::Unsupported(_) => "StoreUnsupported",
-            Error::ManifestMissing(_) => "ManifestMissing",
+            Error::ManifestMissing(_) | Error::ManifestNotFound(_) => "ManifestMissing",
             Error::ManifestTooLarge(_) => "ManifestTooLarge",
             Error::ChecksumMismatch { .. } => "ChecksumMismatch",
             Error::VersionMismatch { .. } => "VersionMismatch",

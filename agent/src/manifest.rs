@@ -338,6 +338,33 @@ pub async fn list_complete(store: &dyn ObjectStore, prefix: &str) -> Result<Vec<
     Ok(names)
 }
 
+/// Where complete backups are below `prefix` (deeper than its own level):
+/// each prefix that holds some, with how many, at most `max` of them.
+pub async fn prefixes_below(
+    store: &dyn ObjectStore,
+    prefix: &str,
+    max: usize,
+) -> Result<Vec<(String, usize)>> {
+    let root = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", prefix.trim_end_matches('/'))
+    };
+    let mut at: std::collections::BTreeMap<String, usize> = Default::default();
+    for o in store.list(&root).await? {
+        let Some(rest) = o.key.strip_prefix(&root) else {
+            continue;
+        };
+        let Some(dir) = rest.strip_suffix("/manifest.json") else {
+            continue;
+        };
+        if let Some((inner, _name)) = dir.rsplit_once('/') {
+            *at.entry(format!("{root}{inner}")).or_default() += 1;
+        }
+    }
+    Ok(at.into_iter().take(max).collect())
+}
+
 /// Builds the manifest of a multi-node backup from its nodes' finished
 /// backup tasks: each collection once (config and aliases from any node),
 /// every node's objects, the peer ids, and the earliest start.

@@ -1051,7 +1051,8 @@ async fn verify_rereads_a_backup_without_qdrant_and_delete_removes_it() {
     let out = env.run(&["delete", "--from", &url, "--name", "b1"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("there is no backup b1"),
+        stderr(&out).contains("no backup \"b1\" under")
+            && stderr(&out).contains("[ManifestMissing]"),
         "{}",
         stderr(&out)
     );

@@ -767,6 +767,37 @@ async fn a_newcomers_mistakes_each_get_one_line_that_says_what_is_needed() {
         404
     );
 
+    // A misspelled name points at the nearest one and at `list`; a `list`
+    // one level too high says where the backups are.
+    let o = with_key(
+        "full-key-81d0",
+        &[
+            "restore",
+            "--qdrant-url",
+            &base,
+            "--from",
+            &to,
+            "--name",
+            "ful",
+        ],
+    );
+    one_line(
+        &o,
+        "ManifestMissing",
+        &[
+            "no backup \"ful\" under",
+            "did you mean full?",
+            &format!("`qdrant-agent list --from {to}` shows the 1 backup there"),
+        ],
+    );
+    let o = env.run(&["list", "--from", &env.url("")]);
+    assert_ok(&o);
+    let listed = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        listed.contains("backups are under:") && listed.contains(&format!("{to}\t(1 backup)")),
+        "{listed}"
+    );
+
     let o = with_key("wrong-key", &[&backup[..], &["wrong"]].concat());
     one_line(&o, "QdrantUnauthorized", &["service.api_key"]);
 

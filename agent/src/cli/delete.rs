@@ -23,10 +23,14 @@ pub async fn run(a: DeleteArgs) -> Result<()> {
     let (target, _) = target(&a.from, &a.s3, &Default::default()).await?;
     let root = format!("{}/", keys::backup_root(&target.prefix, &a.name));
     if target.store.list(&root).await?.is_empty() {
-        return Err(Error::Invalid(format!(
-            "there is no backup {} under {} (nothing to delete)",
-            a.name, a.from
-        )));
+        return Err(super::not_found(&target, &a.from, &a.name)
+            .await
+            .unwrap_or_else(|| {
+                Error::Invalid(format!(
+                    "there is no backup {} under {} (nothing to delete)",
+                    a.name, a.from
+                ))
+            }));
     }
     let n = manifest::delete_backup(&*target.store, &target.prefix, &a.name, "").await?;
     println!(

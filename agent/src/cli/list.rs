@@ -45,7 +45,19 @@ pub async fn run(a: ListArgs) -> Result<()> {
         return Ok(());
     }
     if rows.is_empty() {
-        println!("no backups under {}", a.from);
+        // Backups one or more levels down: a prefix was left out.
+        let below = manifest::prefixes_below(&*target.store, &target.prefix, 10).await?;
+        if below.is_empty() {
+            println!("no backups under {}", a.from);
+        } else {
+            let from = a.from.trim_end_matches('/');
+            let base = target.prefix.trim_end_matches('/');
+            println!("no backups directly under {}; backups are under:", a.from);
+            for (p, n) in below {
+                let rest = p.strip_prefix(base).unwrap_or(&p).trim_start_matches('/');
+                println!("  {from}/{rest}\t({})", super::count(n, "backup"));
+            }
+        }
         return Ok(());
     }
     println!("NAME\tCOMPLETED\tQDRANT\tCOLLECTIONS\tSIZE");

@@ -258,6 +258,56 @@ pub fn parse_renames(all: &[String]) -> Result<std::collections::HashMap<String,
     Ok(out)
 }
 
+/// A backup `name` that `from` does not hold: the backups it does hold,
+/// the nearest names first, and the command that lists them. `None` when
+/// something is stored under the name (an incomplete backup, which the
+/// caller's own error describes).
+pub(crate) async fn not_found(target: &Target, from: &str, name: &str) -> Option<Error> {
+    let root = format!("{}/", crate::keys::backup_root(&target.prefix, name));
+    if !target.store.list(&root).await.ok()?.is_empty() {
+        return None;
+    }
+    let names = crate::manifest::list_complete(&*target.store, &target.prefix)
+        .await
+        .ok()?;
+    let mut near: Vec<(usize, &String)> = names
+        .iter()
+        .map(|n| (edit_distance(n, name), n))
+        .filter(|(d, n)| *d <= (n.len().max(name.len()) / 3).max(2))
+        .collect();
+    near.sort();
+    let list = format!("qdrant-agent list --from {from}");
+    let there = match (near.first(), names.len()) {
+        (_, 0) => {
+            format!("there are no backups there (`{list}` one level up shows where they are)")
+        }
+        (Some((_, n)), _) => format!(
+            "did you mean {n}? `{list}` shows the {} there",
+            count(names.len(), "backup")
+        ),
+        (None, _) => format!("`{list}` shows the {} there", count(names.len(), "backup")),
+    };
+    Some(Error::ManifestNotFound(format!(
+        "no backup {name:?} under {from}; {there}"
+    )))
+}
+
+/// Levenshtein distance, for "did you mean".
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 /// "1 object", "3 objects".
 pub fn count(n: usize, what: &str) -> String {
     if n == 1 {

@@ -1,7 +1,7 @@
 //! `qdrant-agent restore`: a backup into one node.
 
 use super::progress::run_task;
-use super::{QdrantArgs, S3Args, human, node, parse_renames, parse_selections, target};
+use super::{QdrantArgs, S3Args, human, node, not_found, parse_renames, parse_selections, target};
 use crate::restore::{self, RestoreRequest};
 use crate::{Error, Result, defaults};
 use clap::Args;
@@ -60,10 +60,18 @@ pub async fn run(a: RestoreArgs) -> Result<()> {
         owner: String::new(),
         from_cli: true,
     };
-    let ((), t) = run_task(TaskKind::Restore, &a.name, async |p, cancel| {
+    let ((), t) = match run_task(TaskKind::Restore, &a.name, async |p, cancel| {
         restore::run(&node, &target, &req, p, cancel).await
     })
-    .await?;
+    .await
+    {
+        Err(Error::ManifestMissing(_))
+            if let Some(e) = not_found(&target, &a.from, &a.name).await =>
+        {
+            return Err(e);
+        }
+        r => r?,
+    };
     println!(
         "restore of {} complete: {}, {}",
         a.name,

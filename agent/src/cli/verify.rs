@@ -23,14 +23,22 @@ pub struct VerifyArgs {
 pub async fn run(a: VerifyArgs) -> Result<()> {
     let (target, _) = target(&a.from, &a.s3, &Default::default()).await?;
     let cancel = super::progress::cancel_on_ctrl_c();
-    let (m, checked, missing) = crate::verify::backup(
+    let (m, checked, missing) = match crate::verify::backup(
         &target.store,
         &target.prefix,
         &a.name,
         a.concurrency,
         &cancel,
     )
-    .await?;
+    .await
+    {
+        Err(Error::ManifestMissing(_))
+            if let Some(e) = super::not_found(&target, &a.from, &a.name).await =>
+        {
+            return Err(e);
+        }
+        r => r?,
+    };
     println!("OBJECT\tSIZE\tRESULT");
     for c in &checked {
         let result = c.problem.as_deref().unwrap_or("ok");
