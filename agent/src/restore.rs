@@ -320,8 +320,15 @@ fn select<'a>(m: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>> {
         if shards.is_empty()
             && let Some(why) = manifest::missing_shards(entry)
         {
+            let partial = if req.from_cli {
+                format!(
+                    " Restore the shards it holds by id (--collection {c}:0,1,...) if a partial collection is what you want"
+                )
+            } else {
+                String::new()
+            };
             return Err(Error::Incomplete(format!(
-                "backup {} does not hold all of collection {c:?}: {why}; nothing was restored. Restore the shards it holds by id (--collection {c}:0,1,...) if a partial collection is what you want",
+                "backup {} does not hold all of collection {c:?}: {why}; nothing was restored.{partial}",
                 m.backup_name
             )));
         }
