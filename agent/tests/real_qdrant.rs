@@ -741,10 +741,30 @@ async fn a_newcomers_mistakes_each_get_one_line_that_says_what_is_needed() {
     one_line(&o, "QdrantForbidden", &needs_full_key);
     env.assert_nothing_left("mistakes/ro").await;
 
-    assert_ok(&with_key(
+    let o = with_key("full-key-81d0", &[&backup[..], &["full"]].concat());
+    assert_ok(&o);
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(said.contains("backup full complete: 1 object,"), "{said}");
+    // Into a name that is taken: the hint names the flag as it was given.
+    let o = with_key(
         "full-key-81d0",
-        &[&backup[..], &["full"]].concat(),
-    ));
+        &[
+            "restore",
+            "--qdrant-url",
+            &base,
+            "--from",
+            &to,
+            "--name",
+            "full",
+            "--rename",
+            "docs=docs",
+        ],
+    );
+    one_line(
+        &o,
+        "InvalidRequest",
+        &["restore \"docs\" under another name (--rename docs=NEW)"],
+    );
     let o = with_key(
         "read-only-key-81d0",
         &[

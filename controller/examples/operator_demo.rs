@@ -140,9 +140,18 @@ async fn main() {
             w.cp.kubectl(&["-n", NS, "get", "qdrant,pods", "-o", "yaml"])
                 .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
                 .unwrap_or_default();
-        let pods = kubelet.all_logs();
-        let pods = pods.lines().rev().take(60).collect::<Vec<_>>();
-        let pods = pods.into_iter().rev().collect::<Vec<_>>().join("\n");
+        let mut pods = String::new();
+        for pod in ["vectors-restored-0", "vectors-restored-1"] {
+            for c in ["agent", "qdrant"] {
+                let text = kubelet.logs(pod, c);
+                let last: Vec<&str> = text.lines().rev().take(25).collect();
+                pods.push_str(&format!("--- {pod}/{c}:\n"));
+                for l in last.into_iter().rev() {
+                    pods.push_str(l);
+                    pods.push('\n');
+                }
+            }
+        }
         format!("{log}\n{objects}\npods' last log lines:\n{pods}")
     };
     println!(
