@@ -878,10 +878,23 @@ async fn download_range(
 
 /// Whether every replica of every shard is Active: after a shard upload,
 /// Qdrant copies it to the other replicas, which pass through Partial.
-async fn all_replicas_active(node: &Node, name: &str) -> Result<bool> {
+/// The replicas of collection `name` that are not Active, as
+/// "shard 2 on peer 7: Initializing".
+async fn not_active(node: &Node, name: &str) -> Result<Vec<String>> {
     let p = node.qdrant.placement(name).await?;
-    Ok(p.local_shards.iter().all(|s| s.state == "Active")
-        && p.remote_shards.iter().all(|s| s.state == "Active"))
+    let local = p
+        .local_shards
+        .iter()
+        .map(|s| (s.shard_id, p.peer_id, &s.state));
+    let remote = p
+        .remote_shards
+        .iter()
+        .map(|s| (s.shard_id, s.peer_id, &s.state));
+    Ok(local
+        .chain(remote)
+        .filter(|(_, _, state)| *state != "Active")
+        .map(|(shard, peer, state)| format!("shard {shard} on peer {peer}: {state}"))
+        .collect())
 }
 
 /// After a shard upload with `priority=snapshot`, Qdrant marks the other
@@ -934,7 +947,9 @@ async fn wait_green(
     timeout: Duration,
     cancel: &CancellationToken,
 ) -> Result<()> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    let mut said = started;
     let mut delay = Duration::from_millis(100);
     loop {
         let status = node
@@ -946,8 +961,17 @@ async fn wait_green(
             // Grey: optimizations pending until the next update (common after
             // a restart, and so in a restore of such a collection). Every point
             // is there; waiting for green would wait forever.
-            Some("green" | "grey") if all_replicas_active(node, name).await? => return Ok(()),
-            Some("green" | "grey") => {}
+            Some("green" | "grey") => {
+                let waiting = not_active(node, name).await?;
+                if waiting.is_empty() {
+                    return Ok(());
+                }
+                // What a long wait waits for, in the log every 30 s.
+                if said.elapsed() >= Duration::from_secs(30) {
+                    said = tokio::time::Instant::now();
+                    tracing::info!(collection = %name, waited_s = started.elapsed().as_secs(), replicas = %waiting.join(", "), "waiting for every replica to be Active");
+                }
+            }
             Some("red") => {
                 return Err(Error::Qdrant {
                     what: format!("collection {name} after restore"),
