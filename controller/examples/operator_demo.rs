@@ -142,6 +142,29 @@ async fn main() {
                 .unwrap_or_default();
         let mut pods = String::new();
         for pod in ["vectors-restored-0", "vectors-restored-1"] {
+            // What each Qdrant knows of the cluster: peers, raft term and
+            // commit, consensus thread status.
+            let ip = w.kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.podIP}",
+            ]);
+            if !ip.is_empty() {
+                let cluster = call(
+                    "GET",
+                    &format!("http://{ip}:6333"),
+                    "/cluster",
+                    Some(KEY),
+                    None,
+                )
+                .map(|v| v.to_string())
+                .unwrap_or_else(|e| e.to_string());
+                pods.push_str(&format!("--- {pod} GET /cluster: {cluster}\n"));
+            }
             for c in ["agent", "qdrant"] {
                 let text = kubelet.logs(pod, c);
                 let last: Vec<&str> = text.lines().rev().take(25).collect();
