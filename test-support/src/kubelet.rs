@@ -705,10 +705,18 @@ touch "$ROOT/.qdrant-config.yaml"
 if [ -f "config/$MODE.yaml" ]; then
   sed "s#: /#: $ROOT/#" "config/$MODE.yaml" > "$ROOT/.qdrant-config.yaml"
 fi
-args=()
-for a in "$@"; do
-  while read -r host ip; do a="${{a//\/\/$host:/\/\/$ip:}}"; done < '{hosts}'
-  args+=("$a")
+# A peer's name resolves once its pod has an address, as cluster DNS does:
+# wait (up to 60 s) until every host in a URL argument is in the hosts file.
+for _ in $(seq 1 300); do
+  args=()
+  pending=
+  for a in "$@"; do
+    while read -r host ip; do a="${{a//\/\/$host:/\/\/$ip:}}"; done < '{hosts}'
+    if [[ "$a" =~ ://[^/:]*[a-zA-Z][^/:]*: ]]; then pending=1; fi
+    args+=("$a")
+  done
+  [ -z "$pending" ] && break
+  sleep 0.2
 done
 exec '{bin}' --config-path "$ROOT/.qdrant-config.yaml" "${{args[@]}}"
 "#,
