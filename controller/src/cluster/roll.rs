@@ -7,10 +7,8 @@
 //! `spec.updateStrategy.singleReplica` decides: restart anyway, or wait.
 //! Pods are evicted, not deleted, so the PodDisruptionBudget holds too.
 
-use crate::agents::Agents;
 use crate::crd::{QdrantCluster, SingleReplica};
-use crate::runtime::{Context, Error, Halt};
-use crate::target::Target;
+use crate::runtime::{Context, Error};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -199,14 +197,9 @@ async fn only_replicas(
     ctx: &Context,
     pod: &str,
 ) -> Result<Result<Vec<(String, u32)>, String>, Error> {
-    let agents = match Agents::of(&ctx.client, &Target::of_cluster(c), &ctx.tls.get()).await {
-        Ok(a) => a,
-        Err(Halt::Kube(e)) => return Err(e.into()),
-        Err(h) => return Ok(Err(h.text())),
-    };
-    let (seen, unreachable) = match agents.survey(&[]).await {
+    let (_, seen, unreachable) = match super::scale::survey(c, ctx).await? {
         Ok(s) => s,
-        Err(h) => return Ok(Err(h.text())),
+        Err(why) => return Ok(Err(why)),
     };
     let Some(peer) = seen
         .iter()

@@ -235,6 +235,24 @@ struct Peers {
     instance: String,
 }
 
+/// The cluster's agents, what each sees of its Qdrant (all collections),
+/// and the pods whose agent did not answer; `Ok(Err(why))` when the agents
+/// cannot be asked at all.
+pub(super) async fn survey(
+    c: &QdrantCluster,
+    ctx: &Context,
+) -> Result<Result<(Agents, Vec<crate::agents::Seen>, Vec<String>), String>, Error> {
+    let agents = match Agents::of(&ctx.client, &Target::of_cluster(c), &ctx.tls.get()).await {
+        Ok(a) => a,
+        Err(Halt::Kube(e)) => return Err(e.into()),
+        Err(h) => return Ok(Err(h.text())),
+    };
+    Ok(match agents.survey(&[]).await {
+        Ok((seen, unreachable)) => Ok((agents, seen, unreachable)),
+        Err(h) => Err(h.text()),
+    })
+}
+
 /// Every pod's Qdrant peer, as its agent tells; `Ok(Err(why))` while an
 /// agent does not answer yet.
 async fn peers(
@@ -242,14 +260,9 @@ async fn peers(
     ctx: &Context,
     count: i32,
 ) -> Result<Result<Peers, String>, Error> {
-    let agents = match Agents::of(&ctx.client, &Target::of_cluster(c), &ctx.tls.get()).await {
-        Ok(a) => a,
-        Err(Halt::Kube(e)) => return Err(e.into()),
-        Err(h) => return Ok(Err(h.text())),
-    };
-    let (seen, unreachable) = match agents.survey(&[]).await {
+    let (agents, seen, unreachable) = match survey(c, ctx).await? {
         Ok(s) => s,
-        Err(h) => return Ok(Err(h.text())),
+        Err(why) => return Ok(Err(why)),
     };
     let name = c.name_any();
     let mut ids = vec![];
