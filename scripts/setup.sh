@@ -58,6 +58,23 @@ if ! command -v s3s-fs >/dev/null && [ ! -x .tools/bin/s3s-fs ]; then
   cargo install --locked --root .tools s3s-fs@0.14.1 --features binary
 fi
 
+# The real node's container runtime and the image builder (Debian's
+# packages): containerd, runc, the CNI plugins, podman, debootstrap.
+node_pkgs="containerd runc containernetworking-plugins podman debootstrap"
+missing=""
+for c in containerd runc podman debootstrap; do command -v "$c" >/dev/null || missing=1; done
+[ -x /usr/lib/cni/bridge ] || missing=1
+if [ -n "$missing" ]; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "$node_pkgs (apt)"
+    { apt-get install -y -qq $node_pkgs >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq $node_pkgs >/dev/null; }; }
+  else
+    say "the real-node tests need: apt-get install $node_pkgs (as root)"
+    exit 1
+  fi
+fi
+
 command -v curl >/dev/null || { say "curl is missing: apt-get install curl"; exit 1; }
 command -v xz >/dev/null || { say "xz is missing: apt-get install xz-utils"; exit 1; }
 scripts/tools.sh >/dev/null

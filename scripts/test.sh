@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 scripts/setup.sh   # everything the tests need, into .tools/ (once)
+scripts/images.sh  # the images the real-node tests run (podman; incremental)
 
 # What `kubectl apply -k manifests/` and `helm install` would send, and the
 # rendered StatefulSet.

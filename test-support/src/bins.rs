@@ -137,3 +137,17 @@ pub fn helm(args: &[&str], kubeconfig: Option<&Path>) -> Result<std::process::Ou
     cmd.output()
         .map_err(|e| format!("cannot run scripts/helm.py: {e}"))
 }
+
+/// The real node's programs (`node::Node`): kubelet, kube-scheduler and
+/// CoreDNS, built from the same sources as the API server.
+pub fn kubelet() -> Result<PathBuf, String> {
+    find("kubelet", "KUBELET_BIN")
+}
+
+pub fn kube_scheduler() -> Result<PathBuf, String> {
+    find("kube-scheduler", "KUBE_SCHEDULER_BIN")
+}
+
+pub fn coredns() -> Result<PathBuf, String> {
+    find("coredns", "COREDNS_BIN")
+}

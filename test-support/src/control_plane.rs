@@ -55,6 +55,18 @@ impl ControlPlane {
     /// Starts etcd, the API server and the controller manager; returns
     /// once the API server's `/readyz` answers ok (a few seconds).
     pub async fn start() -> Result<Self, BoxError> {
+        Self::start_with(false).await
+    }
+
+    /// As `start`, for a real kubelet (`node::Node`): the API server reaches
+    /// kubelets with the admin certificate at their InternalIP (logs, exec),
+    /// and the controller manager also runs the EndpointSlice controller,
+    /// from which cluster DNS answers for Services and pods.
+    pub async fn start_for_node() -> Result<Self, BoxError> {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(node: bool) -> Result<Self, BoxError> {
         let etcd_bin = bins::etcd()?;
         let apiserver_bin = bins::kube_apiserver()?;
         let kcm_bin = bins::kube_controller_manager()?;
@@ -93,9 +105,16 @@ impl ControlPlane {
             dir,
         };
         let p = |f: &str| d.join(f).display().to_string();
+        let mut apiserver = Command::new(&apiserver_bin);
+        if node {
+            apiserver
+                .args(["--kubelet-client-certificate", &p("admin.crt")])
+                .args(["--kubelet-client-key", &p("admin.key")])
+                .args(["--kubelet-preferred-address-types", "InternalIP,Hostname"]);
+        }
         cp.apiserver = Some(Guarded::spawn(
             "kube-apiserver",
-            Command::new(&apiserver_bin)
+            apiserver
                 .args(["--etcd-servers", &etcd_url])
                 .args([
                     "--bind-address",
@@ -136,7 +155,8 @@ impl ControlPlane {
                 .args(["--service-account-private-key-file", &p("sa.key")])
                 .args(["--root-ca-file", &p("ca.crt")])
                 .arg("--leader-elect=false")
-                .arg("--controllers=statefulset,garbagecollector,namespace,serviceaccount-token,disruption,persistentvolume-binder,persistentvolumeclaim-protection-controller")
+                .arg(format!("--controllers=statefulset,garbagecollector,namespace,serviceaccount-token,disruption,persistentvolume-binder,persistentvolumeclaim-protection-controller{}",
+                    if node { ",endpointslice,nodelifecycle" } else { "" }))
                 .args(["--bind-address", "127.0.0.1", "--secure-port", "0"])
                 .stdout(Stdio::null())
                 .stderr(log_file(&d, "kube-controller-manager.log")?),

@@ -9,6 +9,7 @@ pub mod bins;
 pub mod control_plane;
 pub mod gate;
 pub mod kubelet;
+pub mod node;
 pub mod process;
 pub mod qdrant_double;
 pub mod real_qdrant;

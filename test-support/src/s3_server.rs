@@ -23,9 +23,15 @@ impl S3Server {
                 child: None,
             });
         }
+        Self::start_on("127.0.0.1")
+    }
+
+    /// Its own moto on `host` (e.g. the real node's bridge address, which
+    /// pods reach and the host owns), whatever `TEST_S3_ENDPOINT` says.
+    pub fn start_on(host: &str) -> std::io::Result<Self> {
         let port = free_port()?;
         let child = Command::new(crate::bins::tool("moto_server"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", host, "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -35,7 +41,7 @@ impl S3Server {
                 ))
             })?;
         let s = Self {
-            endpoint: format!("http://127.0.0.1:{port}"),
+            endpoint: format!("http://{host}:{port}"),
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(30);

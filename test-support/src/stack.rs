@@ -77,7 +77,16 @@ pub struct World {
 impl World {
     /// A control plane with `kubectl apply -k manifests/` done.
     pub async fn start() -> World {
-        let cp = need(ControlPlane::start().await);
+        Self::start_on(need(ControlPlane::start().await)).await
+    }
+
+    /// As `start`, on a control plane made for a real kubelet
+    /// (`node::Node`).
+    pub async fn start_for_node() -> World {
+        Self::start_on(need(ControlPlane::start_for_node().await)).await
+    }
+
+    async fn start_on(cp: ControlPlane) -> World {
         let admin = need(cp.admin().await);
         let out = need(cp.kubectl(&[
             "apply",
