@@ -222,3 +222,186 @@ async fn a_cluster_of_real_pods_backs_up_and_restores_into_two_nodes() {
         );
     }
 }
+
+/// Qdrant's official chart (`../shared/charts/qdrant`, unmodified) installed
+/// as `release` with `values`, as its users install it.
+fn helm_install(w: &World, release: &str, values: &str) {
+    let chart = test_support::bins::workspace_root()
+        .parent()
+        .unwrap()
+        .join("shared/charts/qdrant");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), values).unwrap();
+    let out = need(test_support::bins::helm(
+        &[
+            "install",
+            release,
+            &chart.display().to_string(),
+            "-n",
+            NS,
+            "-f",
+            &file.path().display().to_string(),
+        ],
+        Some(&w.cp.admin_kubeconfig()),
+    ));
+    assert!(
+        out.status.success(),
+        "helm install {release}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The chart's values as a user opting into backups writes them: its
+/// defaults (uid 1000, gid 2000, fsGroup 3000, read-only root filesystem,
+/// a generated API key mounted as `config/local.yaml`), plus the opt-in label.
+fn chart_values(replicas: u32) -> String {
+    format!(
+        "replicaCount: {replicas}\nimage: {{tag: v1.18.3}}\napiKey: true\n\
+         podLabels: {{qdrant.io/backup-agent: \"true\"}}\npersistence: {{size: 1Gi}}\n"
+    )
+}
+
+/// The API key the chart generated for `release`.
+fn chart_api_key(w: &World, release: &str) -> String {
+    let b64 = w.kubectl(&[
+        "-n",
+        NS,
+        "get",
+        "secret",
+        &format!("{release}-qdrant-apikey"),
+        "-o",
+        "jsonpath={.data.api-key}",
+    ]);
+    let out = std::process::Command::new("base64")
+        .arg("-d")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(b64.trim().as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+async fn statefulset_ready(w: &World, name: &str, n: i32, diag: &impl Fn() -> String) {
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(w.admin.clone(), NS);
+    test_support::stack::eventually(
+        300,
+        &format!("StatefulSet {name} has {n} ready pods"),
+        diag,
+        || async {
+            let s = sts.get_opt(name).await.ok()??;
+            (s.status?.ready_replicas == Some(n)).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
+    let images = need(node::image_archives());
+    let w = World::start_for_node().await;
+    let node = need(Node::start(&w.cp, &images).await);
+    let s3 = need(S3Server::start_on(node::GATEWAY));
+    let bucket = need(s3.bucket("chart"));
+    // The API server reaches the operator's webhook on loopback by URL.
+    let port = test_support::s3_server::free_port().unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let operator = w.operator_with(
+        "qdrant-operator-0",
+        &["--webhook-listen", &listen, "--webhook-hosts", "127.0.0.1"],
+    );
+    let diag = || diagnosis(&w, &node, &operator.log_text());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(w.admin.clone(), test_support::control_plane::OPERATOR_NS);
+    let ca = test_support::stack::eventually(60, "the operator created its CA", &diag, || async {
+        let s = secrets.get_opt("qdrant-operator-ca").await.ok()??;
+        s.data?.get("ca.crt").map(|b| b.0.clone())
+    })
+    .await;
+    w.apply(&format!(
+        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\n\
+         metadata: {{name: qdrant-operator-by-url}}\nwebhooks:\n\
+         - name: agent.qdrant.io\n  admissionReviewVersions: [v1]\n  sideEffects: NoneOnDryRun\n\
+         \x20 failurePolicy: Ignore\n  timeoutSeconds: 10\n  reinvocationPolicy: Never\n\
+         \x20 objectSelector: {{matchLabels: {{qdrant.io/backup-agent: \"true\"}}}}\n\
+         \x20 rules: [{{apiGroups: [\"\"], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}}]\n\
+         \x20 clientConfig: {{url: \"https://127.0.0.1:{port}/mutate-pods\", caBundle: {}}}\n",
+        qdrant_operator::webhook::base64(&ca)
+    ));
+    w.kubectl(&["create", "namespace", NS]);
+    w.secret(
+        NS,
+        "s3",
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIANODE"),
+            ("AWS_SECRET_ACCESS_KEY", "node-secret-Hh52"),
+        ],
+    );
+    w.apply(&node.local_volumes("chart", 5, "1Gi"));
+    helm_install(&w, "vectors", &chart_values(3));
+    statefulset_ready(&w, "vectors-qdrant", 3, &diag).await;
+
+    let pods: Api<Pod> = Api::namespaced(w.admin.clone(), NS);
+    let p = pods.get("vectors-qdrant-0").await.unwrap();
+    let names: Vec<String> = p
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
+        .collect();
+    assert!(names.contains(&"qdrant-agent".to_string()), "{names:?}");
+    let key = chart_api_key(&w, "vectors");
+    let source = format!("http://{}:6333", pod_ip(&pods, "vectors-qdrant-0").await);
+    for (name, shards, rf) in COLLECTIONS {
+        let _ = (shards, rf);
+        need(call(
+            "PUT",
+            &source,
+            &format!("/collections/{name}?wait=true"),
+            Some(&key),
+            Some(json!({"vectors": {"size": 4, "distance": "Cosine"},
+                        "shard_number": shards, "replication_factor": rf})),
+        ));
+        let points: Vec<Value> = (1..=POINTS)
+            .map(|i| json!({"id": i, "vector": [i as f32, 1.0, 2.0, 3.0], "payload": {"n": i}}))
+            .collect();
+        need(call(
+            "PUT",
+            &source,
+            &format!("/collections/{name}/points?wait=true"),
+            Some(&key),
+            Some(json!({"points": points})),
+        ));
+    }
+
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: chart, namespace: {NS}}}\n\
+         spec:\n  clusterRef: {{kind: StatefulSet, name: vectors-qdrant}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: chart, region: us-east-1, \
+         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
+        s3.endpoint
+    ));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", "chart", 300, &diag)
+        .await;
+
+    helm_install(&w, "copy", &chart_values(2));
+    statefulset_ready(&w, "copy-qdrant", 2, &diag).await;
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: chart-copy, namespace: {NS}}}\n\
+         spec:\n  backupRef: {{name: chart}}\n  targetClusterRef: {{kind: StatefulSet, name: copy-qdrant}}\n"
+    ));
+    let _ = w
+        .completed::<QdrantRestoreStatus>(NS, "qdrantrestores", "chart-copy", 300, &diag)
+        .await;
+    let copy_key = chart_api_key(&w, "copy");
+    let target = format!("http://{}:6333", pod_ip(&pods, "copy-qdrant-0").await);
+    for (name, _, _) in COLLECTIONS {
+        let want = need(all_points(&source, name, Some(&key)));
+        assert_eq!(want.len() as u64, POINTS, "{name}");
+        let got = need(all_points(&target, name, Some(&copy_key)));
+        assert_eq!(got, want, "{name}: restored points differ");
+    }
+}
