@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use qdrant_operator::crd::QdrantRestoreStatus;
 use serde_json::{Value, json};
+use test_support::control_plane::OPERATOR_NS;
 use test_support::node::{self, Node};
 use test_support::real_qdrant::{all_points, call};
 use test_support::s3_server::S3Server;
@@ -32,7 +33,7 @@ fn tail(s: &str, n: usize) -> String {
 
 /// What to read when a step does not happen: the operator's log, the pods,
 /// their containers' logs and the kubelet's.
-fn diagnosis(w: &World, node: &Node, operator_log: &str) -> String {
+fn diagnosis(w: &World, node: &Node) -> String {
     let out = |args: &[&str]| {
         w.cp.kubectl(args)
             .map(|o| {
@@ -56,8 +57,18 @@ fn diagnosis(w: &World, node: &Node, operator_log: &str) -> String {
         ));
     }
     format!(
-        "operator log:\n{}\nobjects:\n{}\nbackups and restores:\n{}\nevents:\n{}\npod logs:\n{logs}\nkubelet:\n{}",
-        tail(operator_log, 30),
+        "operator log:\n{}\noperator pods:\n{}\nobjects:\n{}\nbackups and restores:\n{}\nevents:\n{}\npod logs:\n{logs}\nkubelet:\n{}",
+        tail(
+            &out(&[
+                "-n",
+                OPERATOR_NS,
+                "logs",
+                "deploy/qdrant-operator",
+                "--tail=30"
+            ]),
+            30
+        ),
+        out(&["-n", OPERATOR_NS, "get", "pods", "-o", "wide"]),
         out(&["-n", NS, "get", "qc,sts,pods,pvc", "-o", "wide"]),
         out(&[
             "-n",
@@ -73,6 +84,42 @@ fn diagnosis(w: &World, node: &Node, operator_log: &str) -> String {
         ),
         node.log_tail("kubelet.log", 10),
     )
+}
+
+/// The operator as `kubectl apply -k manifests/` installed it (the World
+/// did): its Deployment runs the image built from Dockerfile.controller on
+/// the node, as its ServiceAccount. Two settings differ, both for this
+/// test environment: the API server's address (no kube-proxy routes the
+/// `kubernetes` Service's ClusterIP) and plain-http endpoints allowed (the
+/// test S3 server).
+async fn in_cluster_operator(w: &World, diag: &impl Fn() -> String) {
+    w.apply(&Node::namespace_yaml(&w.cp, OPERATOR_NS));
+    w.apply(&Node::namespace_yaml(&w.cp, NS));
+    let port = w.cp.url.rsplit(':').next().unwrap().to_string();
+    w.kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "set",
+        "env",
+        "deployment/qdrant-operator",
+        "ALLOW_INSECURE_ENDPOINTS=true",
+        &format!("KUBERNETES_SERVICE_HOST={}", node::GATEWAY),
+        &format!("KUBERNETES_SERVICE_PORT={port}"),
+    ]);
+    let out = need(w.cp.kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "rollout",
+        "status",
+        "deployment/qdrant-operator",
+        "--timeout=180s",
+    ]));
+    assert!(
+        out.status.success(),
+        "the operator's Deployment did not roll out: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        diag()
+    );
 }
 
 fn seed(base: &str) {
@@ -117,10 +164,9 @@ async fn a_cluster_of_real_pods_backs_up_and_restores_into_two_nodes() {
     let node = need(Node::start(&w.cp, &images).await);
     let s3 = need(S3Server::start_on(node::GATEWAY));
     let bucket = need(s3.bucket("node"));
-    let operator = w.operator("qdrant-operator-0");
-    let diag = || diagnosis(&w, &node, &operator.log_text());
+    let diag = || diagnosis(&w, &node);
+    in_cluster_operator(&w, &diag).await;
 
-    w.kubectl(&["create", "namespace", NS]);
     w.secret(NS, "qdrant-api-key", &[("api-key", API_KEY)]);
     w.secret(
         NS,
@@ -307,32 +353,10 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     let node = need(Node::start(&w.cp, &images).await);
     let s3 = need(S3Server::start_on(node::GATEWAY));
     let bucket = need(s3.bucket("chart"));
-    // The API server reaches the operator's webhook on loopback by URL.
-    let port = test_support::s3_server::free_port().unwrap();
-    let listen = format!("127.0.0.1:{port}");
-    let operator = w.operator_with(
-        "qdrant-operator-0",
-        &["--webhook-listen", &listen, "--webhook-hosts", "127.0.0.1"],
-    );
-    let diag = || diagnosis(&w, &node, &operator.log_text());
-    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(w.admin.clone(), test_support::control_plane::OPERATOR_NS);
-    let ca = test_support::stack::eventually(60, "the operator created its CA", &diag, || async {
-        let s = secrets.get_opt("qdrant-operator-ca").await.ok()??;
-        s.data?.get("ca.crt").map(|b| b.0.clone())
-    })
-    .await;
-    w.apply(&format!(
-        "apiVersion: admissionregistration.k8s.io/v1\nkind: MutatingWebhookConfiguration\n\
-         metadata: {{name: qdrant-operator-by-url}}\nwebhooks:\n\
-         - name: agent.qdrant.io\n  admissionReviewVersions: [v1]\n  sideEffects: NoneOnDryRun\n\
-         \x20 failurePolicy: Ignore\n  timeoutSeconds: 10\n  reinvocationPolicy: Never\n\
-         \x20 objectSelector: {{matchLabels: {{qdrant.io/backup-agent: \"true\"}}}}\n\
-         \x20 rules: [{{apiGroups: [\"\"], apiVersions: [v1], operations: [CREATE], resources: [pods], scope: Namespaced}}]\n\
-         \x20 clientConfig: {{url: \"https://127.0.0.1:{port}/mutate-pods\", caBundle: {}}}\n",
-        qdrant_operator::webhook::base64(&ca)
-    ));
-    w.kubectl(&["create", "namespace", NS]);
+    let diag = || diagnosis(&w, &node);
+    // The webhook as manifests/ installs it: the API server calls the
+    // operator's pod through its Service.
+    in_cluster_operator(&w, &diag).await;
     w.secret(
         NS,
         "s3",

@@ -106,8 +106,17 @@ impl ControlPlane {
         };
         let p = |f: &str| d.join(f).display().to_string();
         let mut apiserver = Command::new(&apiserver_bin);
+        let bind = if node { "0.0.0.0" } else { "127.0.0.1" };
+        if !node {
+            // Pods get ServiceAccount tokens only on the real node.
+            apiserver.args(["--disable-admission-plugins", "ServiceAccount"]);
+        }
         if node {
+            // Pods reach it at the bridge address; Services' endpoints (the
+            // operator's webhook) are called directly, as there is no
+            // kube-proxy to route ClusterIPs.
             apiserver
+                .arg("--enable-aggregator-routing=true")
                 .args(["--kubelet-client-certificate", &p("admin.crt")])
                 .args(["--kubelet-client-key", &p("admin.key")])
                 .args(["--kubelet-preferred-address-types", "InternalIP,Hostname"]);
@@ -116,12 +125,7 @@ impl ControlPlane {
             "kube-apiserver",
             apiserver
                 .args(["--etcd-servers", &etcd_url])
-                .args([
-                    "--bind-address",
-                    "127.0.0.1",
-                    "--advertise-address",
-                    "127.0.0.1",
-                ])
+                .args(["--bind-address", bind, "--advertise-address", "127.0.0.1"])
                 .args(["--secure-port", &port.to_string()])
                 .args(["--cert-dir", &p("apiserver-certs")])
                 .args(["--tls-cert-file", &p("serving.crt")])
@@ -132,7 +136,6 @@ impl ControlPlane {
                 .args(["--service-account-issuer", "https://kubernetes.default.svc"])
                 .args(["--service-account-key-file", &p("sa.pub")])
                 .args(["--service-account-signing-key-file", &p("sa.key")])
-                .args(["--disable-admission-plugins", "ServiceAccount"])
                 // As on OpenShift: setting blockOwnerDeletion needs update on
                 // the owner's finalizers, changing ownerReferences needs delete.
                 .args([
@@ -156,7 +159,7 @@ impl ControlPlane {
                 .args(["--root-ca-file", &p("ca.crt")])
                 .arg("--leader-elect=false")
                 .arg(format!("--controllers=statefulset,garbagecollector,namespace,serviceaccount-token,disruption,persistentvolume-binder,persistentvolumeclaim-protection-controller{}",
-                    if node { ",endpointslice,nodelifecycle" } else { "" }))
+                    if node { ",endpointslice,endpoint,nodelifecycle,serviceaccount,root-ca-cert-publisher,deployment,replicaset" } else { "" }))
                 .args(["--bind-address", "127.0.0.1", "--secure-port", "0"])
                 .stdout(Stdio::null())
                 .stderr(log_file(&d, "kube-controller-manager.log")?),
@@ -432,6 +435,10 @@ fn write_pki(d: &Path) -> Result<(), BoxError> {
         "127.0.0.1".to_string(),
         "localhost".to_string(),
         "kubernetes.default.svc".to_string(),
+        // The real node's bridge address and the `kubernetes` Service's
+        // ClusterIP, for pods (`node::Node`).
+        crate::node::GATEWAY.to_string(),
+        "10.0.0.1".to_string(),
     ])?
     .signed_by(&serving_key, &issuer)?;
 

@@ -283,6 +283,21 @@ impl Node {
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 
+    /// What pods in namespace `ns` need on this node besides the namespace:
+    /// these Kubernetes binaries are built from the tree OpenShift vendors,
+    /// whose ServiceAccount admission adds ConfigMap
+    /// `openshift-service-ca.crt` (published by OpenShift's service CA
+    /// operator) to every pod's token volume; without it no pod starts.
+    pub fn namespace_yaml(cp: &ControlPlane, ns: &str) -> String {
+        let ca = std::fs::read_to_string(cp.dir().join("ca.crt")).unwrap_or_default();
+        let indented: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {ns}}}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: openshift-service-ca.crt, namespace: {ns}}}\n\
+             data:\n  service-ca.crt: |\n{indented}"
+        )
+    }
+
     /// A folder on the node for a `local` PersistentVolume: the kubelet
     /// applies the pod's fsGroup to it, as to a cloud disk.
     pub fn volume_dir(&self, name: &str) -> PathBuf {
