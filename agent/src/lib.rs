@@ -15,5 +15,6 @@ pub mod manifest;
 pub mod node;
 pub mod progress;
 pub mod qdrant;
+pub mod qdrant_config;
 pub mod restore;
 pub mod server;

@@ -160,44 +160,48 @@ fn serves_https(c: &Container) -> bool {
     env_tls || probe_tls
 }
 
+/// Qdrant's config folder in its image, where its Helm chart mounts
+/// `production.yaml` (its `config:` values) and `local.yaml` (its API key).
+pub const CONFIG_DIR: &str = "/qdrant/config";
 /// Where Qdrant's Helm chart mounts the config file that holds the API key.
 pub const LOCAL_CONFIG: &str = "/qdrant/config/local.yaml";
 
-/// How the agent gets the key Qdrant itself gets: its environment variable
-/// handed on as the same value or Secret reference, else the config file
-/// it mounts (never copied out of its Secret). Returns env and mounts.
+/// What the agent needs to read Qdrant's configuration the way Qdrant does
+/// (`qdrant_agent::qdrant_config`): Qdrant's `QDRANT__*` variables and its
+/// RUN_MODE, handed on as the same values or Secret references, and every
+/// file Qdrant's container mounts into its config folder, read-only at the
+/// same path (never copied out of its Secret or ConfigMap). Files baked
+/// into Qdrant's image are not seen; its `config/config.yaml` sets no key.
 fn api_key(qdrant: &Container) -> (Vec<EnvVar>, Vec<VolumeMount>) {
-    if let Some(e) = qdrant
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "QDRANT__SERVICE__API_KEY")
-    {
-        let env = EnvVar {
-            name: "QDRANT_API_KEY".into(),
-            ..e.clone()
-        };
-        return (vec![env], vec![]);
+    let mut env = vec![EnvVar {
+        name: "QDRANT_CONFIG_DIR".into(),
+        value: Some(CONFIG_DIR.into()),
+        ..Default::default()
+    }];
+    for e in qdrant.env.iter().flatten() {
+        if e.name.starts_with("QDRANT__") {
+            env.push(e.clone());
+        } else if e.name == "RUN_MODE" {
+            env.push(EnvVar {
+                name: "QDRANT_RUN_MODE".into(),
+                ..e.clone()
+            });
+        }
     }
-    match qdrant
+    let mounts = qdrant
         .volume_mounts
         .iter()
         .flatten()
-        .find(|m| m.mount_path == LOCAL_CONFIG)
-    {
-        Some(m) => (
-            vec![EnvVar {
-                name: "QDRANT_CONFIG_FILE".into(),
-                value: Some(LOCAL_CONFIG.into()),
-                ..Default::default()
-            }],
-            vec![VolumeMount {
-                read_only: Some(true),
-                ..m.clone()
-            }],
-        ),
-        None => (vec![], vec![]),
-    }
+        .filter(|m| {
+            let p = m.mount_path.trim_end_matches('/');
+            p == CONFIG_DIR || p.starts_with(&format!("{CONFIG_DIR}/"))
+        })
+        .map(|m| VolumeMount {
+            read_only: Some(true),
+            ..m.clone()
+        })
+        .collect();
+    (env, mounts)
 }
 
 fn http_port(qdrant: &Container) -> i32 {
@@ -296,7 +300,7 @@ mod tests {
             .env
             .iter()
             .flatten()
-            .find(|e| e.name == "QDRANT_API_KEY")
+            .find(|e| e.name == "QDRANT__SERVICE__API_KEY")
             .unwrap();
         let r = key
             .value_from
@@ -390,18 +394,32 @@ mod tests {
         );
     }
 
-    /// The chart's own way: `apiKey` in a Secret mounted as local.yaml.
+    /// The chart's own ways: `apiKey` in a Secret mounted as local.yaml,
+    /// `config:` values in a ConfigMap mounted as production.yaml. The
+    /// agent mounts both where Qdrant does and reads them as Qdrant does.
     #[test]
-    fn a_key_in_the_charts_config_file_reaches_the_agent_through_the_same_file() {
+    fn every_file_in_qdrants_config_folder_reaches_the_agent_through_the_same_mount() {
         let mut pod = chart_pod();
         let q = &mut pod.spec.as_mut().unwrap().containers[0];
-        q.env = None;
-        q.volume_mounts.as_mut().unwrap().push(VolumeMount {
-            name: "qdrant-secret".into(),
-            mount_path: LOCAL_CONFIG.into(),
-            sub_path: Some("local.yaml".into()),
+        q.env = Some(vec![EnvVar {
+            name: "RUN_MODE".into(),
+            value: Some("staging".into()),
             ..Default::default()
-        });
+        }]);
+        q.volume_mounts.as_mut().unwrap().extend([
+            VolumeMount {
+                name: "qdrant-secret".into(),
+                mount_path: LOCAL_CONFIG.into(),
+                sub_path: Some("local.yaml".into()),
+                ..Default::default()
+            },
+            VolumeMount {
+                name: "qdrant-config".into(),
+                mount_path: "/qdrant/config/production.yaml".into(),
+                sub_path: Some("production.yaml".into()),
+                ..Default::default()
+            },
+        ]);
         let p = patched(&pod, &plan(&pod, "img", 256).unwrap().unwrap());
         let spec = p.spec.unwrap();
         let agent = spec
@@ -419,9 +437,36 @@ mod tests {
             (file.name.as_str(), file.sub_path.as_deref(), file.read_only),
             ("qdrant-secret", Some("local.yaml"), Some(true))
         );
-        let env = agent.env.iter().flatten();
-        let names: Vec<&str> = env.map(|e| e.name.as_str()).collect();
-        assert!(names.contains(&"QDRANT_CONFIG_FILE") && !names.contains(&"QDRANT_API_KEY"));
+        assert!(
+            agent
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/qdrant/config/production.yaml"
+                    && m.read_only == Some(true))
+        );
+        assert!(
+            !agent
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/qdrant/storage"),
+            "only the config folder's files"
+        );
+        let env: Vec<(&str, Option<&str>)> = agent
+            .env
+            .iter()
+            .flatten()
+            .map(|e| (e.name.as_str(), e.value.as_deref()))
+            .collect();
+        assert!(
+            env.contains(&("QDRANT_CONFIG_DIR", Some(CONFIG_DIR))),
+            "{env:?}"
+        );
+        assert!(
+            env.contains(&("QDRANT_RUN_MODE", Some("staging"))),
+            "{env:?}"
+        );
     }
 
     #[test]

@@ -124,7 +124,7 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
         .env
         .iter()
         .flatten()
-        .find(|e| e.name == "QDRANT_API_KEY")
+        .find(|e| e.name == "QDRANT__SERVICE__API_KEY")
         .and_then(|e| e.value_from.as_ref()?.secret_key_ref.clone())
         .expect("the API key from Qdrant's own Secret");
     assert_eq!(key.name, "qdrant-apikey");

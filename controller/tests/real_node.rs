@@ -411,7 +411,17 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         .completed::<Value>(NS, "qdrantbackups", "chart", 300, &diag)
         .await;
 
-    helm_install(&w, "copy", &chart_values(2));
+    // The second release sets its key in `config.service.api_key`, which
+    // the chart writes into production.yaml (a ConfigMap), not local.yaml.
+    const COPY_KEY: &str = "copy-key-in-values-8f2a";
+    helm_install(
+        &w,
+        "copy",
+        &format!(
+            "replicaCount: 2\nimage: {{tag: v1.18.3}}\npodLabels: {{qdrant.io/backup-agent: \"true\"}}\n\
+             persistence: {{size: 1Gi}}\nconfig: {{service: {{api_key: {COPY_KEY}}}}}\n"
+        ),
+    );
     statefulset_ready(&w, "copy-qdrant", 2, &diag).await;
     w.apply(&format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: chart-copy, namespace: {NS}}}\n\
@@ -420,7 +430,7 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     let _ = w
         .completed::<QdrantRestoreStatus>(NS, "qdrantrestores", "chart-copy", 300, &diag)
         .await;
-    let copy_key = chart_api_key(&w, "copy");
+    let copy_key = COPY_KEY.to_string();
     let target = format!("http://{}:6333", pod_ip(&pods, "copy-qdrant-0").await);
     for (name, _, _) in COLLECTIONS {
         let want = need(all_points(&source, name, Some(&key)));

@@ -678,7 +678,11 @@ fn map_value(s: &str, rootfs: &Path, mounts: &[String], workdir: &str, ip: &str)
     let under = |p: &str, dir: &str| {
         dir != "/" && (p == dir || p.starts_with(&format!("{}/", dir.trim_end_matches('/'))))
     };
-    if s.starts_with('/') && (mounts.iter().any(|m| under(s, m)) || under(s, workdir)) {
+    // A mount's folder, or a folder holding mounts (e.g. /qdrant/config
+    // with files mounted in it).
+    if s.starts_with('/')
+        && (mounts.iter().any(|m| under(s, m) || under(m, s)) || under(s, workdir))
+    {
         return rootfs.join(s.trim_start_matches('/')).display().to_string();
     }
     s.replace("0.0.0.0", ip)

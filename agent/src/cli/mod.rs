@@ -72,9 +72,19 @@ pub struct QdrantArgs {
     /// File holding Qdrant's API key (or set QDRANT_API_KEY).
     #[arg(long)]
     pub qdrant_api_key_file: Option<PathBuf>,
-    /// A Qdrant config file (YAML) to take the API key from, its
-    /// service.api_key: e.g. the /qdrant/config/local.yaml that Qdrant's Helm
-    /// chart mounts. --qdrant-api-key-file and QDRANT_API_KEY come first.
+    /// Qdrant's config folder as this process sees it (/qdrant/config in
+    /// Qdrant's image, with the files Qdrant's pod mounts there): the API
+    /// key and TLS setting are read from config.yaml, $RUN_MODE.yaml,
+    /// local.yaml, --qdrant-config and QDRANT__* variables, in Qdrant's own
+    /// order. --qdrant-api-key-file and QDRANT_API_KEY come first.
+    #[arg(long, env = "QDRANT_CONFIG_DIR")]
+    pub qdrant_config_dir: Option<PathBuf>,
+    /// Qdrant's RUN_MODE, which names the config/$RUN_MODE.yaml it reads
+    /// (Qdrant's image sets production).
+    #[arg(long, env = "QDRANT_RUN_MODE", default_value = "production")]
+    pub qdrant_run_mode: String,
+    /// The config file Qdrant was started with (its --config-path), read
+    /// after the config folder's files.
     #[arg(long, env = "QDRANT_CONFIG_FILE")]
     pub qdrant_config: Option<PathBuf>,
     /// Qdrant's snapshots directory as this process sees it.
@@ -129,6 +139,7 @@ pub async fn run(cmd: Command) -> Result<()> {
 }
 
 pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
+    let config = qdrant_config(a)?;
     let key = match &a.qdrant_api_key_file {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -146,10 +157,7 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
             .filter(|k| !k.is_empty())
         {
             Some(k) => Some(k),
-            None => match &a.qdrant_config {
-                Some(p) => key_from_config(p)?,
-                None => None,
-            },
+            None => config.api_key,
         },
     };
     let name = a.node_name.clone().unwrap_or_else(hostname);
@@ -163,24 +171,36 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
     })
 }
 
-/// `service.api_key` of a Qdrant config file, if it sets one.
-fn key_from_config(p: &std::path::Path) -> Result<Option<String>> {
-    let text = std::fs::read_to_string(p).map_err(|e| {
-        Error::Invalid(format!(
-            "cannot read the Qdrant config file {} (--qdrant-config): {e}",
-            p.display()
-        ))
-    })?;
-    let v: serde_json::Value = serde_yaml::from_str(&text).map_err(|e| {
-        Error::Invalid(format!(
-            "the Qdrant config file {} (--qdrant-config) is not YAML: {e}",
-            p.display()
-        ))
-    })?;
-    Ok(v.pointer("/service/api_key")
-        .and_then(serde_json::Value::as_str)
-        .map(|k| k.trim().to_string())
-        .filter(|k| !k.is_empty()))
+/// Qdrant's own configuration as `a` locates it (nothing when neither a
+/// config folder nor a file is given, but `QDRANT__*` variables).
+fn qdrant_config(a: &QdrantArgs) -> Result<crate::qdrant_config::QdrantConfig> {
+    let sources = crate::qdrant_config::Sources {
+        dir: a.qdrant_config_dir.clone(),
+        run_mode: a.qdrant_run_mode.clone(),
+        config_path: a.qdrant_config.clone(),
+    };
+    let c = crate::qdrant_config::load(&sources, std::env::vars())?;
+    if c.enable_tls == Some(true) && a.qdrant_url.starts_with("http://") {
+        return Err(Error::Invalid(format!(
+            "Qdrant serves HTTPS (service.enable_tls in {}), but --qdrant-url is {}: give its https:// URL",
+            describe(&c.files),
+            a.qdrant_url
+        )));
+    }
+    Ok(c)
+}
+
+fn describe(files: &[PathBuf]) -> String {
+    if files.is_empty() {
+        "QDRANT__SERVICE__ENABLE_TLS".into()
+    } else {
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+            + " or QDRANT__SERVICE__ENABLE_TLS"
+    }
 }
 
 pub(crate) fn s3_config(a: &S3Args, sse: &SseArgs) -> S3Config {

@@ -522,7 +522,7 @@ pub struct AgentWiring {
     /// Replaces the default resources (budget plus overhead) whole.
     pub resources: Option<ResourceRequirements>,
     /// How the agent gets Qdrant's API key: `QDRANT_API_KEY`, or
-    /// `QDRANT_CONFIG_FILE` naming a mounted Qdrant config file.
+    /// Qdrant's own `QDRANT__*` variables and config files (`QDRANT_CONFIG_DIR`).
     pub env: Vec<EnvVar>,
     /// Mounts besides the snapshots, token and TLS (e.g. that config file).
     pub extra_mounts: Vec<VolumeMount>,
