@@ -113,10 +113,32 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
         name: CONTAINER.into(),
         ..container
     };
-    let volumes = [
-        render::secret_volume(TOKEN_VOLUME, token_secret(&workload)),
-        render::secret_volume(TLS_VOLUME, tls_secret(&workload)),
-    ];
+    // With the pod's fsGroup the kubelet makes the 0400 files readable by
+    // that group, which the agent has. Without one they stay root's own,
+    // and the agent (never root) reads them only if every user may: they
+    // are mounted in the agent's container alone.
+    let readable = if spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.fs_group)
+        .is_some()
+    {
+        0o400
+    } else {
+        0o444
+    };
+    let volumes = [TOKEN_VOLUME, TLS_VOLUME].map(|v| {
+        let secret = if v == TOKEN_VOLUME {
+            token_secret(&workload)
+        } else {
+            tls_secret(&workload)
+        };
+        let mut vol = render::secret_volume(v, secret);
+        if let Some(s) = vol.secret.as_mut() {
+            s.default_mode = Some(readable);
+        }
+        vol
+    });
     let mut patch = vec![json!({"op": "add", "path": "/spec/containers/-", "value": container})];
     if spec.volumes.is_none() {
         patch.push(json!({"op": "add", "path": "/spec/volumes", "value": []}));
@@ -467,6 +489,26 @@ mod tests {
             env.contains(&("QDRANT_RUN_MODE", Some("staging"))),
             "{env:?}"
         );
+    }
+
+    /// Without the pod's fsGroup, Secret files are root's: the agent's own
+    /// are then readable by every user, or it could never read them.
+    #[test]
+    fn without_an_fs_group_the_agents_secret_files_are_readable_by_its_user() {
+        let modes = |pod: &Pod| -> Vec<Option<i32>> {
+            patched(pod, &plan(pod, "img", 256).unwrap().unwrap())
+                .spec
+                .unwrap()
+                .volumes
+                .unwrap()
+                .iter()
+                .filter_map(|v| v.secret.as_ref().map(|s| s.default_mode))
+                .collect()
+        };
+        assert_eq!(modes(&chart_pod()), [Some(0o400), Some(0o400)]);
+        let mut pod = chart_pod();
+        pod.spec.as_mut().unwrap().security_context = None;
+        assert_eq!(modes(&pod), [Some(0o444), Some(0o444)]);
     }
 
     #[test]

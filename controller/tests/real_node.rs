@@ -412,14 +412,16 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         .await;
 
     // The second release sets its key in `config.service.api_key`, which
-    // the chart writes into production.yaml (a ConfigMap), not local.yaml.
+    // the chart writes into production.yaml (a ConfigMap), not local.yaml;
+    // and it has no fsGroup (`podSecurityContext: {}`), so Secret files
+    // stay root's unless the webhook makes the agent's readable.
     const COPY_KEY: &str = "copy-key-in-values-8f2a";
     helm_install(
         &w,
         "copy",
         &format!(
             "replicaCount: 2\nimage: {{tag: v1.18.3}}\npodLabels: {{qdrant.io/backup-agent: \"true\"}}\n\
-             persistence: {{size: 1Gi}}\nconfig: {{service: {{api_key: {COPY_KEY}}}}}\n"
+             persistence: {{size: 1Gi}}\nconfig: {{service: {{api_key: {COPY_KEY}}}}}\npodSecurityContext: {{}}\n"
         ),
     );
     statefulset_ready(&w, "copy-qdrant", 2, &diag).await;
