@@ -5,6 +5,7 @@ helm binary is installed. Flags mean what they mean to `helm`.
 
   helm.py template NAME CHART [-n NS] [--set K=V]... [-f FILE]... [--include-crds]
   helm.py install NAME CHART -n NS [--create-namespace] [--set K=V]... [-f FILE]...
+  helm.py upgrade NAME CHART -n NS [--reuse-values] [--set K=V]... [-f FILE]...
   helm.py lint CHART [--set K=V]... [-f FILE]...
 
 `install` talks to the cluster of $KUBECONFIG and waits for nothing.
@@ -67,6 +68,20 @@ def install(args):
     print(f"release {release.get('name', args.name)} installed in {args.namespace}: {status}")
 
 
+def upgrade(args):
+    with helm.Config(namespace=args.namespace) as config:
+        release = config.upgrade(
+            args.chart,
+            args.name,
+            merged_values(args),
+            namespace=args.namespace,
+            reuse_values=args.reuse_values,
+            timeout=120,
+        )
+    status = (release.get("info") or {}).get("status") or release.get("status", "deployed")
+    print(f"release {release.get('name', args.name)} upgraded in {args.namespace}: {status}")
+
+
 def lint(args):
     report = helm.lint(args.chart, merged_values(args), strict=True)
     for m in report.get("messages", []):
@@ -80,7 +95,7 @@ def lint(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    for name, fn in [("template", template), ("install", install), ("lint", lint)]:
+    for name, fn in [("template", template), ("install", install), ("upgrade", upgrade), ("lint", lint)]:
         s = sub.add_parser(name)
         if name != "lint":
             s.add_argument("name")
@@ -90,6 +105,7 @@ def main():
         s.add_argument("-f", "--values", action="append", default=[])
         s.add_argument("--include-crds", action="store_true")
         s.add_argument("--create-namespace", action="store_true")
+        s.add_argument("--reuse-values", action="store_true")
         s.set_defaults(fn=fn)
     args = p.parse_args()
     try:

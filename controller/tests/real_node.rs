@@ -272,27 +272,27 @@ async fn a_cluster_of_real_pods_backs_up_and_restores_into_two_nodes() {
 /// Qdrant's official chart (`../shared/charts/qdrant`, unmodified) installed
 /// as `release` with `values`, as its users install it.
 fn helm_install(w: &World, release: &str, values: &str) {
+    helm(w, "install", release, values, &[]);
+}
+
+fn helm(w: &World, verb: &str, release: &str, values: &str, extra: &[&str]) {
     let chart = test_support::bins::workspace_root()
         .parent()
         .unwrap()
         .join("shared/charts/qdrant");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), values).unwrap();
+    let chart = chart.display().to_string();
+    let values = file.path().display().to_string();
+    let mut args = vec![verb, release, &chart, "-n", NS, "-f", &values];
+    args.extend_from_slice(extra);
     let out = need(test_support::bins::helm(
-        &[
-            "install",
-            release,
-            &chart.display().to_string(),
-            "-n",
-            NS,
-            "-f",
-            &file.path().display().to_string(),
-        ],
+        &args,
         Some(&w.cp.admin_kubeconfig()),
     ));
     assert!(
         out.status.success(),
-        "helm install {release}: {}",
+        "helm {verb} {release}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -330,6 +330,19 @@ fn chart_api_key(w: &World, release: &str) -> String {
         })
         .unwrap();
     String::from_utf8(out.stdout).unwrap()
+}
+
+/// The UIDs of the pods of Helm release `release`.
+async fn pod_uids(pods: &Api<Pod>, release: &str) -> Vec<String> {
+    let lp =
+        kube::api::ListParams::default().labels(&format!("app.kubernetes.io/instance={release}"));
+    pods.list(&lp)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect()
 }
 
 async fn statefulset_ready(w: &World, name: &str, n: i32, diag: &impl Fn() -> String) {
@@ -411,6 +424,51 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         .completed::<Value>(NS, "qdrantbackups", "chart", 300, &diag)
         .await;
 
+    // `helm upgrade` changing a value rolls every pod: each comes back
+    // with the agent, and backups go on.
+    let before: Vec<String> = pod_uids(&pods, "vectors").await;
+    helm(
+        &w,
+        "upgrade",
+        "vectors",
+        "podAnnotations: {example.com/rolled: \"1\"}\n",
+        &["--reuse-values"],
+    );
+    let sts: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(w.admin.clone(), NS);
+    test_support::stack::eventually(300, "the upgrade rolled every pod", &diag, || async {
+        let st = sts.get("vectors-qdrant").await.ok()?.status?;
+        (st.update_revision.is_some()
+            && st.current_revision == st.update_revision
+            && st.updated_replicas == Some(3)
+            && st.ready_replicas == Some(3))
+        .then_some(())
+    })
+    .await;
+    let after = pod_uids(&pods, "vectors").await;
+    assert!(
+        after.iter().all(|u| !before.contains(u)),
+        "every pod was replaced"
+    );
+    for i in 0..3 {
+        let p = pods.get(&format!("vectors-qdrant-{i}")).await.unwrap();
+        assert!(
+            p.spec
+                .iter()
+                .flat_map(|s| &s.containers)
+                .any(|c| c.name == "qdrant-agent"),
+            "vectors-qdrant-{i} came back without the agent"
+        );
+    }
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: after-upgrade, namespace: {NS}}}\n\
+         spec:\n  clusterRef: {{kind: StatefulSet, name: vectors-qdrant}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: chart, region: us-east-1, \
+         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
+        s3.endpoint
+    ));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", "after-upgrade", 300, &diag)
+        .await;
+
     // The second release sets its key in `config.service.api_key`, which
     // the chart writes into production.yaml (a ConfigMap), not local.yaml;
     // and it has no fsGroup (`podSecurityContext: {}`), so Secret files
@@ -433,6 +491,8 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         .completed::<QdrantRestoreStatus>(NS, "qdrantrestores", "chart-copy", 300, &diag)
         .await;
     let copy_key = COPY_KEY.to_string();
+    // The upgrade replaced the source's pods: new addresses.
+    let source = format!("http://{}:6333", pod_ip(&pods, "vectors-qdrant-0").await);
     let target = format!("http://{}:6333", pod_ip(&pods, "copy-qdrant-0").await);
     for (name, _, _) in COLLECTIONS {
         let want = need(all_points(&source, name, Some(&key)));
