@@ -471,18 +471,29 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
 
     // The second release sets its key in `config.service.api_key`, which
     // the chart writes into production.yaml (a ConfigMap), not local.yaml;
-    // and it has no fsGroup (`podSecurityContext: {}`), so Secret files
-    // stay root's unless the webhook makes the agent's readable.
+    // and it has no fsGroup (the chart's own default removed; `{}` would
+    // keep it, as Helm merges maps), so Secret files stay root's unless the
+    // webhook makes the agent's readable.
     const COPY_KEY: &str = "copy-key-in-values-8f2a";
     helm_install(
         &w,
         "copy",
         &format!(
             "replicaCount: 2\nimage: {{tag: v1.18.3}}\npodLabels: {{qdrant.io/backup-agent: \"true\"}}\n\
-             persistence: {{size: 1Gi}}\nconfig: {{service: {{api_key: {COPY_KEY}}}}}\npodSecurityContext: {{}}\n"
+             persistence: {{size: 1Gi}}\nconfig: {{service: {{api_key: {COPY_KEY}}}}}\npodSecurityContext: {{fsGroup: null, fsGroupChangePolicy: null}}\n"
         ),
     );
     statefulset_ready(&w, "copy-qdrant", 2, &diag).await;
+    let copy_pod = pods.get("copy-qdrant-0").await.unwrap();
+    assert_eq!(
+        copy_pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.as_ref())
+            .and_then(|s| s.fs_group),
+        None,
+        "the copy runs without an fsGroup"
+    );
     w.apply(&format!(
         "apiVersion: qdrant.io/v1alpha1\nkind: QdrantRestore\nmetadata: {{name: chart-copy, namespace: {NS}}}\n\
          spec:\n  backupRef: {{name: chart}}\n  targetClusterRef: {{kind: StatefulSet, name: copy-qdrant}}\n"
