@@ -332,6 +332,13 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
         },
     )
     .await;
+    // `kubectl get qb` shows the wait.
+    let table = w.kubectl(&["-n", NS, "get", "qb", "later-backup"]);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("REASON"))
+            && table.contains("AgentMissing"),
+        "{table}"
+    );
     let args: Vec<&str> = fix.split(' ').skip(1).collect();
     w.kubectl(&args);
     let done: QdrantBackupStatus = w
