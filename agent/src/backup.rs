@@ -157,6 +157,11 @@ async fn run_claimed(
             m => m,
         };
         if matches!(mode, Mode::File | Mode::ShardFile) {
+            if let Some(why) = &node.snapshots_elsewhere {
+                return Err(Error::Invalid(format!(
+                    "file and shard-file modes are off: {why}; back up with mode stream or auto"
+                )));
+            }
             if node.snapshots_dir.is_none() {
                 return Err(Error::Invalid(format!(
                     "file and shard-file modes need the snapshots directory (--snapshots-dir): {SNAPSHOTS_HINT}"

@@ -18,6 +18,9 @@ pub struct Node {
     /// `sizeLimit`: past it the kubelet evicts the pod), whatever the
     /// filesystem has free.
     pub snapshots_limit: Option<u64>,
+    /// Why the file modes are off although a snapshots directory was
+    /// given: it is not where Qdrant writes (`qdrant_config::snapshots_elsewhere`).
+    pub snapshots_elsewhere: Option<String>,
 }
 
 impl Node {
@@ -182,6 +185,7 @@ mod tests {
             snapshots_dir: Some(dir.path().into()),
             qdrant_snapshots_dir: None,
             snapshots_limit: None,
+            snapshots_elsewhere: None,
         };
         let docs = dir.path().join("docs");
         std::fs::create_dir_all(&docs).unwrap();
@@ -237,6 +241,7 @@ mod tests {
             snapshots_dir: Some(dir.path().into()),
             qdrant_snapshots_dir: None,
             snapshots_limit: None,
+            snapshots_elsewhere: None,
         };
         std::fs::create_dir_all(dir.path().join("docs")).unwrap();
         std::fs::write(dir.path().join("docs/a.snapshot"), vec![0u8; 3 << 20]).unwrap();

@@ -108,6 +108,38 @@ pub fn load(
     })
 }
 
+/// Why the snapshots directory this process shares with Qdrant (`shared`,
+/// as Qdrant sees it) is not where Qdrant writes its snapshots, if it is
+/// not: Qdrant's `storage.snapshots_path` (`configured`, relative to
+/// Qdrant's working folder, the parent of its `config/` folder
+/// `config_dir`). `None` when they agree or either is unknown.
+pub fn snapshots_elsewhere(
+    configured: Option<&str>,
+    config_dir: Option<&Path>,
+    shared: Option<&Path>,
+) -> Option<String> {
+    let (configured, shared) = (configured?, shared?);
+    let path = Path::new(configured);
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        config_dir?.parent()?.join(path)
+    };
+    let clean = |p: &Path| -> PathBuf {
+        p.components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .collect()
+    };
+    let absolute = clean(&absolute);
+    (absolute != clean(shared)).then(|| {
+        format!(
+            "Qdrant writes snapshots to {} (its storage.snapshots_path), not to {}, the directory this agent shares with it",
+            absolute.display(),
+            shared.display()
+        )
+    })
+}
+
 fn read(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Error::Invalid(format!(
@@ -292,6 +324,35 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains("secret-k3y"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshots_path_elsewhere_than_the_shared_directory_is_named() {
+        let cfg = Some(Path::new("/qdrant/config"));
+        let shared = Some(Path::new("/qdrant/snapshots"));
+        for same in [
+            "./snapshots",
+            "snapshots",
+            "/qdrant/snapshots",
+            "/qdrant/snapshots/",
+        ] {
+            assert_eq!(snapshots_elsewhere(Some(same), cfg, shared), None, "{same}");
+        }
+        let why = snapshots_elsewhere(Some("/data/snaps"), cfg, shared).unwrap();
+        assert!(
+            why.contains("/data/snaps") && why.contains("/qdrant/snapshots"),
+            "{why}"
+        );
+        assert!(
+            snapshots_elsewhere(Some("./other"), cfg, shared)
+                .unwrap()
+                .contains("/qdrant/other")
+        );
+        // Unknown: nothing configured, nothing shared, or a relative path
+        // without Qdrant's folder.
+        assert_eq!(snapshots_elsewhere(None, cfg, shared), None);
+        assert_eq!(snapshots_elsewhere(Some("/x"), cfg, None), None);
+        assert_eq!(snapshots_elsewhere(Some("./x"), None, shared), None);
     }
 
     /// The files Qdrant's Helm chart (1.19.0) renders, as the agent sees

@@ -297,6 +297,37 @@ fn helm(w: &World, verb: &str, release: &str, values: &str, extra: &[&str]) {
     );
 }
 
+/// The pod `helm test <release>` creates from the chart's
+/// `templates/tests/`: it carries the chart's selector labels, and its image
+/// cannot be pulled here, so it stays unready beside the StatefulSet's pods.
+fn helm_test_pod(w: &World, release: &str, values: &str) {
+    let chart = test_support::bins::workspace_root()
+        .parent()
+        .unwrap()
+        .join("shared/charts/qdrant");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), values).unwrap();
+    let out = need(test_support::bins::helm(
+        &[
+            "template",
+            release,
+            &chart.display().to_string(),
+            "-n",
+            NS,
+            "-f",
+            &file.path().display().to_string(),
+        ],
+        None,
+    ));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pod = text
+        .split("\n---\n")
+        .find(|d| d.contains("# Source: qdrant/templates/tests/"))
+        .expect("the chart has a test pod");
+    let pod = pod.replacen("metadata:\n", &format!("metadata:\n  namespace: {NS}\n"), 1);
+    w.apply(&pod);
+}
+
 /// The chart's values as a user opting into backups writes them: its
 /// defaults (uid 1000, gid 2000, fsGroup 3000, read-only root filesystem,
 /// a generated API key mounted as `config/local.yaml`), plus the opt-in label.
@@ -332,7 +363,7 @@ fn chart_api_key(w: &World, release: &str) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The UIDs of the pods of Helm release `release`.
+/// The UIDs of the StatefulSet pods of Helm release `release`.
 async fn pod_uids(pods: &Api<Pod>, release: &str) -> Vec<String> {
     let lp =
         kube::api::ListParams::default().labels(&format!("app.kubernetes.io/instance={release}"));
@@ -341,6 +372,14 @@ async fn pod_uids(pods: &Api<Pod>, release: &str) -> Vec<String> {
         .unwrap()
         .items
         .into_iter()
+        // Not the `helm test` pod, which carries the same labels.
+        .filter(|p| {
+            p.metadata
+                .owner_references
+                .iter()
+                .flatten()
+                .any(|o| o.kind == "StatefulSet")
+        })
         .filter_map(|p| p.metadata.uid)
         .collect()
 }
@@ -378,9 +417,10 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
             ("AWS_SECRET_ACCESS_KEY", "node-secret-Hh52"),
         ],
     );
-    w.apply(&node.local_volumes("chart", 5, "1Gi"));
+    w.apply(&node.local_volumes("chart", 6, "1Gi"));
     helm_install(&w, "vectors", &chart_values(3));
     statefulset_ready(&w, "vectors-qdrant", 3, &diag).await;
+    helm_test_pod(&w, "vectors", &chart_values(3));
 
     let pods: Api<Pod> = Api::namespaced(w.admin.clone(), NS);
     let p = pods.get("vectors-qdrant-0").await.unwrap();
@@ -423,6 +463,20 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     let _ = w
         .completed::<Value>(NS, "qdrantbackups", "chart", 300, &diag)
         .await;
+    // ... with the `helm test` pod there all along, matching the
+    // StatefulSet's selector and never ready.
+    let test_pod = pods
+        .get("vectors-qdrant-test-db-interaction")
+        .await
+        .expect("the helm test pod is there");
+    assert!(
+        !test_pod
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
 
     // `helm upgrade` changing a value rolls every pod: each comes back
     // with the agent, and backups go on.
@@ -511,4 +565,47 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         let got = need(all_points(&target, name, Some(&copy_key)));
         assert_eq!(got, want, "{name}: restored points differ");
     }
+
+    // `config.storage.snapshots_path` elsewhere than the volume the agent
+    // shares (/qdrant/snapshots): the file modes refuse at once, naming
+    // both, and auto mode streams.
+    helm_install(
+        &w,
+        "alt",
+        "replicaCount: 1\nimage: {tag: v1.18.3}\napiKey: true\npodLabels: {qdrant.io/backup-agent: \"true\"}\n\
+         persistence: {size: 1Gi}\nconfig: {storage: {snapshots_path: /qdrant/snapshots-alt}}\n\
+         additionalVolumes: [{name: alt, emptyDir: {}}]\nadditionalVolumeMounts: [{name: alt, mountPath: /qdrant/snapshots-alt}]\n",
+    );
+    statefulset_ready(&w, "alt-qdrant", 1, &diag).await;
+    let alt_key = chart_api_key(&w, "alt");
+    let alt = format!("http://{}:6333", pod_ip(&pods, "alt-qdrant-0").await);
+    need(call(
+        "PUT",
+        &alt,
+        "/collections/notes?wait=true",
+        Some(&alt_key),
+        Some(json!({"vectors": {"size": 4, "distance": "Cosine"}})),
+    ));
+    let alt_backup = |name: &str, mode: &str| {
+        format!(
+            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+             spec:\n  clusterRef: {{kind: StatefulSet, name: alt-qdrant}}\n{mode}  storage:\n    s3: {{bucket: {bucket}, prefix: alt, region: us-east-1, \
+             endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
+            s3.endpoint
+        )
+    };
+    w.apply(&alt_backup("alt-files", "  mode: shard-file\n"));
+    let failed = w.ended(NS, "qdrantbackups", "alt-files", 120, &diag).await;
+    let said = failed["status"].to_string();
+    assert_eq!(failed["status"]["phase"], "Failed", "{said}");
+    assert!(
+        said.contains("file and shard-file modes are off")
+            && said.contains("/qdrant/snapshots-alt")
+            && said.contains("/qdrant/snapshots,"),
+        "{said}"
+    );
+    w.apply(&alt_backup("alt-auto", ""));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", "alt-auto", 120, &diag)
+        .await;
 }

@@ -162,12 +162,29 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
     };
     let name = a.node_name.clone().unwrap_or_else(hostname);
     crate::keys::validate_segment("node", &name)?;
+    // A snapshots directory that is not where Qdrant writes would make
+    // every file-mode backup fail after Qdrant wrote its snapshot: the
+    // file modes are off from the start, and auto streams.
+    let elsewhere = crate::qdrant_config::snapshots_elsewhere(
+        config.snapshots_path.as_deref(),
+        a.qdrant_config_dir.as_deref(),
+        a.qdrant_snapshots_dir
+            .as_ref()
+            .or(a.snapshots_dir.as_ref())
+            .map(PathBuf::as_path),
+    );
+    let mut snapshots_dir = a.snapshots_dir.clone();
+    if let Some(why) = &elsewhere {
+        tracing::warn!("{why}: file and shard-file modes are off, auto mode streams");
+        snapshots_dir = None;
+    }
     Ok(Node {
         qdrant: Qdrant::new(&a.qdrant_url, key)?,
         name,
-        snapshots_dir: a.snapshots_dir.clone(),
+        snapshots_dir,
         qdrant_snapshots_dir: a.qdrant_snapshots_dir.clone(),
         snapshots_limit: a.snapshots_size_limit,
+        snapshots_elsewhere: elsewhere,
     })
 }
 
