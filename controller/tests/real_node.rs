@@ -566,6 +566,17 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         assert_eq!(got, want, "{name}: restored points differ");
     }
 
+    // ... and that release, its key only in production.yaml, is backed up.
+    w.apply(&format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: copy, namespace: {NS}}}\n\
+         spec:\n  clusterRef: {{kind: StatefulSet, name: copy-qdrant}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: copy, region: us-east-1, \
+         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
+        s3.endpoint
+    ));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", "copy", 300, &diag)
+        .await;
+
     // `config.storage.snapshots_path` elsewhere than the volume the agent
     // shares (/qdrant/snapshots): the file modes refuse at once, naming
     // both, and auto mode streams.
