@@ -30,7 +30,18 @@ impl S3Server {
     /// pods reach and the host owns), whatever `TEST_S3_ENDPOINT` says.
     pub fn start_on(host: &str) -> std::io::Result<Self> {
         let port = free_port()?;
-        let child = Command::new(crate::bins::tool("moto_server"))
+        let mut cmd = Command::new(crate::bins::tool("moto_server"));
+        // It dies with the test process, even one killed before Drop ran.
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))
+                .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .args(["-H", host, "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
