@@ -55,31 +55,27 @@ def template(args):
 
 
 def install(args):
-    with helm.Config(namespace=args.namespace) as config:
-        release = config.install(
-            args.chart,
-            args.name,
-            merged_values(args),
-            namespace=args.namespace,
-            create_namespace=args.create_namespace,
-            timeout=120,
-        )
-    status = (release.get("info") or {}).get("status") or release.get("status", "deployed")
-    print(f"release {release.get('name', args.name)} installed in {args.namespace}: {status}")
+    apply(args, "install", create_namespace=args.create_namespace)
 
 
 def upgrade(args):
+    apply(args, "upgrade", reuse_values=args.reuse_values)
+
+
+def apply(args, verb, **options):
+    """`helm install` or `helm upgrade`: the release, its values, and what
+    the verb alone takes."""
     with helm.Config(namespace=args.namespace) as config:
-        release = config.upgrade(
+        release = getattr(config, verb)(
             args.chart,
             args.name,
             merged_values(args),
             namespace=args.namespace,
-            reuse_values=args.reuse_values,
             timeout=120,
+            **options,
         )
     status = (release.get("info") or {}).get("status") or release.get("status", "deployed")
-    print(f"release {release.get('name', args.name)} upgraded in {args.namespace}: {status}")
+    print(f"release {release.get('name', args.name)} {'installed' if verb == 'install' else 'upgraded'} in {args.namespace}: {status}")
 
 
 def lint(args):

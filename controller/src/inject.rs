@@ -117,7 +117,7 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
     // that group, which the agent has. Without one they stay root's own,
     // and the agent (never root) reads them only if every user may: they
     // are mounted in the agent's container alone.
-    let readable = if spec
+    let mode = if spec
         .security_context
         .as_ref()
         .and_then(|s| s.fs_group)
@@ -127,18 +127,10 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
     } else {
         0o444
     };
-    let volumes = [TOKEN_VOLUME, TLS_VOLUME].map(|v| {
-        let secret = if v == TOKEN_VOLUME {
-            token_secret(&workload)
-        } else {
-            tls_secret(&workload)
-        };
-        let mut vol = render::secret_volume(v, secret);
-        if let Some(s) = vol.secret.as_mut() {
-            s.default_mode = Some(readable);
-        }
-        vol
-    });
+    let volumes = [
+        render::secret_volume(TOKEN_VOLUME, token_secret(&workload), mode),
+        render::secret_volume(TLS_VOLUME, tls_secret(&workload), mode),
+    ];
     let mut patch = vec![json!({"op": "add", "path": "/spec/containers/-", "value": container})];
     if spec.volumes.is_none() {
         patch.push(json!({"op": "add", "path": "/spec/volumes", "value": []}));

@@ -16,7 +16,7 @@ use qdrant_operator::crd::QdrantRestoreStatus;
 use serde_json::{Value, json};
 use test_support::control_plane::OPERATOR_NS;
 use test_support::node::{self, Node};
-use test_support::real_qdrant::{all_points, call};
+use test_support::real_qdrant::{all_points, call, seed_collection};
 use test_support::s3_server::S3Server;
 use test_support::stack::{World, cluster_yaml, need};
 
@@ -122,31 +122,49 @@ async fn in_cluster_operator(w: &World, diag: &impl Fn() -> String) {
     );
 }
 
-fn seed(base: &str) {
+fn seed(base: &str, key: &str) {
     for (name, shards, rf) in COLLECTIONS {
-        need(call(
-            "PUT",
-            base,
-            &format!("/collections/{name}?wait=true"),
-            Some(API_KEY),
-            Some(json!({"vectors": {"size": 4, "distance": "Cosine"},
-                        "shard_number": shards, "replication_factor": rf})),
-        ));
-        let points: Vec<Value> = (1..=POINTS)
-            .map(|i| {
-                let f = i as f32;
-                json!({"id": i, "vector": [f, f * 0.5 + 1.0, 3.0, -f],
-                       "payload": {"n": i, "collection": name}})
-            })
-            .collect();
-        need(call(
-            "PUT",
-            base,
-            &format!("/collections/{name}/points?wait=true"),
-            Some(API_KEY),
-            Some(json!({"points": points})),
-        ));
+        need(seed_collection(base, Some(key), name, shards, rf, POINTS));
     }
+}
+
+/// A QdrantBackup `name` of `cluster_ref` (a flow mapping) into the test
+/// bucket under `prefix`, with `extra` spec lines.
+fn backup_yaml(
+    name: &str,
+    cluster_ref: &str,
+    s3: &S3Server,
+    bucket: &str,
+    prefix: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}}}\n\
+         spec:\n  clusterRef: {cluster_ref}\n{extra}  storage:\n    s3: {{bucket: {bucket}, prefix: {prefix}, region: us-east-1, \
+         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
+        s3.endpoint
+    )
+}
+
+/// What both scenarios start from: a control plane and a real node with
+/// the images, S3 on the bridge with a bucket and its credentials Secret
+/// `s3` in NS, and the operator running in the cluster.
+async fn start(tag: &str) -> (World, Node, S3Server, String) {
+    let images = need(node::image_archives());
+    let w = World::start_for_node().await;
+    let node = need(Node::start(&w.cp, &images).await);
+    let s3 = need(S3Server::start_on(node::GATEWAY));
+    let bucket = need(s3.bucket(tag));
+    in_cluster_operator(&w, &|| diagnosis(&w, &node)).await;
+    w.secret(
+        NS,
+        "s3",
+        &[
+            ("AWS_ACCESS_KEY_ID", "AKIANODE"),
+            ("AWS_SECRET_ACCESS_KEY", "node-secret-Hh52"),
+        ],
+    );
+    (w, node, s3, bucket)
 }
 
 async fn pod_ip(pods: &Api<Pod>, name: &str) -> String {
@@ -159,23 +177,9 @@ async fn pod_ip(pods: &Api<Pod>, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_real_pods_backs_up_and_restores_into_two_nodes() {
-    let images = need(node::image_archives());
-    let w = World::start_for_node().await;
-    let node = need(Node::start(&w.cp, &images).await);
-    let s3 = need(S3Server::start_on(node::GATEWAY));
-    let bucket = need(s3.bucket("node"));
+    let (w, node, s3, bucket) = start("node").await;
     let diag = || diagnosis(&w, &node);
-    in_cluster_operator(&w, &diag).await;
-
     w.secret(NS, "qdrant-api-key", &[("api-key", API_KEY)]);
-    w.secret(
-        NS,
-        "s3",
-        &[
-            ("AWS_ACCESS_KEY_ID", "AKIANODE"),
-            ("AWS_SECRET_ACCESS_KEY", "node-secret-Hh52"),
-        ],
-    );
     w.apply(&node.local_volumes("storage", 5, "1Gi"));
     w.apply(&cluster_yaml(NS, "vectors", 3));
     w.running(NS, "vectors", 3, 240, &diag).await;
@@ -227,13 +231,15 @@ async fn a_cluster_of_real_pods_backs_up_and_restores_into_two_nodes() {
         Some(3),
         "{body}"
     );
-    seed(&source);
+    seed(&source, API_KEY);
 
-    w.apply(&format!(
-        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: nightly, namespace: {NS}}}\n\
-         spec:\n  clusterRef: {{name: vectors}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: node, region: us-east-1, \
-         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
-        s3.endpoint
+    w.apply(&backup_yaml(
+        "nightly",
+        "{name: vectors}",
+        &s3,
+        &bucket,
+        "node",
+        "",
     ));
     let _ = w
         .completed::<Value>(NS, "qdrantbackups", "nightly", 300, &diag)
@@ -339,28 +345,18 @@ fn chart_values(replicas: u32) -> String {
 }
 
 /// The API key the chart generated for `release`.
-fn chart_api_key(w: &World, release: &str) -> String {
-    let b64 = w.kubectl(&[
-        "-n",
-        NS,
-        "get",
-        "secret",
-        &format!("{release}-qdrant-apikey"),
-        "-o",
-        "jsonpath={.data.api-key}",
-    ]);
-    let out = std::process::Command::new("base64")
-        .arg("-d")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(b64.trim().as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap()
+async fn chart_api_key(w: &World, release: &str) -> String {
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.admin.clone(), NS);
+    let s = secrets
+        .get(&format!("{release}-qdrant-apikey"))
+        .await
+        .expect("the chart's API key Secret");
+    let key = s
+        .data
+        .unwrap_or_default()
+        .remove("api-key")
+        .expect("api-key");
+    String::from_utf8(key.0).unwrap()
 }
 
 /// The UIDs of the StatefulSet pods of Helm release `release`.
@@ -400,23 +396,10 @@ async fn statefulset_ready(w: &World, name: &str, n: i32, diag: &impl Fn() -> St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
-    let images = need(node::image_archives());
-    let w = World::start_for_node().await;
-    let node = need(Node::start(&w.cp, &images).await);
-    let s3 = need(S3Server::start_on(node::GATEWAY));
-    let bucket = need(s3.bucket("chart"));
-    let diag = || diagnosis(&w, &node);
     // The webhook as manifests/ installs it: the API server calls the
     // operator's pod through its Service.
-    in_cluster_operator(&w, &diag).await;
-    w.secret(
-        NS,
-        "s3",
-        &[
-            ("AWS_ACCESS_KEY_ID", "AKIANODE"),
-            ("AWS_SECRET_ACCESS_KEY", "node-secret-Hh52"),
-        ],
-    );
+    let (w, node, s3, bucket) = start("chart").await;
+    let diag = || diagnosis(&w, &node);
     w.apply(&node.local_volumes("chart", 6, "1Gi"));
     helm_install(&w, "vectors", &chart_values(3));
     statefulset_ready(&w, "vectors-qdrant", 3, &diag).await;
@@ -430,35 +413,17 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         .flat_map(|s| s.containers.iter().map(|c| c.name.clone()))
         .collect();
     assert!(names.contains(&"qdrant-agent".to_string()), "{names:?}");
-    let key = chart_api_key(&w, "vectors");
+    let key = chart_api_key(&w, "vectors").await;
     let source = format!("http://{}:6333", pod_ip(&pods, "vectors-qdrant-0").await);
-    for (name, shards, rf) in COLLECTIONS {
-        let _ = (shards, rf);
-        need(call(
-            "PUT",
-            &source,
-            &format!("/collections/{name}?wait=true"),
-            Some(&key),
-            Some(json!({"vectors": {"size": 4, "distance": "Cosine"},
-                        "shard_number": shards, "replication_factor": rf})),
-        ));
-        let points: Vec<Value> = (1..=POINTS)
-            .map(|i| json!({"id": i, "vector": [i as f32, 1.0, 2.0, 3.0], "payload": {"n": i}}))
-            .collect();
-        need(call(
-            "PUT",
-            &source,
-            &format!("/collections/{name}/points?wait=true"),
-            Some(&key),
-            Some(json!({"points": points})),
-        ));
-    }
+    seed(&source, &key);
 
-    w.apply(&format!(
-        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: chart, namespace: {NS}}}\n\
-         spec:\n  clusterRef: {{kind: StatefulSet, name: vectors-qdrant}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: chart, region: us-east-1, \
-         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
-        s3.endpoint
+    w.apply(&backup_yaml(
+        "chart",
+        "{kind: StatefulSet, name: vectors-qdrant}",
+        &s3,
+        &bucket,
+        "chart",
+        "",
     ));
     let _ = w
         .completed::<Value>(NS, "qdrantbackups", "chart", 300, &diag)
@@ -513,11 +478,13 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
             "vectors-qdrant-{i} came back without the agent"
         );
     }
-    w.apply(&format!(
-        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: after-upgrade, namespace: {NS}}}\n\
-         spec:\n  clusterRef: {{kind: StatefulSet, name: vectors-qdrant}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: chart, region: us-east-1, \
-         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
-        s3.endpoint
+    w.apply(&backup_yaml(
+        "after-upgrade",
+        "{kind: StatefulSet, name: vectors-qdrant}",
+        &s3,
+        &bucket,
+        "chart",
+        "",
     ));
     let _ = w
         .completed::<Value>(NS, "qdrantbackups", "after-upgrade", 300, &diag)
@@ -567,11 +534,13 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     }
 
     // ... and that release, its key only in production.yaml, is backed up.
-    w.apply(&format!(
-        "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: copy, namespace: {NS}}}\n\
-         spec:\n  clusterRef: {{kind: StatefulSet, name: copy-qdrant}}\n  storage:\n    s3: {{bucket: {bucket}, prefix: copy, region: us-east-1, \
-         endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
-        s3.endpoint
+    w.apply(&backup_yaml(
+        "copy",
+        "{kind: StatefulSet, name: copy-qdrant}",
+        &s3,
+        &bucket,
+        "copy",
+        "",
     ));
     let _ = w
         .completed::<Value>(NS, "qdrantbackups", "copy", 300, &diag)
@@ -588,7 +557,7 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
          additionalVolumes: [{name: alt, emptyDir: {}}]\nadditionalVolumeMounts: [{name: alt, mountPath: /qdrant/snapshots-alt}]\n",
     );
     statefulset_ready(&w, "alt-qdrant", 1, &diag).await;
-    let alt_key = chart_api_key(&w, "alt");
+    let alt_key = chart_api_key(&w, "alt").await;
     let alt = format!("http://{}:6333", pod_ip(&pods, "alt-qdrant-0").await);
     need(call(
         "PUT",
@@ -597,12 +566,14 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
         Some(&alt_key),
         Some(json!({"vectors": {"size": 4, "distance": "Cosine"}})),
     ));
-    let alt_backup = |name: &str, mode: &str| {
-        format!(
-            "apiVersion: qdrant.io/v1alpha1\nkind: QdrantBackup\nmetadata: {{name: {name}, namespace: {NS}}}\n\
-             spec:\n  clusterRef: {{kind: StatefulSet, name: alt-qdrant}}\n{mode}  storage:\n    s3: {{bucket: {bucket}, prefix: alt, region: us-east-1, \
-             endpoint: \"{}\", credentialsSecretRef: {{name: s3}}}}\n",
-            s3.endpoint
+    let alt_backup = |name: &str, extra: &str| {
+        backup_yaml(
+            name,
+            "{kind: StatefulSet, name: alt-qdrant}",
+            &s3,
+            &bucket,
+            "alt",
+            extra,
         )
     };
     w.apply(&alt_backup("alt-files", "  mode: shard-file\n"));

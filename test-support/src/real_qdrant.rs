@@ -301,3 +301,41 @@ pub fn all_points(
     points.sort_by_key(|p| p["id"].as_u64());
     Ok(points)
 }
+
+/// Creates collection `name` (4-dim Cosine vectors, `shards` shards,
+/// replication factor `rf`) with points 1..=`points`, each with a vector
+/// and a payload naming it, and waits until they are written.
+pub fn seed_collection(
+    base: &str,
+    api_key: Option<&str>,
+    name: &str,
+    shards: u32,
+    rf: u32,
+    points: u64,
+) -> Result<(), BoxError> {
+    call(
+        "PUT",
+        base,
+        &format!("/collections/{name}?wait=true"),
+        api_key,
+        Some(
+            serde_json::json!({"vectors": {"size": 4, "distance": "Cosine"},
+                                "shard_number": shards, "replication_factor": rf}),
+        ),
+    )?;
+    let points: Vec<serde_json::Value> = (1..=points)
+        .map(|i| {
+            let f = i as f32;
+            serde_json::json!({"id": i, "vector": [f, f * 0.5 + 1.0, 3.0, -f],
+                               "payload": {"n": i, "collection": name}})
+        })
+        .collect();
+    call(
+        "PUT",
+        base,
+        &format!("/collections/{name}/points?wait=true"),
+        api_key,
+        Some(serde_json::json!({"points": points})),
+    )?;
+    Ok(())
+}

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 pub struct S3Server {
     pub endpoint: String,
-    child: Option<Child>,
+    /// Its own moto, which dies with it (and with the test process, even
+    /// one killed before Drop ran).
+    _process: Option<crate::process::Guarded>,
 }
 
 impl S3Server {
@@ -20,7 +22,7 @@ impl S3Server {
         {
             return Ok(Self {
                 endpoint: e.trim_end_matches('/').to_string(),
-                child: None,
+                _process: None,
             });
         }
         Self::start_on("127.0.0.1")
@@ -30,30 +32,18 @@ impl S3Server {
     /// pods reach and the host owns), whatever `TEST_S3_ENDPOINT` says.
     pub fn start_on(host: &str) -> std::io::Result<Self> {
         let port = free_port()?;
-        let mut cmd = Command::new(crate::bins::tool("moto_server"));
-        // It dies with the test process, even one killed before Drop ran.
-        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-                rustix::process::set_parent_process_death_signal(Some(
-                    rustix::process::Signal::KILL,
-                ))
-                .map_err(std::io::Error::from)
-            });
-        }
-        let child = cmd
-            .args(["-H", host, "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                std::io::Error::other(format!(
-                    "cannot start moto_server ({e}): run scripts/setup.sh"
-                ))
-            })?;
+        let process = crate::process::Guarded::spawn(
+            "moto_server",
+            Command::new(crate::bins::tool("moto_server"))
+                .args(["-H", host, "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| std::io::Error::other(format!("{e}: run scripts/setup.sh")))?;
         let s = Self {
             endpoint: format!("http://{host}:{port}"),
-            child: Some(child),
+            _process: Some(process),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
@@ -94,15 +84,6 @@ impl S3Server {
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
     }
 }
 

@@ -639,15 +639,16 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
     }
 }
 
-/// The agent's Secret volume, of mode 0400. Optional: a missing Secret
+/// The agent's Secret volume, of `mode` (0400 where the pod has an
+/// fsGroup, which the kubelet makes the files' group). Optional: a missing Secret
 /// must never keep the pod, and so Qdrant, from starting; the agent waits
 /// for the files (`--wait-for-credentials`).
-pub fn secret_volume(name: &str, secret: String) -> Volume {
+pub fn secret_volume(name: &str, secret: String, mode: i32) -> Volume {
     Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret),
-            default_mode: Some(0o400),
+            default_mode: Some(mode),
             optional: Some(true),
             ..Default::default()
         }),
@@ -704,8 +705,8 @@ pub fn statefulset(c: &QdrantCluster, images: &Images) -> StatefulSet {
     ];
     if s.agent.enabled {
         containers.push(agent_container(c, images));
-        volumes.push(secret_volume("agent-token", n.agent_token()));
-        volumes.push(secret_volume("agent-tls", n.agent_tls()));
+        volumes.push(secret_volume("agent-token", n.agent_token(), 0o400));
+        volumes.push(secret_volume("agent-tls", n.agent_tls(), 0o400));
     }
     let mut annotations = BTreeMap::new();
     // The config is mounted by subPath, which a running pod never re-reads:
