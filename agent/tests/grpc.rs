@@ -659,6 +659,75 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     assert!(closed.is_ok(), "the agent kept idle connections open");
 }
 
+/// Whether a caller with `id`, trusting `ca`, gets gRPC health over TLS.
+async fn tls_health(addr: &str, ca: &str, id: &(String, String)) -> bool {
+    let Ok(ch) = tls_channel(addr, ca, Some(id)).await else {
+        return false;
+    };
+    tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn renewed_certificate_files_and_a_new_ca_are_served_without_a_restart() {
+    let env = Env::new("reload");
+    let dir = tempfile::tempdir().unwrap();
+    let (old, new) = (pki(), pki());
+    let write = |n: &str, s: &str| write_file(dir.path(), n, s);
+    let (ca, cert, key) = (
+        write("ca.crt", &old.ca),
+        write("tls.crt", &old.server.0),
+        write("tls.key", &old.server.1),
+    );
+    let mut agent = serve(
+        &env,
+        "http://127.0.0.1:9",
+        "pod-0",
+        &[
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "--tls-client-ca",
+            &ca,
+        ],
+        dir.path(),
+    );
+    assert!(tls_health(&agent.addr, &old.ca, &old.client).await);
+    assert!(!tls_health(&agent.addr, &new.ca, &new.client).await);
+
+    // Kubernetes updates a mounted Secret's files in place: a certificate
+    // from a new CA, and that CA for client certificates.
+    write("tls.key", &new.server.1);
+    write("tls.crt", &new.server.0);
+    write("ca.crt", &new.ca);
+    let mut served = false;
+    for _ in 0..60 {
+        if tls_health(&agent.addr, &new.ca, &new.client).await {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let log = std::fs::read_to_string(&agent.log).unwrap();
+    assert!(served, "the new identity was not served within 30 s: {log}");
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "the agent restarted"
+    );
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(new.server.0.as_bytes()));
+    assert!(
+        log.contains(&sha),
+        "the log names the certificate served: {log}"
+    );
+    // The old CA's certificates are no longer taken.
+    assert!(!tls_health(&agent.addr, &old.ca, &old.client).await);
+    assert!(!tls_health(&agent.addr, &new.ca, &old.client).await);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tls_without_client_verification_or_token_is_refused_and_insecure_binds_loopback() {
     let env = Env::new("noauth");

@@ -156,7 +156,7 @@ pub async fn connect(
 }
 
 /// The controller's client certificate, issued by the operator's CA and
-/// issued again 30 days before it expires, so a long-running controller
+/// issued again before it expires, so a long-running controller
 /// never presents an expired one.
 pub struct ClientIdentity {
     ca: Option<std::sync::Arc<crate::pki::Ca>>,
@@ -199,9 +199,8 @@ impl ClientIdentity {
 
     fn get_at(&self, now: jiff::Timestamp) -> AgentTls {
         let mut cur = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        let renew_at = cur.1.map(|t| t - jiff::SignedDuration::from_hours(24 * 30));
-        if let (Some(ca), Some(at)) = (&self.ca, renew_at)
-            && now >= at
+        if let (Some(ca), Some(not_after)) = (&self.ca, cur.1)
+            && now >= ca.renew_at(not_after)
         {
             match Self::sign(ca) {
                 Ok((tls, not_after)) => *cur = (tls, Some(not_after)),

@@ -66,6 +66,12 @@ struct Args {
     /// every byte in clear text.
     #[arg(long, env = "ALLOW_INSECURE_ENDPOINTS")]
     allow_insecure_endpoints: bool,
+    /// How long the certificates of mutual TLS between the operator and
+    /// the agents live (e.g. 90d, 12h); they are issued again in their last
+    /// 30 days, or in the second half of a shorter life, and agents pick
+    /// up renewed files without a restart.
+    #[arg(long, env = "AGENT_CERT_VALIDITY", default_value = "365d")]
+    agent_cert_validity: qdrant_operator::pki::Validity,
 }
 
 #[tokio::main]
@@ -116,7 +122,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     // Before leadership: every replica answers admission requests.
-    let ca = Arc::new(load_or_create_ca(&client, &args.namespace).await?);
+    let ca = Arc::new(
+        load_or_create_ca(&client, &args.namespace)
+            .await?
+            .with_validity(args.agent_cert_validity),
+    );
     if let Some(listen) = args.webhook_listen {
         let hosts = if args.webhook_hosts.is_empty() {
             let svc = format!("qdrant-operator-webhook.{}.svc", args.namespace);
@@ -167,6 +177,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .await,
         )
     };
+    tokio::spawn(qdrant_operator::webhook::keep_renewed(
+        client.clone(),
+        ca.clone(),
+    ));
     let identity = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(
         ca.clone(),
     )?);

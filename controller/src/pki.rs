@@ -15,9 +15,47 @@ pub const CA_SECRET: &str = "qdrant-operator-ca";
 pub const ANN_CA: &str = "qdrant.io/ca-sha256";
 pub const ANN_NOT_AFTER: &str = "qdrant.io/not-after";
 const CA_NAME: &str = "qdrant-operator-ca";
-/// Leaf certificates live a year and are renewed in their last 30 days.
+/// Leaf certificates live a year by default, and are renewed in their last
+/// 30 days (or in the second half of a shorter life).
 const LEAF_DAYS: i64 = 365;
-pub const RENEW_DAYS: i64 = 30;
+const RENEW_DAYS: i64 = 30;
+
+/// How long the certificates the CA issues live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity(jiff::SignedDuration);
+
+impl Default for Validity {
+    fn default() -> Self {
+        Self(jiff::SignedDuration::from_hours(24 * LEAF_DAYS))
+    }
+}
+
+impl std::str::FromStr for Validity {
+    type Err = String;
+    /// `2m`, `12h`, `90d`, `8760h`: at least a minute.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let d: jiff::SignedDuration = match s.strip_suffix('d').map(str::parse::<i64>) {
+            Some(Ok(days)) => jiff::SignedDuration::from_hours(days.saturating_mul(24)),
+            _ => s
+                .parse()
+                .map_err(|e| format!("{s:?} is not a duration such as 2m, 12h or 90d: {e}"))?,
+        };
+        if d < jiff::SignedDuration::from_secs(60) {
+            return Err(format!("{s:?}: a certificate must live at least a minute"));
+        }
+        Ok(Self(d))
+    }
+}
+
+impl Validity {
+    /// How long before its expiry a certificate is issued again.
+    pub fn renew_before(&self) -> jiff::SignedDuration {
+        std::cmp::min(
+            jiff::SignedDuration::from_hours(24 * RENEW_DAYS),
+            self.0 / 2,
+        )
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("certificate: {0}")]
@@ -26,6 +64,8 @@ pub struct PkiError(#[from] rcgen::Error);
 pub struct Ca {
     pub cert_pem: String,
     key: KeyPair,
+    /// How long the leaf certificates it issues live.
+    pub validity: Validity,
 }
 
 fn ca_params() -> CertificateParams {
@@ -51,7 +91,11 @@ impl Ca {
     pub fn generate() -> Result<Self, PkiError> {
         let key = KeyPair::generate()?;
         let cert_pem = ca_params().self_signed(&key)?.pem();
-        Ok(Self { cert_pem, key })
+        Ok(Self {
+            cert_pem,
+            key,
+            validity: Validity::default(),
+        })
     }
 
     /// The CA from its stored PEMs. Its parameters are rebuilt (same name,
@@ -60,7 +104,20 @@ impl Ca {
         Ok(Self {
             cert_pem: cert_pem.to_string(),
             key: KeyPair::from_pem(key_pem)?,
+            validity: Validity::default(),
         })
+    }
+
+    /// The same CA issuing certificates that live `validity`.
+    pub fn with_validity(mut self, validity: Validity) -> Self {
+        self.validity = validity;
+        self
+    }
+
+    /// When a certificate of this CA that expires at `not_after` is due
+    /// to be issued again.
+    pub fn renew_at(&self, not_after: jiff::Timestamp) -> jiff::Timestamp {
+        not_after - self.validity.renew_before()
     }
 
     pub fn key_pem(&self) -> String {
@@ -73,8 +130,10 @@ impl Ca {
 
     fn sign(&self, params: CertificateParams, now: jiff::Timestamp) -> Result<Leaf, PkiError> {
         let mut params = params;
-        let not_after = now + jiff::SignedDuration::from_hours(24 * LEAF_DAYS);
-        params.not_before = to_offset(now - jiff::SignedDuration::from_hours(1));
+        let not_after = now + self.validity.0;
+        // Some slack for clocks behind this one, within a short life.
+        let slack = std::cmp::min(jiff::SignedDuration::from_hours(1), self.validity.0 / 4);
+        params.not_before = to_offset(now - slack);
         params.not_after = to_offset(not_after);
         let key = KeyPair::generate()?;
         let issuer = Issuer::new(ca_params(), &self.key);
@@ -110,7 +169,7 @@ fn to_offset(t: jiff::Timestamp) -> time::OffsetDateTime {
 }
 
 /// Whether a stored certificate must be issued again: another CA signed it,
-/// or it is in its last 30 days (or its annotations are missing).
+/// or it is due for renewal (or its annotations are missing).
 pub fn needs_reissue(
     ca_sha256: Option<&str>,
     not_after: Option<&str>,
@@ -121,7 +180,7 @@ pub fn needs_reissue(
         return true;
     }
     match not_after.and_then(|s| s.parse::<jiff::Timestamp>().ok()) {
-        Some(t) => t - jiff::SignedDuration::from_hours(24 * RENEW_DAYS) < now,
+        Some(t) => ca.renew_at(t) <= now,
         None => true,
     }
 }
@@ -160,5 +219,33 @@ mod tests {
         ));
         assert!(needs_reissue(Some("other-ca"), Some(&na), &ca, now));
         assert!(needs_reissue(None, None, &ca, now));
+    }
+
+    #[test]
+    fn a_short_lived_certificate_is_renewed_in_the_second_half_of_its_life() {
+        let v: Validity = "2m".parse().unwrap();
+        assert_eq!(v.renew_before(), jiff::SignedDuration::from_secs(60));
+        let year: Validity = "365d".parse().unwrap();
+        assert_eq!(year, Validity::default());
+        assert_eq!(
+            year.renew_before(),
+            jiff::SignedDuration::from_hours(24 * 30)
+        );
+        assert!("30s".parse::<Validity>().is_err());
+        assert!(
+            "soon"
+                .parse::<Validity>()
+                .unwrap_err()
+                .contains("2m, 12h or 90d")
+        );
+
+        let ca = Ca::generate().unwrap().with_validity(v);
+        let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
+        let leaf = ca.client_cert(now).unwrap();
+        assert_eq!(leaf.not_after, now + jiff::SignedDuration::from_secs(120));
+        let (fp, na) = (ca.fingerprint(), leaf.not_after.to_string());
+        let at = |secs| now + jiff::SignedDuration::from_secs(secs);
+        assert!(!needs_reissue(Some(&fp), Some(&na), &ca, at(59)));
+        assert!(needs_reissue(Some(&fp), Some(&na), &ca, at(60)));
     }
 }

@@ -109,43 +109,126 @@ async fn admit(w: &Webhook, req: &Value) -> Result<Option<Value>, String> {
     // webhook does not authenticate its caller) cannot have Secrets made
     // for workloads that never wanted them.
     asks_for_agent(&sts, &pod)?;
+    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &ns);
+    crate::cluster::ensure_agent_token(
+        &secrets,
+        secret_meta(&sts, inject::token_secret(&plan.workload)),
+    )
+    .await
+    .map_err(|e| format!("the agents' token Secret: {e}"))?;
+    ensure_tls(&w.client, &sts, &w.ca).await?;
+    Ok(Some(Value::Array(plan.patch)))
+}
+
+/// A Secret of the operator's for the agents of `sts`, owned by it.
+fn secret_meta(sts: &StatefulSet, name: String) -> ObjectMeta {
     let owner = OwnerReference {
         api_version: "apps/v1".into(),
         kind: "StatefulSet".into(),
-        name: plan.workload.clone(),
+        name: sts.metadata.name.clone().unwrap_or_default(),
         uid: sts.metadata.uid.clone().unwrap_or_default(),
         ..Default::default()
     };
-    let meta = |name: String| ObjectMeta {
+    ObjectMeta {
         name: Some(name),
-        namespace: Some(ns.clone()),
+        namespace: sts.metadata.namespace.clone(),
         labels: Some(BTreeMap::from([(
             "app.kubernetes.io/managed-by".to_string(),
             "qdrant-operator".to_string(),
         )])),
-        owner_references: Some(vec![owner.clone()]),
+        owner_references: Some(vec![owner]),
         ..Default::default()
-    };
-    let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &ns);
+    }
+}
+
+/// Issues the agent certificate of `sts`'s pods when it is missing or due;
+/// returns when it is due next.
+async fn ensure_tls(
+    client: &kube::Client,
+    sts: &StatefulSet,
+    ca: &Ca,
+) -> Result<jiff::Timestamp, String> {
+    let name = sts.metadata.name.clone().unwrap_or_default();
+    let ns = sts.metadata.namespace.clone().unwrap_or_default();
     let headless = sts
         .spec
         .as_ref()
         .map(|s| s.service_name.clone().unwrap_or_default())
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| format!("StatefulSet {ns}/{} names no serviceName", plan.workload))?;
-    crate::cluster::ensure_agent_token(&secrets, meta(inject::token_secret(&plan.workload)))
-        .await
-        .map_err(|e| format!("the agents' token Secret: {e}"))?;
+        .ok_or_else(|| format!("StatefulSet {ns}/{name} names no serviceName"))?;
     crate::cluster::ensure_agent_tls(
-        &w.client,
-        &secrets,
-        meta(inject::tls_secret(&plan.workload)),
+        client,
+        &Api::namespaced(client.clone(), &ns),
+        secret_meta(sts, inject::tls_secret(&name)),
         crate::pki::agent_dns_names(&headless, &ns),
-        &w.ca,
+        ca,
     )
     .await
-    .map_err(|e| format!("the agents' TLS Secret: {e}"))?;
-    Ok(Some(Value::Array(plan.patch)))
+    .map_err(|e| format!("the agents' TLS Secret: {e}"))
+}
+
+/// Renews the agent certificates of the StatefulSets the webhook injected,
+/// wherever they run: a pod is admitted rarely, certificates expire on
+/// their own schedule. (A QdrantCluster's are its reconcile's.) Returns
+/// when the next one is due.
+pub async fn renew_injected(
+    client: &kube::Client,
+    ca: &Ca,
+) -> Result<Option<jiff::Timestamp>, String> {
+    let lp = kube::api::ListParams::default()
+        .labels("app.kubernetes.io/managed-by=qdrant-operator")
+        .fields("type=kubernetes.io/tls");
+    let secrets = Api::<Secret>::all(client.clone())
+        .list_metadata(&lp)
+        .await
+        .map_err(|e| format!("listing the agents' TLS Secrets: {e}"))?;
+    let mut next: Option<jiff::Timestamp> = None;
+    for s in secrets.items {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let Some(owner) = s.metadata.owner_references.iter().flatten().find(|o| {
+            o.kind == "StatefulSet"
+                && s.metadata.name.as_deref() == Some(inject::tls_secret(&o.name).as_str())
+        }) else {
+            continue;
+        };
+        // A StatefulSet gone, or another of the same name: the garbage
+        // collector removes this Secret, nothing to renew.
+        let sts = match Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .get_opt(&owner.name)
+            .await
+        {
+            Ok(Some(sts)) if sts.metadata.uid.as_deref() == Some(owner.uid.as_str()) => sts,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(namespace = %ns, statefulset = %owner.name, error = %e, "cannot read the StatefulSet whose agents' certificate may need renewal");
+                continue;
+            }
+        };
+        match ensure_tls(client, &sts, ca).await {
+            Ok(at) => next = Some(next.map_or(at, |n| n.min(at))),
+            Err(e) => {
+                tracing::warn!(namespace = %ns, statefulset = %owner.name, error = %e, "could not renew the agents' certificate")
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// Keeps the injected workloads' agent certificates renewed, for as long
+/// as the operator leads: looks again when the next one is due, and at
+/// least every ten minutes.
+pub async fn keep_renewed(client: kube::Client, ca: Arc<Ca>) {
+    loop {
+        let wait = match renew_injected(&client, &ca).await {
+            Ok(Some(at)) => crate::cluster::until(at),
+            Ok(None) => Duration::from_secs(600),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not check the agents' certificates");
+                Duration::from_secs(30)
+            }
+        };
+        tokio::time::sleep(wait.min(Duration::from_secs(600))).await;
+    }
 }
 
 /// Whether `sts` asks for the agent in its pod template and is the owner
@@ -243,7 +326,7 @@ fn acceptor(
     .with_no_client_auth()
     .with_single_cert(certs, key)
     .map_err(|e| format!("webhook TLS: {e}"))?;
-    let renew = leaf.not_after - jiff::SignedDuration::from_hours(24 * crate::pki::RENEW_DAYS);
+    let renew = ca.renew_at(leaf.not_after);
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(config)), renew))
 }
 

@@ -478,19 +478,13 @@ async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_fina
     );
 
     // A second installation of the operator (another namespace, its own CA)
-    // leaves the first one's resources alone: it re-issues no certificate,
-    // so no pod rolls, and says whose they are.
+    // leaves the first one's resources alone: it re-issues no certificate
+    // (its agents would then refuse the first installation), and says whose
+    // they are.
     let tls_identity = || async {
-        let sts: Api<StatefulSet> = Api::namespaced(w.admin.clone(), NS);
-        let s = sts.get("guarded").await.unwrap();
-        s.spec
-            .unwrap()
-            .template
-            .metadata
-            .unwrap()
-            .annotations
-            .unwrap()["qdrant.io/agent-tls"]
-            .clone()
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.admin.clone(), NS);
+        let s = secrets.get("guarded-agent-tls").await.unwrap();
+        s.data.unwrap()["tls.crt"].0.clone()
     };
     let before_second = tls_identity().await;
     w.kubectl(&["create", "namespace", "second-operator"]);

@@ -1392,8 +1392,22 @@ async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
         assert_eq!(n as u64, POINTS, "{name} after the restart");
     }
 
-    // A renewed agent certificate reaches the running agents: the pod
-    // template changes with it, the pods roll, and each agent serves it.
+    // A renewed agent certificate reaches the running agents without a
+    // restart: each agent serves it, and no pod is replaced.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
+    let uids = || async {
+        let mut u: Vec<String> = pods
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        u.sort();
+        u
+    };
+    let before = uids().await;
     use sha2::{Digest, Sha256};
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.admin.clone(), NS);
     let cert_sha = |s: &k8s_openapi::api::core::v1::Secret| {
@@ -1421,7 +1435,7 @@ async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
     .await;
     eventually(
         300,
-        "every agent serves the new certificate",
+        "every agent serves the new certificate, read from its files",
         &diag,
         || async {
             (0..3)
@@ -1434,9 +1448,10 @@ async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
         },
     )
     .await;
+    assert_eq!(uids().await, before, "a pod was replaced for a certificate");
     eventually(
-        180,
-        "QdrantCluster vectors Running after the roll",
+        60,
+        "QdrantCluster vectors Running with the new certificate",
         &diag,
         running,
     )

@@ -137,7 +137,13 @@ struct PodRun {
     down: bool,
     reported: Option<serde_json::Value>,
     started_at: String,
+    /// When its Secret and ConfigMap volumes were last brought up to date.
+    refreshed: std::time::Instant,
 }
+
+/// How often a running pod's Secret and ConfigMap volumes are updated from
+/// their objects, as a kubelet does on its periodic sync.
+const VOLUME_SYNC: std::time::Duration = std::time::Duration::from_secs(10);
 
 struct ContainerRun {
     name: String,
@@ -358,6 +364,7 @@ impl Inner {
                                 started_at: jiff::Timestamp::now()
                                     .round(jiff::Unit::Second)?
                                     .to_string(),
+                                refreshed: std::time::Instant::now(),
                             },
                         );
                     }
@@ -372,6 +379,17 @@ impl Inner {
             let Some(run) = st.pods.get_mut(&uid) else {
                 continue;
             };
+            if run.refreshed.elapsed() >= VOLUME_SYNC {
+                run.refreshed = std::time::Instant::now();
+                let dir = self.pod_dir(&name);
+                for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+                    if (v.secret.is_some() || v.config_map.is_some())
+                        && let Err(e) = self.volume(v, &dir).await
+                    {
+                        tracing::info!(pod = %name, volume = %v.name, error = %e, "test kubelet: volume not updated");
+                    }
+                }
+            }
             for c in &mut run.containers {
                 if run.down {
                     continue;
@@ -514,11 +532,17 @@ impl Inner {
             .unwrap_or(0o644);
         for (k, bytes) in files {
             use std::os::unix::fs::PermissionsExt;
-            let f = d.join(k);
-            std::fs::write(&f, bytes)?;
+            let f = d.join(&k);
+            if std::fs::read(&f).is_ok_and(|b| b == bytes) {
+                continue;
+            }
+            // Replaced whole, never seen half-written, as a kubelet does.
+            let tmp = d.join(format!("..{k}.tmp"));
+            std::fs::write(&tmp, bytes)?;
             // The tests run as one user: the owner bits must stay readable.
             let mode = (mode as u32) | 0o400;
-            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+            std::fs::rename(&tmp, &f)?;
         }
         Ok(d)
     }

@@ -1,6 +1,7 @@
 //! `qdrant-agent serve`: the sidecar mode.
 
 use super::{QdrantArgs, S3Args, SseArgs, node, s3_config};
+use crate::server::tls::{ReloadingTls, TlsFiles};
 use crate::server::{AgentService, Auth, HEALTH_NAME, auth, serve, serve_health};
 use crate::{Error, Result};
 use clap::Args;
@@ -73,15 +74,20 @@ async fn load_auth(a: &ServeArgs) -> Result<(Auth, String)> {
     };
     let (tls, certificate_sha256) = match (&a.tls_cert, &a.tls_key) {
         (Some(c), Some(k)) => {
-            let (tls, sha) = auth::tls_from_files(c, k, a.tls_client_ca.as_deref()).await?;
-            (Some(tls), sha)
+            let tls = ReloadingTls::load(TlsFiles {
+                cert: c.clone(),
+                key: k.clone(),
+                client_ca: a.tls_client_ca.clone(),
+            })
+            .await?;
+            let sha = tls.cert_sha256();
+            (Some(std::sync::Arc::new(tls)), sha)
         }
         _ => (None, String::new()),
     };
     let auth = Auth {
         token,
         tls,
-        client_certs: a.tls_client_ca.is_some(),
         insecure: a.insecure,
     };
     auth.check()?;

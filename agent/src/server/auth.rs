@@ -5,24 +5,23 @@
 use crate::error::Error;
 use std::path::Path;
 use std::sync::Arc;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 
 /// How callers prove they are the controller.
 #[derive(Default)]
 pub struct Auth {
     pub token: Option<String>,
-    pub tls: Option<tonic::transport::ServerTlsConfig>,
-    /// TLS verifies client certificates (mutual TLS). TLS alone encrypts
-    /// but authenticates nobody.
-    pub client_certs: bool,
+    /// TLS, verifying client certificates when it has a client CA (mutual
+    /// TLS). TLS alone encrypts but authenticates nobody.
+    pub tls: Option<Arc<super::tls::ReloadingTls>>,
     pub insecure: bool,
 }
 
 impl Auth {
     /// Refuses to serve when no caller would have to prove anything.
     pub fn check(&self) -> Result<(), Error> {
-        let authenticated = self.token.is_some() || (self.tls.is_some() && self.client_certs);
+        let mutual = self.tls.as_ref().is_some_and(|t| t.client_certs());
+        let authenticated = self.token.is_some() || mutual;
         if authenticated || self.insecure {
             return Ok(());
         }
@@ -62,29 +61,6 @@ impl tonic::service::Interceptor for TokenCheck {
             Err(Status::unauthenticated("missing or wrong bearer token"))
         }
     }
-}
-
-/// The TLS configuration from PEM files: the server's certificate and key,
-/// and the CA client certificates must chain to (mutual TLS) when given.
-/// Also the sha256 of the certificate file, which the agent logs at start
-/// so anyone can tell which certificate a running agent serves.
-pub async fn tls_from_files(
-    cert: &Path,
-    key: &Path,
-    client_ca: Option<&Path>,
-) -> Result<(ServerTlsConfig, String), Error> {
-    use sha2::{Digest, Sha256};
-    let cert_pem = read(cert).await?;
-    let sha = hex::encode(Sha256::digest(&cert_pem));
-    // A client that does not finish its handshake is dropped, not kept:
-    // idle connections must not pile up in the agent's memory.
-    let mut t = ServerTlsConfig::new()
-        .identity(Identity::from_pem(cert_pem, read(key).await?))
-        .timeout(super::HANDSHAKE_TIMEOUT);
-    if let Some(ca) = client_ca {
-        t = t.client_ca_root(Certificate::from_pem(read(ca).await?));
-    }
-    Ok((t, sha))
 }
 
 /// The bearer token from its file: UTF-8, trimmed, not empty.

@@ -7,6 +7,7 @@ pub mod auth;
 mod convert;
 mod service;
 mod tasks;
+pub mod tls;
 
 pub use auth::Auth;
 pub use service::AgentService;
@@ -101,21 +102,30 @@ pub async fn serve(
             .max_encoding_message_size(qdrant_agent_proto::MAX_MESSAGE_BYTES),
         TokenCheck(auth.token.map(Arc::from)),
     );
-    let mut builder = server();
-    if let Some(tls) = auth.tls {
-        builder = builder
-            .tls_config(tls)
-            .map_err(|e| Error::Invalid(format!("TLS configuration: {e}")))?;
-    }
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let served = builder
+    let router = server()
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha)
-        .add_service(agent)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
-        .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
+        .add_service(agent);
+    // TLS is terminated here rather than by tonic, so that renewed
+    // certificate files are served without a restart.
+    let served = match auth.tls {
+        Some(tls) => {
+            let watch = tls.clone().watch(tls::RELOAD_EVERY);
+            let served = router
+                .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
+                .await;
+            watch.abort();
+            served
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
+    .map_err(|e| Error::Internal(format!("gRPC server: {e}")));
     if !registry.idle(SHUTDOWN_GRACE).await {
         tracing::warn!(
             "tasks still running at shutdown; their uploads may stay open until the next task of this node"

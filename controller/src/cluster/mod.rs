@@ -214,31 +214,21 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
             return Ok(action);
         }
     }
-    let mut tls_identity = None;
+    // Agents read renewed certificate files without a restart: a renewal
+    // only needs this reconcile to come back in time for it.
+    let mut renew_at = None;
     if c.spec.agent.enabled {
         let n = render::Names::of(&c);
         ensure_agent_token(&secrets, render::owned_meta(&c, n.agent_token())).await?;
         let dns = crate::pki::agent_dns_names(&n.headless(), &ns);
         let meta = render::owned_meta(&c, n.agent_tls());
-        tls_identity = Some(ensure_agent_tls(client, &secrets, meta, dns, &ctx.ca).await?);
+        renew_at = Some(ensure_agent_tls(client, &secrets, meta, dns, &ctx.ca).await?);
     }
     ssa(client, &ns, &sa).await?;
     ssa(client, &ns, &cm).await?;
     ssa(client, &ns, &headless).await?;
     ssa(client, &ns, &service).await?;
     ssa(client, &ns, &pdb).await?;
-    // Agents read their certificate at start: a renewed one rolls the pods.
-    if let (Some(id), Some(meta)) = (
-        tls_identity,
-        desired
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.metadata.as_mut()),
-    ) {
-        meta.annotations
-            .get_or_insert_with(Default::default)
-            .insert(render::ANN_AGENT_TLS.into(), id);
-    }
     // A scale-in shrinks the StatefulSet only once the pods that leave
     // hold no shard replica.
     let current = existing
@@ -305,17 +295,27 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
         .conditions
         .iter()
         .any(|(ty, ok, ..)| *ty == "VolumesSized" && !ok);
-    Ok(match d.phase {
-        _ if scaled.requeue().is_some() => Action::requeue(scaled.requeue().unwrap_or_default()),
-        _ if rebalanced.requeue.is_some() => {
-            Action::requeue(rebalanced.requeue.unwrap_or_default())
-        }
-        _ if rolled.requeue.is_some() => Action::requeue(rolled.requeue.unwrap_or_default()),
+    let next = match d.phase {
+        _ if scaled.requeue().is_some() => scaled.requeue().unwrap_or_default(),
+        _ if rebalanced.requeue.is_some() => rebalanced.requeue.unwrap_or_default(),
+        _ if rolled.requeue.is_some() => rolled.requeue.unwrap_or_default(),
         // Nothing announces a finished resize but the claims' status.
-        _ if resizing => Action::requeue(Duration::from_secs(30)),
-        ClusterPhase::Running => Action::requeue(Duration::from_secs(300)),
-        _ => Action::requeue(Duration::from_secs(15)),
-    })
+        _ if resizing => Duration::from_secs(30),
+        ClusterPhase::Running => Duration::from_secs(300),
+        _ => Duration::from_secs(15),
+    };
+    Ok(Action::requeue(match renew_at {
+        Some(at) => next.min(until(at)),
+        None => next,
+    }))
+}
+
+/// How long until `at`; a second when it is past (never a busy loop).
+pub fn until(at: jiff::Timestamp) -> Duration {
+    let left = at.duration_since(jiff::Timestamp::now());
+    Duration::try_from(left)
+        .unwrap_or_default()
+        .max(Duration::from_secs(1))
 }
 
 /// Creates the agents' bearer token Secret once; an existing one is never
@@ -342,16 +342,15 @@ pub async fn ensure_agent_token(secrets: &Api<Secret>, meta: ObjectMeta) -> Resu
 }
 
 /// Issues the agents' server certificate for `dns` when it is missing, was
-/// signed by another CA, or nears its expiry; returns the identity of the
-/// current one for the pod template (so a renewal rolls the pods, whose
-/// agents read it at start).
+/// signed by another CA, or nears its expiry; returns when the current one
+/// is due for renewal. Agents pick up the renewed files without a restart.
 pub async fn ensure_agent_tls(
     client: &Client,
     secrets: &Api<Secret>,
     meta: ObjectMeta,
     dns: Vec<String>,
     ca: &crate::pki::Ca,
-) -> Result<String, Error> {
+) -> Result<jiff::Timestamp, Error> {
     let name = meta.name.clone().unwrap_or_default();
     let now = jiff::Timestamp::now();
     if let Some(s) = secrets.get_opt(&name).await? {
@@ -363,17 +362,19 @@ pub async fn ensure_agent_tls(
             ca,
             now,
         );
-        if !stale {
-            return Ok(render::agent_tls_identity(&ann));
+        let not_after = ann
+            .get(crate::pki::ANN_NOT_AFTER)
+            .and_then(|t| t.parse().ok());
+        if let (false, Some(t)) = (stale, not_after) {
+            return Ok(ca.renew_at(t));
         }
     }
     let ns = meta.namespace.clone().unwrap_or_default();
     let leaf = ca.server_cert(dns, now)?;
     let secret = render::agent_tls_secret(meta, &leaf, ca);
     ssa(client, &ns, &secret).await?;
-    Ok(render::agent_tls_identity(
-        &secret.metadata.annotations.unwrap_or_default(),
-    ))
+    tracing::info!(secret = %name, namespace = %ns, not_after = %leaf.not_after, "issued the agents' certificate");
+    Ok(ca.renew_at(leaf.not_after))
 }
 
 /// `Ok` when `existing` is owned by the owner that `desired` names (its

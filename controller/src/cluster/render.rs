@@ -265,9 +265,6 @@ pub fn start_script(c: &QdrantCluster) -> String {
 /// Pod template annotation: the sha256 of the rendered config and start
 /// script (as Qdrant's chart does with `checksum/config`).
 pub const ANN_CONFIG: &str = "qdrant.io/config-sha256";
-/// Pod template annotation: which agent certificate the pods run with
-/// (its CA fingerprint and expiry); a renewed certificate rolls the pods.
-pub const ANN_AGENT_TLS: &str = "qdrant.io/agent-tls";
 
 pub fn config_hash(c: &QdrantCluster) -> String {
     use sha2::{Digest, Sha256};
@@ -279,16 +276,6 @@ pub fn config_hash(c: &QdrantCluster) -> String {
         h.update([0]);
     }
     hex::encode(h.finalize())
-}
-
-/// The value of [`ANN_AGENT_TLS`] for a certificate Secret's annotations.
-pub fn agent_tls_identity(annotations: &BTreeMap<String, String>) -> String {
-    let get = |k: &str| annotations.get(k).map(String::as_str).unwrap_or("");
-    format!(
-        "{}/{}",
-        get(crate::pki::ANN_CA),
-        get(crate::pki::ANN_NOT_AFTER)
-    )
 }
 
 pub fn config_map(c: &QdrantCluster) -> ConfigMap {
