@@ -92,20 +92,26 @@ fn diagnosis(w: &World, node: &Node) -> String {
 /// test environment: the API server's address (no kube-proxy routes the
 /// `kubernetes` Service's ClusterIP) and plain-http endpoints allowed (the
 /// test S3 server).
-async fn in_cluster_operator(w: &World, diag: &impl Fn() -> String) {
+async fn in_cluster_operator(w: &World, env: &[&str], diag: &impl Fn() -> String) {
     w.apply(&Node::namespace_yaml(&w.cp, OPERATOR_NS));
     w.apply(&Node::namespace_yaml(&w.cp, NS));
     let port = w.cp.url.rsplit(':').next().unwrap().to_string();
-    w.kubectl(&[
+    let (host, port) = (
+        format!("KUBERNETES_SERVICE_HOST={}", node::GATEWAY),
+        format!("KUBERNETES_SERVICE_PORT={port}"),
+    );
+    let mut args = vec![
         "-n",
         OPERATOR_NS,
         "set",
         "env",
         "deployment/qdrant-operator",
         "ALLOW_INSECURE_ENDPOINTS=true",
-        &format!("KUBERNETES_SERVICE_HOST={}", node::GATEWAY),
-        &format!("KUBERNETES_SERVICE_PORT={port}"),
-    ]);
+        &host,
+        &port,
+    ];
+    args.extend_from_slice(env);
+    w.kubectl(&args);
     let out = need(w.cp.kubectl(&[
         "-n",
         OPERATOR_NS,
@@ -146,16 +152,17 @@ fn backup_yaml(
     )
 }
 
-/// What both scenarios start from: a control plane and a real node with
+/// What every scenario starts from: a control plane and a real node with
 /// the images, S3 on the bridge with a bucket and its credentials Secret
-/// `s3` in NS, and the operator running in the cluster.
-async fn start(tag: &str) -> (World, Node, S3Server, String) {
+/// `s3` in NS, and the operator running in the cluster (with `env` set on
+/// its Deployment).
+async fn start(tag: &str, env: &[&str]) -> (World, Node, S3Server, String) {
     let images = need(node::image_archives());
     let w = World::start_for_node().await;
     let node = need(Node::start(&w.cp, &images).await);
     let s3 = need(S3Server::start_on(node::GATEWAY));
     let bucket = need(s3.bucket(tag));
-    in_cluster_operator(&w, &|| diagnosis(&w, &node)).await;
+    in_cluster_operator(&w, env, &|| diagnosis(&w, &node)).await;
     w.secret(
         NS,
         "s3",
@@ -177,7 +184,7 @@ async fn pod_ip(pods: &Api<Pod>, name: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_real_pods_backs_up_and_restores_into_two_nodes() {
-    let (w, node, s3, bucket) = start("node").await;
+    let (w, node, s3, bucket) = start("node", &[]).await;
     let diag = || diagnosis(&w, &node);
     w.secret(NS, "qdrant-api-key", &[("api-key", API_KEY)]);
     w.apply(&node.local_volumes("storage", 5, "1Gi"));
@@ -398,7 +405,7 @@ async fn statefulset_ready(w: &World, name: &str, n: i32, diag: &impl Fn() -> St
 async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     // The webhook as manifests/ installs it: the API server calls the
     // operator's pod through its Service.
-    let (w, node, s3, bucket) = start("chart").await;
+    let (w, node, s3, bucket) = start("chart", &[]).await;
     let diag = || diagnosis(&w, &node);
     w.apply(&node.local_volumes("chart", 6, "1Gi"));
     helm_install(&w, "vectors", &chart_values(3));
@@ -590,4 +597,157 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     let _ = w
         .completed::<Value>(NS, "qdrantbackups", "alt-auto", 120, &diag)
         .await;
+}
+
+/// The agent certificate of StatefulSet `sts`'s pods: its sha256, and the
+/// CA fingerprint and expiry its Secret records.
+async fn agent_cert(w: &World, sts: &str) -> (String, String, jiff::Timestamp) {
+    use sha2::{Digest, Sha256};
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.admin.clone(), NS);
+    let s = secrets
+        .get(&format!("{sts}-agent-tls"))
+        .await
+        .expect("the agents' TLS Secret");
+    let ann = s.metadata.annotations.unwrap_or_default();
+    (
+        hex::encode(Sha256::digest(&s.data.unwrap_or_default()["tls.crt"].0)),
+        ann["qdrant.io/ca-sha256"].clone(),
+        ann["qdrant.io/not-after"].parse().unwrap(),
+    )
+}
+
+/// `pod`'s uid and its containers' restart counts.
+async fn incarnation(pods: &Api<Pod>, pod: &str) -> (String, Vec<i32>) {
+    let p = pods.get(pod).await.unwrap();
+    let restarts = p
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .iter()
+        .map(|c| c.restart_count)
+        .collect();
+    (p.metadata.uid.unwrap_or_default(), restarts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_two_minute_agent_certificate_and_a_new_ca_reach_the_agent_without_a_restart() {
+    // Certificates of mutual TLS that live two minutes: each is renewed
+    // well before it expires, again and again, while the pod runs on.
+    let (w, node, s3, bucket) = start("certs", &["AGENT_CERT_VALIDITY=2m"]).await;
+    let diag = || diagnosis(&w, &node);
+    // The chart with its snapshots on their own claim: the agent shares it.
+    w.apply(&node.local_volumes("certs", 2, "1Gi"));
+    let values = format!(
+        "{}snapshotPersistence: {{enabled: true, size: 1Gi}}\n",
+        chart_values(1)
+    );
+    helm_install(&w, "short", &values);
+    statefulset_ready(&w, "short-qdrant", 1, &diag).await;
+    let pods: Api<Pod> = Api::namespaced(w.admin.clone(), NS);
+    let pod = pods.get("short-qdrant-0").await.unwrap();
+    let spec = pod.spec.unwrap();
+    let claim = spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "qdrant-snapshots")
+        .and_then(|v| v.persistent_volume_claim.clone());
+    assert!(claim.is_some(), "the snapshots are on a claim");
+    let agent = spec
+        .containers
+        .iter()
+        .find(|c| c.name == "qdrant-agent")
+        .expect("the agent was injected");
+    assert!(
+        agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "qdrant-snapshots" && m.mount_path == "/qdrant/snapshots"),
+        "the agent shares the snapshots claim"
+    );
+    let key = chart_api_key(&w, "short").await;
+    seed(
+        &format!("http://{}:6333", pod_ip(&pods, "short-qdrant-0").await),
+        &key,
+    );
+    let first = incarnation(&pods, "short-qdrant-0").await;
+    let backup = |name: &str| {
+        backup_yaml(
+            name,
+            "{kind: StatefulSet, name: short-qdrant}",
+            &s3,
+            &bucket,
+            "short",
+            "",
+        )
+    };
+    w.apply(&backup("before-renewal"));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", "before-renewal", 300, &diag)
+        .await;
+
+    // The first certificate expires; by then another one is served.
+    let (sha, ca, not_after) = agent_cert(&w, "short-qdrant").await;
+    let agent_log = || {
+        w.cp.kubectl(&["-n", NS, "logs", "short-qdrant-0", "-c", "qdrant-agent"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    };
+    let renewed = test_support::stack::eventually(
+        180,
+        "the agent serves a renewed certificate",
+        &diag,
+        || async {
+            let (now, _, _) = agent_cert(&w, "short-qdrant").await;
+            (now != sha && agent_log().contains(&now)).then_some(now)
+        },
+    )
+    .await;
+    let wait =
+        not_after.duration_since(jiff::Timestamp::now()) + jiff::SignedDuration::from_secs(5);
+    if let Ok(wait) = std::time::Duration::try_from(wait) {
+        tokio::time::sleep(wait).await;
+    }
+    w.apply(&backup("after-renewal"));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", "after-renewal", 300, &diag)
+        .await;
+    assert_ne!(renewed, sha);
+    assert_eq!(
+        incarnation(&pods, "short-qdrant-0").await,
+        first,
+        "the pod was restarted for a certificate"
+    );
+
+    // A new CA: the operator's CA Secret is removed and the operator
+    // restarted; it makes a new CA, issues the agent a certificate from it,
+    // and the agent serves it from its files.
+    w.kubectl(&["-n", OPERATOR_NS, "delete", "secret", "qdrant-operator-ca"]);
+    w.kubectl(&[
+        "-n",
+        OPERATOR_NS,
+        "rollout",
+        "restart",
+        "deployment/qdrant-operator",
+    ]);
+    test_support::stack::eventually(
+        240,
+        "the agent serves a certificate from the new CA",
+        &diag,
+        || async {
+            let (now, by, _) = agent_cert(&w, "short-qdrant").await;
+            (by != ca && agent_log().contains(&now)).then_some(())
+        },
+    )
+    .await;
+    w.apply(&backup("new-ca"));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", "new-ca", 300, &diag)
+        .await;
+    assert_eq!(
+        incarnation(&pods, "short-qdrant-0").await,
+        first,
+        "the pod was restarted for a new CA"
+    );
 }
