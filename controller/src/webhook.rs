@@ -215,19 +215,23 @@ pub async fn renew_injected(
 }
 
 /// Keeps the injected workloads' agent certificates renewed, for as long
-/// as the operator leads: looks again when the next one is due, and at
-/// least every ten minutes.
+/// as the operator leads: looks again when the next one is due, and often
+/// enough to find one the webhook (of any replica) issued meanwhile in time
+/// for its renewal: a quarter of the renewal window, at most ten minutes.
 pub async fn keep_renewed(client: kube::Client, ca: Arc<Ca>) {
+    let often = Duration::try_from(ca.validity.renew_before() / 4)
+        .unwrap_or_default()
+        .clamp(Duration::from_secs(5), Duration::from_secs(600));
     loop {
         let wait = match renew_injected(&client, &ca).await {
             Ok(Some(at)) => crate::cluster::until(at),
-            Ok(None) => Duration::from_secs(600),
+            Ok(None) => often,
             Err(e) => {
                 tracing::warn!(error = %e, "could not check the agents' certificates");
                 Duration::from_secs(30)
             }
         };
-        tokio::time::sleep(wait.min(Duration::from_secs(600))).await;
+        tokio::time::sleep(wait.min(often)).await;
     }
 }
 
