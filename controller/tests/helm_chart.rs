@@ -146,6 +146,8 @@ fn values_set_images_replicas_leader_election_and_logs() {
             "agentInjection.enabled=false",
             "--set",
             "storage.allowAmbientCredentials=true,storage.allowInsecureEndpoints=true",
+            "--set",
+            "agentCertValidity=90d",
         ],
     ));
     // Objects are named after the release, in its namespace.
@@ -174,7 +176,9 @@ fn values_set_images_replicas_leader_election_and_logs() {
             "text",
             "--no-leader-election",
             "--allow-ambient-credentials",
-            "--allow-insecure-endpoints"
+            "--allow-insecure-endpoints",
+            "--agent-cert-validity",
+            "90d"
         ]
     );
     let deployment = find(&objs, "Deployment", "qo-qdrant-operator").unwrap();
