@@ -21,6 +21,8 @@ pub struct Node {
     /// Why the file modes are off although a snapshots directory was
     /// given: it is not where Qdrant writes (`qdrant_config::snapshots_elsewhere`).
     pub snapshots_elsewhere: Option<String>,
+    /// Qdrant's storage directory, when the agent sees it (for `disk`).
+    pub storage_dir: Option<PathBuf>,
 }
 
 impl Node {
@@ -152,6 +154,34 @@ pub fn used_space(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The disk under Qdrant's storage directory `dir`: (free, total, bytes
+/// the collections take). `None` when it cannot be read.
+pub fn disk(dir: &Path) -> Option<(u64, u64, u64)> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some((
+        s.f_bavail.saturating_mul(s.f_frsize),
+        s.f_blocks.saturating_mul(s.f_frsize),
+        allocated_space(&dir.join("collections")),
+    ))
+}
+
+/// Bytes the files below `dir` take on disk (links not followed): sparse
+/// and preallocated files count for their allocated blocks.
+pub fn allocated_space(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => allocated_space(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.blocks() * 512).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Bytes free for an unprivileged writer on the filesystem holding `dir`.
 pub fn free_space(dir: &Path) -> Option<u64> {
     let s = rustix::fs::statvfs(dir).ok()?;
@@ -186,6 +216,7 @@ mod tests {
             qdrant_snapshots_dir: None,
             snapshots_limit: None,
             snapshots_elsewhere: None,
+            storage_dir: None,
         };
         let docs = dir.path().join("docs");
         std::fs::create_dir_all(&docs).unwrap();
@@ -242,6 +273,7 @@ mod tests {
             qdrant_snapshots_dir: None,
             snapshots_limit: None,
             snapshots_elsewhere: None,
+            storage_dir: None,
         };
         std::fs::create_dir_all(dir.path().join("docs")).unwrap();
         std::fs::write(dir.path().join("docs/a.snapshot"), vec![0u8; 3 << 20]).unwrap();

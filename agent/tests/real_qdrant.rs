@@ -990,3 +990,80 @@ async fn ctrl_c_during_a_restore_says_what_was_cleaned_up() {
     assert_eq!(get(&base, "/collections/docs-copy", None).unwrap().0, 404);
     assert_eq!(get(&base, "/collections/docs", None).unwrap().0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_tells_its_qdrants_free_disk_and_what_the_collections_take() {
+    use qdrant_agent_proto::v1::GetDiskRequest;
+    use qdrant_agent_proto::v1::agent_client::AgentClient;
+    let env = Env::new("real-disk");
+    let dir = tempfile::tempdir().unwrap();
+    let q = need(RealQdrant::start(1, None));
+    let base = q.nodes[0].url.clone();
+    let storage = q.nodes[0].storage.display().to_string();
+    let ask = |args: Vec<String>| {
+        let (env, base, dir) = (&env, base.clone(), dir.path().to_path_buf());
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let agent = serve(env, &base, "node-0", &args, &dir);
+            let mut c = AgentClient::new(
+                tonic::transport::Channel::from_shared(format!("http://{}", agent.addr))
+                    .unwrap()
+                    .connect()
+                    .await
+                    .unwrap(),
+            );
+            c.get_disk(GetDiskRequest {}).await.unwrap().into_inner()
+        }
+    };
+    // Without the storage directory the agent says it cannot tell.
+    let unseen = ask(vec!["--insecure".into()]).await;
+    assert!(!unseen.seen);
+
+    let vectors: Value = serde_json::from_str(VECTORS).unwrap();
+    create(
+        &base,
+        "docs",
+        json!({"vectors": vectors, "shard_number": 2}),
+    );
+    let with_storage = || vec!["--insecure".into(), "--storage-dir".into(), storage.clone()];
+    let empty = ask(with_storage()).await;
+    upsert(&base, "docs", 2000, None);
+    let full = ask(with_storage()).await;
+    assert!(empty.seen && full.seen);
+    // The filesystem's figures, as statvfs gives them (df's "Avail").
+    let df = std::process::Command::new("df")
+        .args(["-B1", "--output=size", &storage])
+        .output()
+        .unwrap();
+    let size: u64 = String::from_utf8_lossy(&df.stdout)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(full.total_bytes, size);
+    assert!(full.free_bytes > 0 && full.free_bytes < full.total_bytes);
+    // 2,000 points take room on disk, counted in allocated blocks, as du does.
+    assert!(
+        full.collections_bytes > empty.collections_bytes,
+        "{empty:?} {full:?}"
+    );
+    let du = std::process::Command::new("du")
+        .args(["-s", "-B1", &format!("{storage}/collections")])
+        .output()
+        .unwrap();
+    let du: u64 = String::from_utf8_lossy(&du.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // du counts the directories' own blocks too; Qdrant may write between.
+    let (lo, hi) = (du / 2, du * 2);
+    assert!(
+        (lo..=hi).contains(&full.collections_bytes),
+        "du says {du}, the agent {}",
+        full.collections_bytes
+    );
+}

@@ -105,6 +105,8 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
             read_only: None,
             ..snapshots
         },
+        // The operator scales no StatefulSet it did not make.
+        storage: None,
         token_volume: TOKEN_VOLUME.into(),
         tls_volume: TLS_VOLUME.into(),
         security_context: security_context(pod, qdrant),

@@ -226,6 +226,12 @@ impl pb::agent_server::Agent for Hostile {
     ) -> Result<Response<pb::Task>, Status> {
         self.answer().await
     }
+    async fn get_disk(
+        &self,
+        _: Request<pb::GetDiskRequest>,
+    ) -> Result<Response<pb::GetDiskResponse>, Status> {
+        self.answer().await
+    }
 }
 
 /// `mode` served with the agents' mutual TLS; its address.

@@ -528,8 +528,10 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     w.apply(&format!(
         "apiVersion: v1\nkind: Secret\nmetadata: {{name: qdrant-api-key, namespace: {NS}}}\nstringData: {{api-key: {new_key}}}\n"
     ));
+    // A Secret's change wakes the cluster's reconcile; under a loaded
+    // machine that one may queue behind others.
     eventually(
-        60,
+        180,
         "the pod template carries the new key's digest",
         &diag,
         || async {

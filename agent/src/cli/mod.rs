@@ -100,6 +100,10 @@ pub struct QdrantArgs {
     /// This node's name in object keys (default: the host name).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: Option<String>,
+    /// Qdrant's storage directory as this process sees it (read-only is
+    /// enough): lets a scale-in check the disk before shards move.
+    #[arg(long, env = "QDRANT_STORAGE_DIR")]
+    pub storage_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -185,6 +189,7 @@ pub(crate) fn node(a: &QdrantArgs) -> Result<Node> {
         qdrant_snapshots_dir: a.qdrant_snapshots_dir.clone(),
         snapshots_limit: a.snapshots_size_limit,
         snapshots_elsewhere: elsewhere,
+        storage_dir: a.storage_dir.clone(),
     })
 }
 

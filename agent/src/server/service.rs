@@ -347,6 +347,28 @@ impl Agent for AgentService {
         Ok(Response::new(out))
     }
 
+    async fn get_disk(
+        &self,
+        _: Request<GetDiskRequest>,
+    ) -> Result<Response<GetDiskResponse>, Status> {
+        let Some(dir) = self.node.storage_dir.clone() else {
+            return Ok(Response::new(GetDiskResponse::default()));
+        };
+        // A walk of the collections' files: off the async threads.
+        let seen = tokio::task::spawn_blocking(move || crate::node::disk(&dir))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(match seen {
+            Some((free_bytes, total_bytes, collections_bytes)) => GetDiskResponse {
+                seen: true,
+                free_bytes,
+                total_bytes,
+                collections_bytes,
+            },
+            None => GetDiskResponse::default(),
+        }))
+    }
+
     async fn list_tasks(
         &self,
         _: Request<ListTasksRequest>,

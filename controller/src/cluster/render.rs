@@ -493,6 +493,7 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
         qdrant_http_port: HTTP_PORT,
         snapshots: mount("snapshots", SNAPSHOTS_PATH),
         snapshots_size_limit: c.spec.snapshots_size_limit.clone(),
+        storage: Some(mount("storage", STORAGE_PATH)),
         token_volume: "agent-token".into(),
         tls_volume: "agent-tls".into(),
         security_context: restricted(),
@@ -518,6 +519,9 @@ pub struct AgentWiring {
     pub snapshots: VolumeMount,
     /// That volume's `sizeLimit` (an emptyDir's), which auto mode respects.
     pub snapshots_size_limit: Option<String>,
+    /// Qdrant's storage volume, mounted read-only where Qdrant has it, so
+    /// the agent can tell its disk's free space before a scale-in.
+    pub storage: Option<VolumeMount>,
     pub token_volume: String,
     pub tls_volume: String,
     pub security_context: SecurityContext,
@@ -592,6 +596,11 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
                     .iter()
                     .flat_map(|l| ["--snapshots-size-limit".to_string(), l.clone()]),
             )
+            .chain(
+                w.storage
+                    .iter()
+                    .flat_map(|m| ["--storage-dir".to_string(), m.mount_path.clone()]),
+            )
             .collect(),
         ),
         ports: Some(vec![ContainerPort {
@@ -614,6 +623,10 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
                 },
             ]
             .into_iter()
+            .chain(w.storage.iter().map(|m| VolumeMount {
+                read_only: Some(true),
+                ..m.clone()
+            }))
             .chain(w.extra_mounts.iter().cloned())
             .collect(),
         ),
