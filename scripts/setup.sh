@@ -75,6 +75,19 @@ if [ -n "$missing" ]; then
   fi
 fi
 
+# promtool checks and unit-tests the chart's alerting rules (Debian's
+# prometheus package; only its promtool is used).
+if ! command -v promtool >/dev/null; then
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "prometheus, for promtool (apt)"
+    { apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }; }
+  else
+    say "the alert rule tests need promtool: apt-get install prometheus (as root)"
+    exit 1
+  fi
+fi
+
 command -v curl >/dev/null || { say "curl is missing: apt-get install curl"; exit 1; }
 command -v xz >/dev/null || { say "xz is missing: apt-get install xz-utils"; exit 1; }
 scripts/tools.sh >/dev/null

@@ -98,6 +98,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::try_default().await?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let state = Arc::new(qdrant_operator::runtime::state::StateMetrics::default());
+    registry.register_collector(Box::new(state.clone()));
     let ready = Arc::new(AtomicBool::new(false));
     let shared = http::Shared {
         registry: Arc::new(registry),
@@ -185,6 +187,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ca.clone(),
     )?);
     let mut ctx = Context::new(client, ca, identity, metrics);
+    ctx.state = state.clone();
     ctx.leadership = leadership;
     ctx.installation = format!("{}/{}", args.namespace, args.lease_name);
     ctx.storage_policy = qdrant_operator::agents::StoragePolicy {

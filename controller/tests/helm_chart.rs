@@ -403,3 +403,54 @@ async fn helm_install_on_a_real_api_server_runs_the_operator() {
         .collect();
     assert!(denied.is_empty(), "refused: {denied:?}\n{}", diag());
 }
+
+#[test]
+fn monitoring_values_add_a_pod_monitor_and_the_tested_alerts() {
+    let off = need(template("qo", "ops", &[]));
+    assert!(
+        !off.iter()
+            .any(|o| o["kind"] == "PodMonitor" || o["kind"] == "PrometheusRule"),
+        "monitoring is off by default"
+    );
+    let on = need(template(
+        "qo",
+        "ops",
+        &[
+            "--set",
+            "monitoring.podMonitor.enabled=true,monitoring.prometheusRule.enabled=true",
+            "--set",
+            "monitoring.prometheusRule.backupMaxAgeSeconds=86400,monitoring.prometheusRule.labels.release=kube-prometheus",
+        ],
+    ));
+    // The PodMonitor finds the operator's pods and their metrics port.
+    let pm = find(&on, "PodMonitor", "qo-qdrant-operator").expect("a PodMonitor");
+    let deployment = find(&on, "Deployment", "qo-qdrant-operator").unwrap();
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(&pod_labels[k], v, "the PodMonitor selects the pods by {k}");
+    }
+    let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    let ports = &deployment["spec"]["template"]["spec"]["containers"][0]["ports"];
+    assert!(
+        ports.as_array().unwrap().iter().any(|p| p["name"] == port),
+        "{ports}"
+    );
+    // The rule is files/alerts.yaml plus the age rule; promtool takes it.
+    let rule = find(&on, "PrometheusRule", "qo-qdrant-operator").expect("a PrometheusRule");
+    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, serde_yaml::to_string(&rule["spec"]).unwrap()).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules", &file.display().to_string()])
+        .output()
+        .expect("promtool runs (scripts/setup.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("SUCCESS: 6 rules found"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -60,6 +60,14 @@ fn expandable_volumes(cluster: &str, nodes: usize, size: &str) -> String {
     yaml
 }
 
+/// The value of `series` (name and labels, as exported) in a scrape.
+fn scraped(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in /metrics:\n{metrics}"))
+}
+
 /// The status of restore `name` once it is Completed or Failed.
 async fn restore_ended(
     restores: &Api<QdrantRestore>,
@@ -708,6 +716,22 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         left.is_empty(),
         "objects of the pruned backup are left: {left:?}"
     );
+    // /metrics tells when it fires next, every how long, and its last success.
+    let metrics = operator.metrics();
+    let value = |series: &str| scraped(&metrics, series);
+    let schedule = format!("namespace=\"{NS}\",schedule=\"minutely\",cluster=\"vectors\"");
+    assert_eq!(
+        value(&format!(
+            "qdrant_operator_schedule_interval_seconds{{{schedule}}}"
+        )),
+        60.0
+    );
+    assert!(
+        value(&format!(
+            "qdrant_operator_schedule_last_success_timestamp_seconds{{{schedule}}}"
+        )) > 0.0
+    );
+
     w.kubectl(&[
         "-n",
         NS,
@@ -746,6 +770,58 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         "the retained backup is whole"
     );
 
+    // /metrics tells the latest good backup of the cluster, its size and
+    // duration, and the latest failure with its reason, as the resources say.
+    let all = backups.list(&Default::default()).await.unwrap().items;
+    let secs = |t: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time| {
+        t.0.as_millisecond() as f64 / 1000.0
+    };
+    let good = all
+        .iter()
+        .filter_map(|b| {
+            let st = b.status.as_ref()?;
+            (st.phase == Some(OperationPhase::Completed)).then_some(st)
+        })
+        .max_by_key(|st| st.completion_time.as_ref().map(|t| t.0))
+        .expect("a Completed backup");
+    let failed_at = secs(
+        again["status"]["completionTime"]
+            .as_str()
+            .map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.parse().unwrap()))
+            .as_ref()
+            .expect("the failed backup's completionTime"),
+    );
+    let metrics = operator.metrics();
+    let value = |series: &str| scraped(&metrics, series);
+    let here = format!("namespace=\"{NS}\",cluster=\"vectors\"");
+    let done = secs(good.completion_time.as_ref().unwrap());
+    assert_eq!(
+        value(&format!(
+            "qdrant_operator_backup_last_success_timestamp_seconds{{{here}}}"
+        )),
+        done
+    );
+    assert_eq!(
+        value(&format!("qdrant_operator_backup_last_size_bytes{{{here}}}")),
+        good.size_bytes.unwrap() as f64
+    );
+    assert_eq!(
+        value(&format!(
+            "qdrant_operator_backup_last_duration_seconds{{{here}}}"
+        )),
+        done - secs(good.start_time.as_ref().unwrap())
+    );
+    assert_eq!(
+        value(&format!(
+            "qdrant_operator_backup_last_failure_timestamp_seconds{{{here},reason=\"BackupExists\"}}"
+        )),
+        failed_at
+    );
+    assert!(
+        value(&format!(
+            "qdrant_operator_backups{{{here},phase=\"Failed\"}}"
+        )) >= 1.0
+    );
     // Nothing the operator asked for was refused.
     let refused: BTreeSet<String> =
         w.cp.operator_requests()

@@ -824,6 +824,7 @@ async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
 pub async fn run(ctx: Arc<Context>) {
     let controller = runtime::controller::<QdrantBackup>(&ctx.client);
     let store = controller.store();
+    let _ = ctx.state.backups.set(store.clone());
     let controller = wake::woken(controller, &ctx.client);
     runtime::run(controller, ctx.clone(), move |b, ctx| {
         reconcile_in(b, ctx, Some(store.clone()))

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"why it waits or failed (kubectl describe says more)"}"#,
     printcolumn = r#"{"name":"Shards","type":"string","jsonPath":".status.progress.shardsDone","priority":1}"#,
     printcolumn = r#"{"name":"Size","type":"integer","format":"int64","jsonPath":".status.sizeBytes"}"#,
+    printcolumn = r#"{"name":"Completed","type":"date","jsonPath":".status.completionTime","description":"when it ended"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 // What was backed up and where it lives cannot change: deleting the backup,

@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Schedule","type":"string","jsonPath":".spec.schedule"}"#,
     printcolumn = r#"{"name":"Suspend","type":"boolean","jsonPath":".spec.suspend"}"#,
     printcolumn = r#"{"name":"Last Backup","type":"string","jsonPath":".status.lastBackupName"}"#,
+    printcolumn = r#"{"name":"Last Success","type":"date","jsonPath":".status.lastSuccessfulBackupTime"}"#,
     printcolumn = r#"{"name":"Next","type":"date","jsonPath":".status.nextBackupTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

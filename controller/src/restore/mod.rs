@@ -613,6 +613,7 @@ async fn cleanup(r: &QdrantRestore, ctx: &Context) -> Result<Action, Error> {
 /// Runs the QdrantRestore controller until shutdown.
 pub async fn run(ctx: Arc<Context>) {
     let controller = runtime::controller::<QdrantRestore>(&ctx.client);
+    let _ = ctx.state.restores.set(controller.store());
     let controller = crate::wake::woken(controller, &ctx.client);
     runtime::run(controller, ctx.clone(), reconcile).await;
 }

@@ -10,6 +10,7 @@ pub mod lease;
 pub mod metrics;
 pub mod operation;
 pub mod report;
+pub mod state;
 
 pub use backoff::{Backoff, backoff};
 pub use error::{Error, Halt};
@@ -36,6 +37,8 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
+    /// The reconcilers' caches, which the backup metrics are computed from.
+    pub state: Arc<state::StateMetrics>,
     /// The operator's CA, which signs the agents' server certificates.
     pub ca: Arc<Ca>,
     /// The controller's client certificate for the agents' mutual TLS.
@@ -77,6 +80,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
+            state: Default::default(),
             ca,
             tls,
             now: jiff::Timestamp::now,

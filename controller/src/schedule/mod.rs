@@ -392,6 +392,7 @@ pub async fn run(ctx: Arc<Context>) {
         watcher::Config::default().labels(SCHEDULE_LABEL),
         by_label,
     );
+    let _ = ctx.state.schedules.set(controller.store());
     runtime::run(controller, ctx.clone(), reconcile).await;
 }
 
