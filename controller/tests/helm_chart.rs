@@ -408,8 +408,9 @@ async fn helm_install_on_a_real_api_server_runs_the_operator() {
 fn monitoring_values_add_a_pod_monitor_and_the_tested_alerts() {
     let off = need(template("qo", "ops", &[]));
     assert!(
-        !off.iter()
-            .any(|o| o["kind"] == "PodMonitor" || o["kind"] == "PrometheusRule"),
+        !off.iter().any(|o| o["kind"] == "PodMonitor"
+            || o["kind"] == "PrometheusRule"
+            || o["metadata"]["name"] == "qo-qdrant-operator-dashboard"),
         "monitoring is off by default"
     );
     let on = need(template(
@@ -417,7 +418,7 @@ fn monitoring_values_add_a_pod_monitor_and_the_tested_alerts() {
         "ops",
         &[
             "--set",
-            "monitoring.podMonitor.enabled=true,monitoring.prometheusRule.enabled=true",
+            "monitoring.podMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.grafanaDashboard.enabled=true",
             "--set",
             "monitoring.prometheusRule.backupMaxAgeSeconds=86400,monitoring.prometheusRule.labels.release=kube-prometheus",
         ],
