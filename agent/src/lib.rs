@@ -12,6 +12,7 @@ pub mod cli;
 pub mod defaults;
 pub mod drain;
 pub mod manifest;
+pub mod metrics;
 pub mod node;
 pub mod progress;
 pub mod qdrant;

@@ -52,6 +52,12 @@ impl Budget {
         self.bytes
     }
 
+    /// The bytes buffers hold now.
+    pub fn in_use(&self) -> u64 {
+        let free = (self.kib.available_permits() as u64) << 10;
+        (self.bytes >> 10 << 10).saturating_sub(free)
+    }
+
     /// Sets the process's budget; the first call wins.
     pub fn install(bytes: u64) -> Budget {
         BUDGET.get_or_init(|| Budget::new(bytes)).clone()

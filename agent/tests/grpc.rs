@@ -226,11 +226,20 @@ async fn start_backup_is_idempotent_by_task_id_and_watch_follows_it_to_the_end()
         d.add_alias("current", "docs");
     })
     .await;
+    let metrics_addr = format!(
+        "127.0.0.1:{}",
+        test_support::s3_server::free_port().unwrap()
+    );
     let agent = serve(
         &env,
         &q,
         "pod-0",
-        &["--token-file", &token_file(dir.path())],
+        &[
+            "--token-file",
+            &token_file(dir.path()),
+            "--metrics-listen",
+            &metrics_addr,
+        ],
         dir.path(),
     );
     let mut c = AgentClient::new(channel(&agent.addr).await);
@@ -274,6 +283,28 @@ async fn start_backup_is_idempotent_by_task_id_and_watch_follows_it_to_the_end()
         assert_eq!(sha_of(&*store, &key).await, r.sha256);
     }
 
+    // Its metrics, in plain HTTP without the token: what it uploaded and
+    // how the task went, and nothing secret.
+    let scraped = scrape(&metrics_addr).await;
+    let uploaded = metric(&scraped, "qdrant_agent_uploaded_bytes_total");
+    assert!(
+        (14.0 * MIB as f64..15.0 * MIB as f64).contains(&uploaded),
+        "{uploaded}"
+    );
+    assert!(metric(&scraped, "qdrant_agent_objects_uploaded_total") >= 3.0);
+    assert_eq!(
+        metric(
+            &scraped,
+            r#"qdrant_agent_task_duration_seconds_count{kind="backup",result="succeeded"}"#
+        ),
+        1.0
+    );
+    assert!(metric(&scraped, "qdrant_agent_memory_budget_bytes") > 0.0);
+    assert!(
+        !scraped.contains(TOKEN) && !scraped.contains(&env.bucket),
+        "{scraped}"
+    );
+
     // The same id with another request is refused; a finished task still attaches.
     let clash = c
         .start_backup(authed(backup_req(&env, "task-1", "other")))
@@ -306,11 +337,20 @@ async fn start_backup_is_idempotent_by_task_id_and_watch_follows_it_to_the_end()
 
     // Restore through the API into another node.
     let (dst, q2) = double("1.18.3", |_| {}).await;
+    let metrics2 = format!(
+        "127.0.0.1:{}",
+        test_support::s3_server::free_port().unwrap()
+    );
     let agent2 = serve(
         &env,
         &q2,
         "pod-9",
-        &["--token-file", &token_file(dir.path())],
+        &[
+            "--token-file",
+            &token_file(dir.path()),
+            "--metrics-listen",
+            &metrics2,
+        ],
         dir.path(),
     );
     let mut c2 = AgentClient::new(channel(&agent2.addr).await);
@@ -331,6 +371,32 @@ async fn start_backup_is_idempotent_by_task_id_and_watch_follows_it_to_the_end()
         dst.aliases().get("current").map(String::as_str),
         Some("docs")
     );
+    let scraped = scrape(&metrics2).await;
+    assert!(metric(&scraped, "qdrant_agent_downloaded_bytes_total") >= 14.0 * MIB as f64);
+    assert!(metric(&scraped, "qdrant_agent_objects_downloaded_total") >= 2.0);
+    // Only /metrics is served there.
+    let other = reqwest::get(format!("http://{metrics2}/debug"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 404);
+}
+
+async fn scrape(addr: &str) -> String {
+    // reqwest is built without a default TLS provider (the agent's is ring).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let r = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.text().await.unwrap()
+}
+
+/// The value of `series` (name and labels, as exported) in `scraped`.
+fn metric(scraped: &str, series: &str) -> f64 {
+    scraped
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} not in:\n{scraped}"))
 }
 
 /// Waits until a multipart upload is open under `prefix`.

@@ -45,6 +45,11 @@ pub struct ServeArgs {
     /// kubelet probes and grpcurl, which cannot present TLS).
     #[arg(long)]
     pub health_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) in plain HTTP on this
+    /// address: counts and durations only, so a scraper needs no client
+    /// certificate.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// When the token or TLS files cannot be read or are invalid, keep
     /// running (health NOT_SERVING, the reason in the log) and read them
     /// again every 10 s instead of exiting: a sidecar that exits makes its
@@ -104,6 +109,14 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     health
         .set_service_status(HEALTH_NAME, ServingStatus::NotServing)
         .await;
+    let _metrics_server = match a.metrics_listen {
+        Some(m) => Some(crate::metrics::serve(
+            tokio::net::TcpListener::bind(m)
+                .await
+                .map_err(|e| Error::io(m.to_string(), e))?,
+        )),
+        None => None,
+    };
     let _health_server = match a.health_listen {
         Some(h) => Some(serve_health(
             tokio::net::TcpListener::bind(h)

@@ -386,6 +386,9 @@ async fn finish_when_done(
     p: Progress,
     work: impl std::future::Future<Output = crate::Result<()>> + Send + 'static,
 ) {
+    let metrics = crate::metrics::get();
+    let started = std::time::Instant::now();
+    metrics.tasks_running.inc();
     let result = match tokio::spawn(work).await {
         Ok(r) => r,
         Err(e) if e.is_panic() => Err(Error::Internal(
@@ -393,6 +396,26 @@ async fn finish_when_done(
         )),
         Err(_) => Err(Error::Cancelled),
     };
+    metrics.tasks_running.dec();
+    let kind = match TaskKind::try_from(p.get().kind) {
+        Ok(TaskKind::Backup) => "backup",
+        Ok(TaskKind::Restore) => "restore",
+        Ok(TaskKind::Verify) => "verify",
+        Ok(TaskKind::Drain) => "drain",
+        _ => "unknown",
+    };
+    let outcome = match &result {
+        Ok(()) => "succeeded",
+        Err(Error::Cancelled) => "cancelled",
+        Err(_) => "failed",
+    };
+    metrics
+        .tasks
+        .get_or_create(&crate::metrics::TaskLabel {
+            kind: kind.into(),
+            result: outcome.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
     log_end(&p, &result);
     p.finish(result.as_ref().map(|_| ()));
 }

@@ -88,6 +88,7 @@ impl S3Store {
         }
         let shared = loader.load().await;
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .interceptor(crate::metrics::S3Attempts)
             .force_path_style(cfg.endpoint.is_some() && !cfg.virtual_hosted_style)
             // sha256 is computed by the agent itself; CRC32 on every part
             // would cost CPU and is refused by some S3-compatible servers.
@@ -272,6 +273,9 @@ impl ObjectStore for S3Store {
                     let etag = out.e_tag.unwrap_or_default();
                     let stored = etag.trim_matches('"').to_ascii_lowercase();
                     if !etag_is_md5 || stored.len() != 32 || stored == hex::encode(md5) {
+                        crate::metrics::get()
+                            .uploaded_bytes
+                            .inc_by(data.len() as u64);
                         return Ok(CompletedPart { number: n, etag });
                     }
                     format!(
@@ -303,6 +307,7 @@ impl ObjectStore for S3Store {
                 damaged,
                 "a part arrived damaged; sending it again"
             );
+            crate::metrics::get().s3_retries.inc();
             attempt += 1;
         }
     }
@@ -348,6 +353,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err("complete multipart upload", key, e))?;
+        crate::metrics::get().objects_uploaded.inc();
         Ok(())
     }
 
@@ -407,6 +413,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let len = data.len() as u64;
         self.client
             .put_object()
             .bucket(&self.bucket)
@@ -418,6 +425,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err("put object", key, e))?;
+        put_counted(len);
         Ok(())
     }
 
@@ -439,7 +447,10 @@ impl ObjectStore for S3Store {
             .send()
             .await;
         match sent {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                put_counted(data.len() as u64);
+                Ok(true)
+            }
             // 412: it exists; 409: another conditional write of it is under way.
             Err(SdkError::ServiceError(se)) if matches!(se.raw().status().as_u16(), 409 | 412) => {
                 Ok(false)
@@ -464,6 +475,7 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err("get object", key, e))?;
+        crate::metrics::get().objects_downloaded.inc();
         let key = key.to_string();
         let body = out.body;
         Ok(futures::stream::unfold(Some(body), move |state| {
@@ -471,7 +483,12 @@ impl ObjectStore for S3Store {
             async move {
                 let mut body = state?;
                 match body.next().await {
-                    Some(Ok(b)) => Some((Ok(b), Some(body))),
+                    Some(Ok(b)) => {
+                        crate::metrics::get()
+                            .downloaded_bytes
+                            .inc_by(b.len() as u64);
+                        Some((Ok(b), Some(body)))
+                    }
                     Some(Err(e)) => Some((
                         Err(Error::Store {
                             op: "read object",
@@ -547,4 +564,11 @@ impl ObjectStore for S3Store {
             .map_err(|e| map_err("delete object", key, e))?;
         Ok(())
     }
+}
+
+/// Counts an object written whole.
+fn put_counted(len: u64) {
+    let m = crate::metrics::get();
+    m.uploaded_bytes.inc_by(len);
+    m.objects_uploaded.inc();
 }

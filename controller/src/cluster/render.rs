@@ -587,6 +587,8 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
                 &format!("{AGENT_TLS_DIR}/ca.crt"),
                 "--health-listen",
                 &format!("0.0.0.0:{}", w.port + 1),
+                "--metrics-listen",
+                &format!("0.0.0.0:{}", w.port + 2),
                 "--wait-for-credentials",
             ]
             .map(String::from)
@@ -603,11 +605,19 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
             )
             .collect(),
         ),
-        ports: Some(vec![ContainerPort {
-            name: Some("agent".into()),
-            container_port: w.port,
-            ..Default::default()
-        }]),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("agent".into()),
+                container_port: w.port,
+                ..Default::default()
+            },
+            // Prometheus metrics, plain HTTP (no client certificate).
+            ContainerPort {
+                name: Some("agent-metrics".into()),
+                container_port: w.port + 2,
+                ..Default::default()
+            },
+        ]),
         env: Some(env),
         resources: Some(resources),
         volume_mounts: Some(
