@@ -822,6 +822,39 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
             "qdrant_operator_backups{{{here},phase=\"Failed\"}}"
         )) >= 1.0
     );
+    // `kubectl get qb` shows how long it took, `kubectl get qc` when the
+    // cluster's latest backup finished (written at its next reconcile).
+    let (start, end) = (
+        good.start_time.as_ref().unwrap().0,
+        good.completion_time.as_ref().unwrap().0,
+    );
+    // (The operator measures from its own clock; the status keeps whole
+    // seconds.)
+    let took = |extra| {
+        qdrant_operator::runtime::operation::human_duration(
+            end.duration_since(start) + jiff::SignedDuration::from_secs(extra),
+        )
+    };
+    let shown = good.duration.clone().unwrap_or_default();
+    assert!(
+        shown == took(0) || shown == took(1),
+        "{shown} for {start}..{end}"
+    );
+    w.kubectl(&[
+        "-n",
+        NS,
+        "annotate",
+        "--overwrite",
+        "qc",
+        "vectors",
+        "example.com/looked=1",
+    ]);
+    let want = good.completion_time.clone();
+    eventually(60, "the cluster shows its latest backup", &diag, || async {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        (st.last_backup_time == want).then_some(())
+    })
+    .await;
     // Nothing the operator asked for was refused.
     let refused: BTreeSet<String> =
         w.cp.operator_requests()

@@ -377,6 +377,26 @@ pub async fn ensure_agent_tls(
     Ok(ca.renew_at(leaf.not_after))
 }
 
+/// When the latest Completed backup of `c` finished, from the backup
+/// reconciler's cache (`None` until that has started).
+fn last_backup(c: &QdrantCluster, ctx: &Context) -> Option<Time> {
+    let ns = c.namespace();
+    ctx.state
+        .backups
+        .get()?
+        .state()
+        .iter()
+        .filter(|b| {
+            b.namespace() == ns
+                && b.spec.cluster_ref.kind == crate::crd::ClusterKind::QdrantCluster
+                && b.spec.cluster_ref.name == c.name_any()
+                && b.status.as_ref().and_then(|s| s.phase)
+                    == Some(crate::crd::OperationPhase::Completed)
+        })
+        .filter_map(|b| b.status.as_ref()?.completion_time.clone())
+        .max_by_key(|t| t.0)
+}
+
 /// `Ok` when `existing` is owned by the owner that `desired` names (its
 /// first owner reference), so the operator may write it; otherwise the
 /// refusal, naming the object and who it belongs to.
@@ -447,6 +467,7 @@ async fn write_status(
         },
         agent_image: image(render::AGENT_CONTAINER).or_else(|| previous.agent_image.clone()),
         endpoint: Some(render::endpoint(c)),
+        last_backup_time: last_backup(c, ctx).or_else(|| previous.last_backup_time.clone()),
         conditions: conditions(&previous.conditions, d, c.metadata.generation, now),
         observed_generation: c.metadata.generation,
         scale_in,

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"why it waits or failed (kubectl describe says more)"}"#,
     printcolumn = r#"{"name":"Shards","type":"string","jsonPath":".status.progress.shardsDone","priority":1}"#,
     printcolumn = r#"{"name":"Size","type":"integer","format":"int64","jsonPath":".status.sizeBytes"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
     printcolumn = r#"{"name":"Completed","type":"date","jsonPath":".status.completionTime","description":"when it ended"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -73,6 +74,9 @@ pub struct QdrantBackupStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// How long it took, from start to end (e.g. `2m30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TaskProgress>,
     /// `s3://bucket/prefix/namespace/cluster/backup` once known.

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".spec.replicas"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.version"}"#,
+    printcolumn = r#"{"name":"Last Backup","type":"date","jsonPath":".status.lastBackupTime","description":"when its latest Completed backup finished"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.replicas <= 1 || self.cluster.enabled").message("replicas > 1 needs cluster.enabled: true (distributed mode)"))]
@@ -276,6 +277,10 @@ pub struct QdrantClusterStatus {
     /// In-cluster URL of Qdrant's REST API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+    /// When the latest Completed QdrantBackup of this cluster finished (as
+    /// of the cluster's latest reconcile: within five minutes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_time: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
     /// Ready, Progressing, Degraded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.targetClusterRef.name"}"#,
     printcolumn = r#"{"name":"Backup","type":"string","jsonPath":".spec.backupRef.name"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason","description":"why it waits or failed (kubectl describe says more)"}"#,
+    printcolumn = r#"{"name":"Duration","type":"string","jsonPath":".status.duration"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("has(self.backupRef) != has(self.source)").message("give exactly one of backupRef or source"))]
@@ -79,6 +80,9 @@ pub struct QdrantRestoreStatus {
     pub start_time: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// How long it took, from start to end (e.g. `2m30s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<TaskProgress>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

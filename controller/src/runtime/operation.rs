@@ -17,7 +17,9 @@ use serde::de::DeserializeOwned;
 /// The status fields a backup and a restore have in common.
 pub struct Common<'a> {
     pub phase: &'a mut Option<OperationPhase>,
+    pub start_time: &'a mut Option<Time>,
     pub completion_time: &'a mut Option<Time>,
+    pub duration: &'a mut Option<String>,
     pub error: &'a mut Option<String>,
     pub tasks: &'a mut Vec<AgentTask>,
     pub conditions: &'a mut Vec<Condition>,
@@ -49,7 +51,9 @@ macro_rules! operation {
             fn common(s: &mut $status) -> Common<'_> {
                 Common {
                     phase: &mut s.phase,
+                    start_time: &mut s.start_time,
                     completion_time: &mut s.completion_time,
+                    duration: &mut s.duration,
                     error: &mut s.error,
                     tasks: &mut s.tasks,
                     conditions: &mut s.conditions,
@@ -240,6 +244,18 @@ pub async fn completed<K: Operation>(
     Ok(Action::await_change())
 }
 
+/// A duration as `kubectl get` shows one: `45s`, `2m30s`, `1h5m`, `2d3h`.
+pub fn human_duration(d: jiff::SignedDuration) -> String {
+    let s = d.as_secs().max(0);
+    let (days, hours, mins, secs) = (s / 86400, s / 3600 % 24, s / 60 % 60, s % 60);
+    match (days, hours, mins) {
+        (0, 0, 0) => format!("{secs}s"),
+        (0, 0, _) => format!("{mins}m{secs}s"),
+        (0, _, _) => format!("{hours}h{mins}m"),
+        _ => format!("{days}d{hours}h"),
+    }
+}
+
 /// Writes the terminal `phase` with its time and Ready condition.
 async fn end<K: Operation>(
     obj: &K,
@@ -253,6 +269,10 @@ async fn end<K: Operation>(
     let c = K::common(&mut status);
     *c.phase = Some(phase);
     *c.completion_time = Some(Time(now));
+    *c.duration = c
+        .start_time
+        .as_ref()
+        .map(|s| human_duration(now.duration_since(s.0)));
     *c.conditions = vec![report::ready(
         phase == OperationPhase::Completed,
         reason,
@@ -262,4 +282,20 @@ async fn end<K: Operation>(
         obj.meta().generation,
     )];
     write(ctx, obj, &status).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_duration;
+    use jiff::SignedDuration;
+
+    #[test]
+    fn durations_read_as_kubectl_shows_them() {
+        let d = SignedDuration::from_secs;
+        assert_eq!(human_duration(d(45)), "45s");
+        assert_eq!(human_duration(d(150)), "2m30s");
+        assert_eq!(human_duration(d(3900)), "1h5m");
+        assert_eq!(human_duration(d(2 * 86400 + 3 * 3600 + 59)), "2d3h");
+        assert_eq!(human_duration(d(-5)), "0s");
+    }
 }
