@@ -107,6 +107,7 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
         },
         // The operator scales no StatefulSet it did not make.
         storage: None,
+        metrics: true,
         token_volume: TOKEN_VOLUME.into(),
         tls_volume: TLS_VOLUME.into(),
         security_context: security_context(pod, qdrant),

@@ -350,6 +350,7 @@ async fn a_running_cluster_whose_status_is_current_writes_no_status() {
         version: Some("v1.18.3".into()),
         endpoint: Some("http://vectors.search.svc:6333".into()),
         last_backup_time: None,
+        agent_wiring: Some(qdrant_operator::cluster::render::AGENT_WIRING),
         conditions: conditions(&[], &d, Some(1), Time(jiff::Timestamp::UNIX_EPOCH)),
         observed_generation: Some(1),
         scale_in: None,

@@ -407,3 +407,52 @@ fn an_operator_upgrade_keeps_the_agent_image_a_cluster_runs() {
     c.spec.agent.image = Some("mine/agent:1".into());
     assert_eq!(agent_image(&c, &new), "mine/agent:1");
 }
+
+#[test]
+fn an_operator_upgrade_leaves_a_running_clusters_sidecar_as_it_is() {
+    let wired = |c: &QdrantCluster| {
+        let p = pod(c, &Images::default());
+        let agent = p
+            .containers
+            .iter()
+            .find(|c| c.name == AGENT_CONTAINER)
+            .unwrap();
+        let env = |n: &str| agent.env.iter().flatten().any(|e| e.name == n);
+        let port = agent
+            .ports
+            .iter()
+            .flatten()
+            .any(|p| p.name.as_deref() == Some("agent-metrics"));
+        let mount = agent
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "storage" && m.read_only == Some(true));
+        assert_eq!(env("QDRANT_STORAGE_DIR"), mount);
+        assert_eq!(env("QDRANT_AGENT_METRICS_LISTEN"), port);
+        assert_eq!(wiring_of(agent), u32::from(mount));
+        mount && port
+    };
+    // A new cluster gets this version's sidecar.
+    assert!(wired(&example()));
+    // One an earlier version made (its status records the agent image its
+    // pods run, and no wiring) keeps its sidecar: no pod restarts.
+    let mut earlier = example();
+    earlier.status = Some(qdrant_operator::crd::QdrantClusterStatus {
+        agent_image: Some("ghcr.io/qdrant-operator/qdrant-agent:0.0.9".into()),
+        ..Default::default()
+    });
+    assert!(!wired(&earlier));
+    // ... until it moves to the operator's agent, or names another image.
+    let mut upgraded = earlier.clone();
+    upgraded.metadata.annotations =
+        Some([("qdrant.io/upgrade-agent".to_string(), "true".to_string())].into());
+    assert!(wired(&upgraded));
+    let mut named = earlier.clone();
+    named.spec.agent.image = Some("registry.example.com/qdrant-agent:1.0.0".into());
+    assert!(wired(&named));
+    // A cluster whose pods run the wiring keeps it, whatever its image.
+    let mut recorded = earlier;
+    recorded.status.as_mut().unwrap().agent_wiring = Some(AGENT_WIRING);
+    assert!(wired(&recorded));
+}

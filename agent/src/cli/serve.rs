@@ -48,7 +48,7 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (`GET /metrics`) in plain HTTP on this
     /// address: counts and durations only, so a scraper needs no client
     /// certificate.
-    #[arg(long)]
+    #[arg(long, env = "QDRANT_AGENT_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
     /// When the token or TLS files cannot be read or are invalid, keep
     /// running (health NOT_SERVING, the reason in the log) and read them
@@ -109,12 +109,16 @@ pub async fn run(a: ServeArgs) -> Result<()> {
     health
         .set_service_status(HEALTH_NAME, ServingStatus::NotServing)
         .await;
+    // Metrics are an extra: an address that cannot be bound is logged, and
+    // tasks are served all the same.
     let _metrics_server = match a.metrics_listen {
-        Some(m) => Some(crate::metrics::serve(
-            tokio::net::TcpListener::bind(m)
-                .await
-                .map_err(|e| Error::io(m.to_string(), e))?,
-        )),
+        Some(m) => match tokio::net::TcpListener::bind(m).await {
+            Ok(l) => Some(crate::metrics::serve(l)),
+            Err(e) => {
+                tracing::error!(address = %m, error = %e, "cannot serve metrics");
+                None
+            }
+        },
         None => None,
     };
     let _health_server = match a.health_listen {

@@ -466,6 +466,12 @@ async fn write_status(
             previous.version.clone()
         },
         agent_image: image(render::AGENT_CONTAINER).or_else(|| previous.agent_image.clone()),
+        agent_wiring: template
+            .iter()
+            .flat_map(|t| &t.containers)
+            .find(|c| c.name == render::AGENT_CONTAINER)
+            .map(render::wiring_of)
+            .or(previous.agent_wiring),
         endpoint: Some(render::endpoint(c)),
         last_backup_time: last_backup(c, ctx).or_else(|| previous.last_backup_time.clone()),
         conditions: conditions(&previous.conditions, d, c.metadata.generation, now),

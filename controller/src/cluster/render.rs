@@ -468,6 +468,37 @@ pub fn agent_image(c: &QdrantCluster, images: &Images) -> String {
         .unwrap_or_else(|| images.agent.clone())
 }
 
+/// How the agent sidecar is wired, by operator version: 0 before the
+/// read-only storage mount (the disk check before a scale-in) and the
+/// metrics port, 1 with them.
+pub const AGENT_WIRING: u32 = 1;
+
+/// The wiring a cluster's sidecars get. What a new operator version adds
+/// reaches a cluster only with a change that rolls its pods anyway (its
+/// move to the operator's agent image, or a new `spec.agent.image`), or
+/// when it is new: an operator upgrade alone changes no pod template.
+pub fn agent_wiring(c: &QdrantCluster) -> u32 {
+    let upgrade = c
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_UPGRADE_AGENT))
+        .is_some_and(|v| v == "true");
+    let status = c.status.as_ref();
+    let running = status.and_then(|s| s.agent_image.as_ref());
+    let new_image = c.spec.agent.image.is_some() && c.spec.agent.image.as_ref() != running;
+    match running {
+        Some(_) if !upgrade && !new_image => status.and_then(|s| s.agent_wiring).unwrap_or(0),
+        _ => AGENT_WIRING,
+    }
+}
+
+/// The wiring of an agent container as rendered (see [`agent_wiring`]).
+pub fn wiring_of(agent: &Container) -> u32 {
+    let has = |name: &str| agent.env.iter().flatten().any(|e| e.name == name);
+    u32::from(has("QDRANT_STORAGE_DIR"))
+}
+
 /// The pod template's digest of Qdrant's API keys: Qdrant reads them only
 /// at start, so a new key rolls the pods.
 pub const ANN_API_KEY: &str = "qdrant.io/api-key-sha256";
@@ -477,6 +508,7 @@ pub const ANN_UPGRADE_AGENT: &str = "qdrant.io/upgrade-agent";
 
 fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
     let a = &c.spec.agent;
+    let current = agent_wiring(c) >= 1;
     agent_sidecar(&AgentWiring {
         image: agent_image(c, images),
         port: a.port,
@@ -493,7 +525,8 @@ fn agent_container(c: &QdrantCluster, images: &Images) -> Container {
         qdrant_http_port: HTTP_PORT,
         snapshots: mount("snapshots", SNAPSHOTS_PATH),
         snapshots_size_limit: c.spec.snapshots_size_limit.clone(),
-        storage: Some(mount("storage", STORAGE_PATH)),
+        storage: current.then(|| mount("storage", STORAGE_PATH)),
+        metrics: current,
         token_volume: "agent-token".into(),
         tls_volume: "agent-tls".into(),
         security_context: restricted(),
@@ -522,6 +555,8 @@ pub struct AgentWiring {
     /// Qdrant's storage volume, mounted read-only where Qdrant has it, so
     /// the agent can tell its disk's free space before a scale-in.
     pub storage: Option<VolumeMount>,
+    /// Serve the agent's metrics on the port after its health port.
+    pub metrics: bool,
     pub token_volume: String,
     pub tls_volume: String,
     pub security_context: SecurityContext,
@@ -546,6 +581,22 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
         value: Some("json".into()),
         ..Default::default()
     });
+    // Settings newer than some agents are variables, not flags: an agent
+    // image that predates one ignores it instead of refusing to start.
+    if let Some(m) = &w.storage {
+        env.push(EnvVar {
+            name: "QDRANT_STORAGE_DIR".into(),
+            value: Some(m.mount_path.clone()),
+            ..Default::default()
+        });
+    }
+    if w.metrics {
+        env.push(EnvVar {
+            name: "QDRANT_AGENT_METRICS_LISTEN".into(),
+            value: Some(format!("0.0.0.0:{}", w.port + 2)),
+            ..Default::default()
+        });
+    }
     env.push(EnvVar {
         name: "QDRANT_AGENT_MEMORY_BUDGET".into(),
         value: Some(format!("{}MiB", w.memory_budget_mib)),
@@ -587,8 +638,6 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
                 &format!("{AGENT_TLS_DIR}/ca.crt"),
                 "--health-listen",
                 &format!("0.0.0.0:{}", w.port + 1),
-                "--metrics-listen",
-                &format!("0.0.0.0:{}", w.port + 2),
                 "--wait-for-credentials",
             ]
             .map(String::from)
@@ -598,26 +647,22 @@ pub fn agent_sidecar(w: &AgentWiring) -> Container {
                     .iter()
                     .flat_map(|l| ["--snapshots-size-limit".to_string(), l.clone()]),
             )
-            .chain(
-                w.storage
-                    .iter()
-                    .flat_map(|m| ["--storage-dir".to_string(), m.mount_path.clone()]),
-            )
             .collect(),
         ),
-        ports: Some(vec![
-            ContainerPort {
+        ports: Some(
+            std::iter::once(ContainerPort {
                 name: Some("agent".into()),
                 container_port: w.port,
                 ..Default::default()
-            },
+            })
             // Prometheus metrics, plain HTTP (no client certificate).
-            ContainerPort {
+            .chain(w.metrics.then(|| ContainerPort {
                 name: Some("agent-metrics".into()),
                 container_port: w.port + 2,
                 ..Default::default()
-            },
-        ]),
+            }))
+            .collect(),
+        ),
         env: Some(env),
         resources: Some(resources),
         volume_mounts: Some(

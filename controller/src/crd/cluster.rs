@@ -274,6 +274,10 @@ pub struct QdrantClusterStatus {
     /// or the annotation `qdrant.io/upgrade-agent: "true"`, changes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_image: Option<String>,
+    /// How its agent sidecars are wired (which of the operator's sidecar
+    /// features they have): kept across operator upgrades, as the image is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_wiring: Option<u32>,
     /// In-cluster URL of Qdrant's REST API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
