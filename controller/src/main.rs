@@ -123,6 +123,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .into());
     }
 
+    let installation = format!("{}/{}", args.namespace, args.lease_name);
     // Before leadership: every replica answers admission requests.
     let ca = Arc::new(
         load_or_create_ca(&client, &args.namespace)
@@ -141,6 +142,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             ca: ca.clone(),
             agent_image: args.agent_image.clone(),
             memory_budget_mib: qdrant_operator::inject::MEMORY_BUDGET_MIB,
+            installation: installation.clone(),
         };
         let webhook = qdrant_operator::webhook::bind(listen, hosts, w).await?;
         tokio::spawn(async move {
@@ -182,6 +184,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tokio::spawn(qdrant_operator::webhook::keep_renewed(
         client.clone(),
         ca.clone(),
+        installation.clone(),
     ));
     let identity = Arc::new(qdrant_operator::agent_client::ClientIdentity::issue(
         ca.clone(),
@@ -189,7 +192,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut ctx = Context::new(client, ca, identity, metrics);
     ctx.state = state.clone();
     ctx.leadership = leadership;
-    ctx.installation = format!("{}/{}", args.namespace, args.lease_name);
+    ctx.installation = installation;
     ctx.storage_policy = qdrant_operator::agents::StoragePolicy {
         ambient_credentials: args.allow_ambient_credentials,
         insecure_endpoints: args.allow_insecure_endpoints,

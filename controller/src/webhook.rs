@@ -31,6 +31,9 @@ pub struct Webhook {
     /// The agent image injected pods get.
     pub agent_image: String,
     pub memory_budget_mib: u32,
+    /// This installation (`<namespace>/<lease name>`): the Secrets it makes
+    /// say so, and it renews only those.
+    pub installation: String,
 }
 
 pub fn router(w: Webhook) -> axum::Router {
@@ -112,16 +115,17 @@ async fn admit(w: &Webhook, req: &Value) -> Result<Option<Value>, String> {
     let secrets: Api<Secret> = Api::namespaced(w.client.clone(), &ns);
     crate::cluster::ensure_agent_token(
         &secrets,
-        secret_meta(&sts, inject::token_secret(&plan.workload)),
+        secret_meta(&sts, inject::token_secret(&plan.workload), &w.installation),
     )
     .await
     .map_err(|e| format!("the agents' token Secret: {e}"))?;
-    ensure_tls(&w.client, &sts, &w.ca).await?;
+    ensure_tls(&w.client, &sts, &w.ca, &w.installation).await?;
     Ok(Some(Value::Array(plan.patch)))
 }
 
-/// A Secret of the operator's for the agents of `sts`, owned by it.
-fn secret_meta(sts: &StatefulSet, name: String) -> ObjectMeta {
+/// A Secret of the operator's for the agents of `sts`, owned by it, and
+/// marked with the installation that made it.
+fn secret_meta(sts: &StatefulSet, name: String, installation: &str) -> ObjectMeta {
     let owner = OwnerReference {
         api_version: "apps/v1".into(),
         kind: "StatefulSet".into(),
@@ -137,6 +141,10 @@ fn secret_meta(sts: &StatefulSet, name: String) -> ObjectMeta {
             "qdrant-operator".to_string(),
         )])),
         owner_references: Some(vec![owner]),
+        annotations: Some(BTreeMap::from([(
+            crate::runtime::ANN_INSTALLATION.to_string(),
+            installation.to_string(),
+        )])),
         ..Default::default()
     }
 }
@@ -147,6 +155,7 @@ async fn ensure_tls(
     client: &kube::Client,
     sts: &StatefulSet,
     ca: &Ca,
+    installation: &str,
 ) -> Result<jiff::Timestamp, String> {
     let name = sts.metadata.name.clone().unwrap_or_default();
     let ns = sts.metadata.namespace.clone().unwrap_or_default();
@@ -159,7 +168,7 @@ async fn ensure_tls(
     crate::cluster::ensure_agent_tls(
         client,
         &Api::namespaced(client.clone(), &ns),
-        secret_meta(sts, inject::tls_secret(&name)),
+        secret_meta(sts, inject::tls_secret(&name), installation),
         crate::pki::agent_dns_names(&headless, &ns),
         ca,
     )
@@ -169,11 +178,13 @@ async fn ensure_tls(
 
 /// Renews the agent certificates of the StatefulSets the webhook injected,
 /// wherever they run: a pod is admitted rarely, certificates expire on
-/// their own schedule. (A QdrantCluster's are its reconcile's.) Returns
-/// when the next one is due.
+/// their own schedule. (A QdrantCluster's are its reconcile's.) Only this
+/// installation's: marked as made by it, or, from before there was a
+/// mark, issued by its CA. Returns when the next one is due.
 pub async fn renew_injected(
     client: &kube::Client,
     ca: &Ca,
+    installation: &str,
 ) -> Result<Option<jiff::Timestamp>, String> {
     let lp = kube::api::ListParams::default()
         .labels("app.kubernetes.io/managed-by=qdrant-operator")
@@ -185,6 +196,14 @@ pub async fn renew_injected(
     let mut next: Option<jiff::Timestamp> = None;
     for s in secrets.items {
         let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let ann = s.metadata.annotations.clone().unwrap_or_default();
+        let ours = match ann.get(crate::runtime::ANN_INSTALLATION) {
+            Some(by) => by == installation,
+            None => ann.get(crate::pki::ANN_CA) == Some(&ca.fingerprint()),
+        };
+        if !ours {
+            continue;
+        }
         let Some(owner) = s.metadata.owner_references.iter().flatten().find(|o| {
             o.kind == "StatefulSet"
                 && s.metadata.name.as_deref() == Some(inject::tls_secret(&o.name).as_str())
@@ -204,7 +223,7 @@ pub async fn renew_injected(
                 continue;
             }
         };
-        match ensure_tls(client, &sts, ca).await {
+        match ensure_tls(client, &sts, ca, installation).await {
             Ok(at) => next = Some(next.map_or(at, |n| n.min(at))),
             Err(e) => {
                 tracing::warn!(namespace = %ns, statefulset = %owner.name, error = %e, "could not renew the agents' certificate")
@@ -218,12 +237,12 @@ pub async fn renew_injected(
 /// as the operator leads: looks again when the next one is due, and often
 /// enough to find one the webhook (of any replica) issued meanwhile in time
 /// for its renewal: a quarter of the renewal window, at most ten minutes.
-pub async fn keep_renewed(client: kube::Client, ca: Arc<Ca>) {
+pub async fn keep_renewed(client: kube::Client, ca: Arc<Ca>, installation: String) {
     let often = Duration::try_from(ca.validity.renew_before() / 4)
         .unwrap_or_default()
         .clamp(Duration::from_secs(5), Duration::from_secs(600));
     loop {
-        let wait = match renew_injected(&client, &ca).await {
+        let wait = match renew_injected(&client, &ca, &installation).await {
             Ok(Some(at)) => crate::cluster::until(at),
             Ok(None) => often,
             Err(e) => {

@@ -192,6 +192,39 @@ async fn labelled_qdrant_pods_get_the_agent_and_a_down_webhook_blocks_nothing() 
         "{placement:?}"
     );
 
+    // A second installation of the operator (another namespace, its own
+    // CA) renews no certificate the first one's webhook issued: its agents
+    // would then refuse the first installation.
+    let cert = || async {
+        ns_secrets
+            .get("qdrant-agent-tls")
+            .await
+            .unwrap()
+            .data
+            .unwrap()["tls.crt"]
+            .0
+            .clone()
+    };
+    let before_second = cert().await;
+    w.kubectl(&["create", "namespace", "second-operator"]);
+    let mut second = w.operator_in(
+        "second-operator",
+        "second-operator-0",
+        &["--no-leader-election"],
+    );
+    eventually(60, "the second installation runs", &diag, || async {
+        second.log_text().contains("reconciling").then_some(())
+    })
+    .await;
+    // Its look at the agents' certificates runs as it starts.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(
+        cert().await == before_second,
+        "the second installation re-issued the injected workload's certificate:\n{}",
+        second.log_text()
+    );
+    second.process().stop();
+
     // QdrantBackup and QdrantRestore take the StatefulSet as their
     // cluster: a backup of it (read back and checked), restored into it
     // under another name, gives back every point.

@@ -190,10 +190,10 @@ pub fn agent_token_secret(metadata: ObjectMeta, token: &str) -> Secret {
 /// names and the CA that client certificates must chain to. Annotations say
 /// which CA signed it and until when, for renewal.
 pub fn agent_tls_secret(mut m: ObjectMeta, leaf: &crate::pki::Leaf, ca: &crate::pki::Ca) -> Secret {
-    m.annotations = Some(BTreeMap::from([
+    m.annotations.get_or_insert_with(Default::default).extend([
         (crate::pki::ANN_CA.into(), ca.fingerprint()),
         (crate::pki::ANN_NOT_AFTER.into(), leaf.not_after.to_string()),
-    ]));
+    ]);
     // `data`, not the write-only `stringData`: this Secret is server-side
     // applied, and `data` is what the API server stores and compares.
     let bytes = |s: &str| k8s_openapi::ByteString(s.as_bytes().to_vec());
