@@ -450,12 +450,7 @@ pub fn default_agent_image() -> String {
 /// unless the annotation `qdrant.io/upgrade-agent: "true"` asks for the
 /// operator's; else the operator's.
 pub fn agent_image(c: &QdrantCluster, images: &Images) -> String {
-    let upgrade = c
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANN_UPGRADE_AGENT))
-        .is_some_and(|v| v == "true");
+    let upgrade = upgrade_requested(c);
     c.spec
         .agent
         .image
@@ -468,6 +463,16 @@ pub fn agent_image(c: &QdrantCluster, images: &Images) -> String {
         .unwrap_or_else(|| images.agent.clone())
 }
 
+/// Whether the cluster asks to move to the operator's agent
+/// (`qdrant.io/upgrade-agent: "true"`).
+fn upgrade_requested(c: &QdrantCluster) -> bool {
+    c.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANN_UPGRADE_AGENT))
+        .is_some_and(|v| v == "true")
+}
+
 /// How the agent sidecar is wired, by operator version: 0 before the
 /// read-only storage mount (the disk check before a scale-in) and the
 /// metrics port, 1 with them.
@@ -478,12 +483,7 @@ pub const AGENT_WIRING: u32 = 1;
 /// move to the operator's agent image, or a new `spec.agent.image`), or
 /// when it is new: an operator upgrade alone changes no pod template.
 pub fn agent_wiring(c: &QdrantCluster) -> u32 {
-    let upgrade = c
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(ANN_UPGRADE_AGENT))
-        .is_some_and(|v| v == "true");
+    let upgrade = upgrade_requested(c);
     let status = c.status.as_ref();
     let running = status.and_then(|s| s.agent_image.as_ref());
     let new_image = c.spec.agent.image.is_some() && c.spec.agent.image.as_ref() != running;

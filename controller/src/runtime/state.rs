@@ -26,7 +26,7 @@ pub struct StateMetrics {
     pub schedules: OnceLock<Store<QdrantBackupSchedule>>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct Cluster {
     namespace: String,
     cluster: String,
@@ -104,53 +104,83 @@ fn ready_reason(
         .unwrap_or_else(|| "Unknown".into())
 }
 
-/// Sets `family[labels]` to `v` when `v` is later (a maximum).
-fn latest<L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug>(
-    family: &F<L>,
-    labels: &L,
-    v: f64,
-) {
-    let g = family.get_or_create(labels);
-    if v > g.get() {
-        g.set(v);
+/// Per cluster, the latest of something and when it was.
+type Latest<T> = BTreeMap<Cluster, (f64, T)>;
+
+fn keep_latest<T>(m: &mut Latest<T>, here: &Cluster, at: f64, v: T) {
+    if m.get(here).is_none_or(|(t, _)| *t < at) {
+        m.insert(here.clone(), (at, v));
+    }
+}
+
+/// Counts one backup or restore by phase, and a Pending one by why it
+/// waits; its phase.
+fn count(
+    phases: &F<Phase>,
+    waiting: &F<Reason>,
+    here: &Cluster,
+    phase: Option<&OperationPhase>,
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> &'static str {
+    let phase = phase.map_or("Pending", phase_name);
+    phases.get_or_create(&here.with_phase(phase)).inc();
+    if phase == "Pending" {
+        waiting
+            .get_or_create(&here.with_reason(ready_reason(conditions)))
+            .inc();
+    }
+    phase
+}
+
+/// Each cluster's latest failure, with its reason.
+fn set_failures(family: &F<Reason>, failed: Latest<String>) {
+    for (here, (at, reason)) in failed {
+        family.get_or_create(&here.with_reason(reason)).set(at);
+    }
+}
+
+impl Cluster {
+    fn of(namespace: Option<String>, cluster: &str) -> Self {
+        Self {
+            namespace: namespace.unwrap_or_default(),
+            cluster: cluster.to_string(),
+        }
+    }
+
+    fn with_phase(&self, phase: &str) -> Phase {
+        Phase {
+            namespace: self.namespace.clone(),
+            cluster: self.cluster.clone(),
+            phase: phase.into(),
+        }
+    }
+
+    fn with_reason(&self, reason: String) -> Reason {
+        Reason {
+            namespace: self.namespace.clone(),
+            cluster: self.cluster.clone(),
+            reason,
+        }
     }
 }
 
 impl Snapshot {
     fn backups(&mut self, all: &[std::sync::Arc<QdrantBackup>]) {
-        // The latest ended backup of each cluster: its duration and size,
-        // or its failure.
-        let mut ended: BTreeMap<(String, String), (f64, &QdrantBackup)> = BTreeMap::new();
-        let mut failed: BTreeMap<(String, String), (f64, String)> = BTreeMap::new();
+        // The latest Completed and the latest Failed backup of each cluster.
+        let mut completed: Latest<&QdrantBackup> = Latest::new();
+        let mut failed: Latest<String> = Latest::new();
         for b in all {
-            let (namespace, cluster) = (
-                b.namespace().unwrap_or_default(),
-                b.spec.cluster_ref.name.clone(),
-            );
-            let here = Cluster {
-                namespace: namespace.clone(),
-                cluster: cluster.clone(),
-            };
+            let here = Cluster::of(b.namespace(), &b.spec.cluster_ref.name);
             let Some(st) = &b.status else {
                 continue;
             };
-            let phase = st.phase.as_ref().map_or("Pending", phase_name);
-            self.backups
-                .get_or_create(&Phase {
-                    namespace: namespace.clone(),
-                    cluster: cluster.clone(),
-                    phase: phase.into(),
-                })
-                .inc();
-            if phase == "Pending" {
-                self.waiting
-                    .get_or_create(&Reason {
-                        namespace: namespace.clone(),
-                        cluster: cluster.clone(),
-                        reason: ready_reason(&st.conditions),
-                    })
-                    .inc();
-            }
+            let phase = count(
+                &self.backups,
+                &self.waiting,
+                &here,
+                st.phase.as_ref(),
+                &st.conditions,
+            );
             if let Some(v) = &st.verification
                 && v.completion_time.is_some()
             {
@@ -161,8 +191,8 @@ impl Snapshot {
                 };
                 self.verifications
                     .get_or_create(&Outcome {
-                        namespace: namespace.clone(),
-                        cluster: cluster.clone(),
+                        namespace: here.namespace.clone(),
+                        cluster: here.cluster.clone(),
                         result: result.into(),
                     })
                     .inc();
@@ -171,24 +201,13 @@ impl Snapshot {
                 continue;
             };
             match phase {
-                "Completed" => {
-                    latest(&self.last_success, &here, done);
-                    let key = (namespace, cluster);
-                    if ended.get(&key).is_none_or(|(t, _)| *t < done) {
-                        ended.insert(key, (done, b));
-                    }
-                }
-                "Failed" => {
-                    let key = (namespace, cluster);
-                    if failed.get(&key).is_none_or(|(t, _)| *t < done) {
-                        failed.insert(key, (done, ready_reason(&st.conditions)));
-                    }
-                }
+                "Completed" => keep_latest(&mut completed, &here, done, b.as_ref()),
+                "Failed" => keep_latest(&mut failed, &here, done, ready_reason(&st.conditions)),
                 _ => {}
             }
         }
-        for ((namespace, cluster), (done, b)) in ended {
-            let here = Cluster { namespace, cluster };
+        for (here, (done, b)) in completed {
+            self.last_success.get_or_create(&here).set(done);
             let st = b.status.as_ref();
             if let Some(start) = st.and_then(|s| s.start_time.as_ref()).map(seconds) {
                 self.last_duration.get_or_create(&here).set(done - start);
@@ -197,60 +216,28 @@ impl Snapshot {
                 self.last_size.get_or_create(&here).set(size as f64);
             }
         }
-        for ((namespace, cluster), (done, reason)) in failed {
-            self.last_failure
-                .get_or_create(&Reason {
-                    namespace,
-                    cluster,
-                    reason,
-                })
-                .set(done);
-        }
+        set_failures(&self.last_failure, failed);
     }
 
     fn restores(&mut self, all: &[std::sync::Arc<QdrantRestore>]) {
-        let mut failed: BTreeMap<(String, String), (f64, String)> = BTreeMap::new();
+        let mut failed: Latest<String> = Latest::new();
         for r in all {
-            let (namespace, cluster) = (
-                r.namespace().unwrap_or_default(),
-                r.spec.target_cluster_ref.name.clone(),
-            );
+            let here = Cluster::of(r.namespace(), &r.spec.target_cluster_ref.name);
             let Some(st) = &r.status else {
                 continue;
             };
-            let phase = st.phase.as_ref().map_or("Pending", phase_name);
-            self.restores
-                .get_or_create(&Phase {
-                    namespace: namespace.clone(),
-                    cluster: cluster.clone(),
-                    phase: phase.into(),
-                })
-                .inc();
-            if phase == "Pending" {
-                self.waiting
-                    .get_or_create(&Reason {
-                        namespace: namespace.clone(),
-                        cluster: cluster.clone(),
-                        reason: ready_reason(&st.conditions),
-                    })
-                    .inc();
-            }
+            let phase = count(
+                &self.restores,
+                &self.waiting,
+                &here,
+                st.phase.as_ref(),
+                &st.conditions,
+            );
             if let ("Failed", Some(done)) = (phase, st.completion_time.as_ref().map(seconds)) {
-                let key = (namespace, cluster);
-                if failed.get(&key).is_none_or(|(t, _)| *t < done) {
-                    failed.insert(key, (done, ready_reason(&st.conditions)));
-                }
+                keep_latest(&mut failed, &here, done, ready_reason(&st.conditions));
             }
         }
-        for ((namespace, cluster), (done, reason)) in failed {
-            self.restore_last_failure
-                .get_or_create(&Reason {
-                    namespace,
-                    cluster,
-                    reason,
-                })
-                .set(done);
-        }
+        set_failures(&self.restore_last_failure, failed);
     }
 
     fn schedules(&mut self, all: &[std::sync::Arc<QdrantBackupSchedule>]) {
