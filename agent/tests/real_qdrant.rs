@@ -580,13 +580,7 @@ async fn a_rollback_deletes_only_the_collections_its_own_restore_created() {
         "b1",
     ]));
     let agent = serve(&env, &base, "node-0", &["--insecure"], dir.path());
-    let mut c = AgentClient::new(
-        tonic::transport::Channel::from_shared(format!("http://{}", agent.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut c = agent.plain_client().await;
     let storage = StorageTarget {
         url: env.url("owned"),
         s3_endpoint: env.s3.endpoint.clone(),
@@ -994,7 +988,6 @@ async fn ctrl_c_during_a_restore_says_what_was_cleaned_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_tells_its_qdrants_free_disk_and_what_the_collections_take() {
     use qdrant_agent_proto::v1::GetDiskRequest;
-    use qdrant_agent_proto::v1::agent_client::AgentClient;
     let env = Env::new("real-disk");
     let dir = tempfile::tempdir().unwrap();
     let q = need(RealQdrant::start(1, None));
@@ -1005,13 +998,7 @@ async fn the_agent_tells_its_qdrants_free_disk_and_what_the_collections_take() {
         async move {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             let agent = serve(env, &base, "node-0", &args, &dir);
-            let mut c = AgentClient::new(
-                tonic::transport::Channel::from_shared(format!("http://{}", agent.addr))
-                    .unwrap()
-                    .connect()
-                    .await
-                    .unwrap(),
-            );
+            let mut c = agent.plain_client().await;
             c.get_disk(GetDiskRequest {}).await.unwrap().into_inner()
         }
     };

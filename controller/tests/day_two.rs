@@ -313,19 +313,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     // A new template rolls out one pod at a time, each only once its
     // shards are Active elsewhere. With singleReplica: Wait, a pod holding
     // a collection's only replica does not restart.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
-    let uids = || async {
-        let mut v: Vec<String> = pods
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter_map(|p| p.metadata.uid)
-            .collect();
-        v.sort();
-        v
-    };
+    let uids = || w.pod_uids(NS);
     let before_roll = uids().await;
     w.kubectl(&[
         "-n",

@@ -360,19 +360,7 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
 
     // A StatefulSet as earlier versions made it, OrderedReady (immutable):
     // the operator makes it again as Parallel, and the pods go on running.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
-    let uids = || async {
-        let mut v: Vec<String> = pods
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter_map(|p| p.metadata.uid)
-            .collect();
-        v.sort();
-        v
-    };
+    let uids = || w.pod_uids(NS);
     // Settled: every pod runs the StatefulSet's current template.
     eventually(60, "the StatefulSet has settled", &diag, || async {
         let s = sts.get("vectors").await.ok()?;
@@ -1503,19 +1491,7 @@ async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
 
     // A renewed agent certificate reaches the running agents without a
     // restart: each agent serves it, and no pod is replaced.
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
-    let uids = || async {
-        let mut u: Vec<String> = pods
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .into_iter()
-            .filter_map(|p| p.metadata.uid)
-            .collect();
-        u.sort();
-        u
-    };
+    let uids = || w.pod_uids(NS);
     let before = uids().await;
     use sha2::{Digest, Sha256};
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.admin.clone(), NS);

@@ -152,6 +152,23 @@ fn backup_yaml(
     )
 }
 
+/// Backs `cluster_ref` (a flow mapping) up as `name` under `prefix`, and
+/// waits until the backup has Completed.
+async fn back_up(
+    w: &World,
+    s3: &S3Server,
+    bucket: &str,
+    name: &str,
+    cluster_ref: &str,
+    prefix: &str,
+    diag: &impl Fn() -> String,
+) {
+    w.apply(&backup_yaml(name, cluster_ref, s3, bucket, prefix, ""));
+    let _ = w
+        .completed::<Value>(NS, "qdrantbackups", name, 300, diag)
+        .await;
+}
+
 /// What every scenario starts from: a control plane and a real node with
 /// the images, S3 on the bridge with a bucket and its credentials Secret
 /// `s3` in NS, and the operator running in the cluster (with `env` set on
@@ -240,17 +257,16 @@ async fn a_cluster_of_real_pods_backs_up_and_restores_into_two_nodes() {
     );
     seed(&source, API_KEY);
 
-    w.apply(&backup_yaml(
-        "nightly",
-        "{name: vectors}",
+    back_up(
+        &w,
         &s3,
         &bucket,
+        "nightly",
+        "{name: vectors}",
         "node",
-        "",
-    ));
-    let _ = w
-        .completed::<Value>(NS, "qdrantbackups", "nightly", 300, &diag)
-        .await;
+        &diag,
+    )
+    .await;
 
     w.apply(&cluster_yaml(NS, "restored", 2));
     w.running(NS, "restored", 2, 240, &diag).await;
@@ -424,17 +440,16 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     let source = format!("http://{}:6333", pod_ip(&pods, "vectors-qdrant-0").await);
     seed(&source, &key);
 
-    w.apply(&backup_yaml(
-        "chart",
-        "{kind: StatefulSet, name: vectors-qdrant}",
+    back_up(
+        &w,
         &s3,
         &bucket,
         "chart",
-        "",
-    ));
-    let _ = w
-        .completed::<Value>(NS, "qdrantbackups", "chart", 300, &diag)
-        .await;
+        "{kind: StatefulSet, name: vectors-qdrant}",
+        "chart",
+        &diag,
+    )
+    .await;
     // ... with the `helm test` pod there all along, matching the
     // StatefulSet's selector and never ready.
     let test_pod = pods
@@ -485,17 +500,16 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
             "vectors-qdrant-{i} came back without the agent"
         );
     }
-    w.apply(&backup_yaml(
-        "after-upgrade",
-        "{kind: StatefulSet, name: vectors-qdrant}",
+    back_up(
+        &w,
         &s3,
         &bucket,
+        "after-upgrade",
+        "{kind: StatefulSet, name: vectors-qdrant}",
         "chart",
-        "",
-    ));
-    let _ = w
-        .completed::<Value>(NS, "qdrantbackups", "after-upgrade", 300, &diag)
-        .await;
+        &diag,
+    )
+    .await;
 
     // The second release sets its key in `config.service.api_key`, which
     // the chart writes into production.yaml (a ConfigMap), not local.yaml;
@@ -541,17 +555,16 @@ async fn qdrants_official_chart_gets_the_agent_and_is_backed_up_and_restored() {
     }
 
     // ... and that release, its key only in production.yaml, is backed up.
-    w.apply(&backup_yaml(
-        "copy",
-        "{kind: StatefulSet, name: copy-qdrant}",
+    back_up(
+        &w,
         &s3,
         &bucket,
         "copy",
-        "",
-    ));
-    let _ = w
-        .completed::<Value>(NS, "qdrantbackups", "copy", 300, &diag)
-        .await;
+        "{kind: StatefulSet, name: copy-qdrant}",
+        "copy",
+        &diag,
+    )
+    .await;
 
     // `config.storage.snapshots_path` elsewhere than the volume the agent
     // shares (/qdrant/snapshots): the file modes refuse at once, naming
@@ -672,20 +685,8 @@ async fn a_two_minute_agent_certificate_and_a_new_ca_reach_the_agent_without_a_r
         &key,
     );
     let first = incarnation(&pods, "short-qdrant-0").await;
-    let backup = |name: &str| {
-        backup_yaml(
-            name,
-            "{kind: StatefulSet, name: short-qdrant}",
-            &s3,
-            &bucket,
-            "short",
-            "",
-        )
-    };
-    w.apply(&backup("before-renewal"));
-    let _ = w
-        .completed::<Value>(NS, "qdrantbackups", "before-renewal", 300, &diag)
-        .await;
+    const SHORT: &str = "{kind: StatefulSet, name: short-qdrant}";
+    back_up(&w, &s3, &bucket, "before-renewal", SHORT, "short", &diag).await;
 
     // The first certificate expires; by then another one is served.
     let (sha, ca, not_after) = agent_cert(&w, "short-qdrant").await;
@@ -709,10 +710,7 @@ async fn a_two_minute_agent_certificate_and_a_new_ca_reach_the_agent_without_a_r
     if let Ok(wait) = std::time::Duration::try_from(wait) {
         tokio::time::sleep(wait).await;
     }
-    w.apply(&backup("after-renewal"));
-    let _ = w
-        .completed::<Value>(NS, "qdrantbackups", "after-renewal", 300, &diag)
-        .await;
+    back_up(&w, &s3, &bucket, "after-renewal", SHORT, "short", &diag).await;
     assert_ne!(renewed, sha);
     assert_eq!(
         incarnation(&pods, "short-qdrant-0").await,
@@ -741,10 +739,7 @@ async fn a_two_minute_agent_certificate_and_a_new_ca_reach_the_agent_without_a_r
         },
     )
     .await;
-    w.apply(&backup("new-ca"));
-    let _ = w
-        .completed::<Value>(NS, "qdrantbackups", "new-ca", 300, &diag)
-        .await;
+    back_up(&w, &s3, &bucket, "new-ca", SHORT, "short", &diag).await;
     assert_eq!(
         incarnation(&pods, "short-qdrant-0").await,
         first,

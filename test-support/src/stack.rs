@@ -237,6 +237,23 @@ where
 }
 
 impl World {
+    /// The UIDs of the pods in `ns`, sorted: another list means a pod was
+    /// replaced.
+    pub async fn pod_uids(&self, ns: &str) -> Vec<String> {
+        let pods: kube::api::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::api::Api::namespaced(self.admin.clone(), ns);
+        let mut v: Vec<String> = pods
+            .list(&Default::default())
+            .await
+            .expect("list pods")
+            .items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Waits until the qdrant.io resource `plural/name` in `ns` has ended
     /// (`status.phase` Completed or Failed) and returns it as JSON.
     pub async fn ended(

@@ -127,6 +127,20 @@ impl Served {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// A client of this agent over plaintext (an `--insecure` one).
+    #[allow(dead_code)]
+    pub async fn plain_client(
+        &self,
+    ) -> qdrant_agent_proto::v1::agent_client::AgentClient<tonic::transport::Channel> {
+        qdrant_agent_proto::v1::agent_client::AgentClient::new(
+            tonic::transport::Channel::from_shared(format!("http://{}", self.addr))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    }
 }
 
 pub fn serve(env: &Env, qdrant: &str, node: &str, extra: &[&str], dir: &std::path::Path) -> Served {
