@@ -438,6 +438,45 @@ fn monitoring_values_add_a_pod_monitor_and_the_tested_alerts() {
         ports.as_array().unwrap().iter().any(|p| p["name"] == port),
         "{ports}"
     );
+    // The agents' PodMonitor finds the pods the webhook injects, in every
+    // namespace, by the port the injected sidecar names.
+    let agents = need(template(
+        "qo",
+        "ops",
+        &["--set", "monitoring.agentPodMonitor.enabled=true"],
+    ));
+    let pm =
+        find(&agents, "PodMonitor", "qo-qdrant-operator-agents").expect("the agents' PodMonitor");
+    let webhook = find(
+        &agents,
+        "MutatingWebhookConfiguration",
+        "qo-qdrant-operator-agent-injector",
+    )
+    .unwrap();
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"],
+        webhook["webhooks"][0]["objectSelector"]["matchLabels"]
+    );
+    assert_eq!(pm["spec"]["namespaceSelector"]["any"], true);
+    let port = pm["spec"]["podMetricsEndpoints"][0]["port"]
+        .as_str()
+        .unwrap();
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "qdrant-0", "namespace": "vectors",
+            "labels": {qdrant_operator::inject::OPT_IN: "true"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "name": "qdrant", "uid": "u-1", "controller": true}]},
+        "spec": {"containers": [{"name": "qdrant", "image": "qdrant/qdrant:v1.18.3",
+            "ports": [{"name": "http", "containerPort": 6333}],
+            "volumeMounts": [{"name": "snapshots", "mountPath": "/qdrant/snapshots"}]}],
+            "volumes": [{"name": "snapshots", "emptyDir": {}}]}
+    }))
+    .unwrap();
+    let plan = qdrant_operator::inject::plan(&pod, "agent:1", 256)
+        .unwrap()
+        .expect("the pod is injected");
+    let patch = serde_json::to_string(&plan.patch).unwrap();
+    assert!(patch.contains(&format!("\"name\":\"{port}\"")), "{patch}");
     // The rule is files/alerts.yaml plus the age rule; promtool takes it.
     let rule = find(&on, "PrometheusRule", "qo-qdrant-operator").expect("a PrometheusRule");
     assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus");

@@ -357,6 +357,7 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         None,
     ));
     assert_eq!(code, 401);
+    monitored_by_a_real_prometheus(&w, &clusters, &diag).await;
 
     // A StatefulSet as earlier versions made it, OrderedReady (immutable):
     // the operator makes it again as Parallel, and the pods go on running.
@@ -870,6 +871,214 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         unused.is_empty(),
         "rbac.yaml grants what the operator never used: {unused:#?}\nused: {used:#?}"
     );
+}
+
+/// `spec.metrics.podMonitor`: without the PodMonitor kind the cluster says
+/// what to install and runs on; a PodMonitor of that name made by someone
+/// else is left alone; then the operator's PodMonitor, turned into scrape
+/// jobs as the Prometheus Operator would (pods by its selector, ports by
+/// name, the key from the Secret it names), lets a real Prometheus scrape
+/// every Qdrant node (which refuses the same scrape without the key) and
+/// every agent; turned off, it is deleted.
+async fn monitored_by_a_real_prometheus(
+    w: &World,
+    clusters: &Api<QdrantCluster>,
+    diag: &impl Fn() -> String,
+) {
+    let monitored = |reason: &'static str| async move {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        let c = st.conditions.iter().find(|c| c.type_ == "Monitored")?;
+        (c.reason == reason && st.phase == Some(ClusterPhase::Running)).then(|| c.message.clone())
+    };
+    let touch = |n: u32| {
+        w.kubectl(&[
+            "-n",
+            NS,
+            "annotate",
+            "--overwrite",
+            "qc",
+            "vectors",
+            &format!("example.com/touch={n}"),
+        ])
+    };
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"metrics":{"podMonitor":{"enabled":true,"interval":"5s","labels":{"release":"prom"}}}}}"#,
+    ]);
+    let said = eventually(60, "no PodMonitor kind: the cluster says so", diag, || {
+        monitored("PodMonitorUnavailable")
+    })
+    .await;
+    assert!(said.contains("Prometheus Operator"), "{said}");
+    let crd = std::fs::read_to_string(repo().join("controller/tests/fixtures/podmonitor-crd.yaml"))
+        .unwrap();
+    w.apply(&crd);
+    w.kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/podmonitors.monitoring.coreos.com",
+        "--timeout=60s",
+    ]);
+    let foreign = "apiVersion: monitoring.coreos.com/v1\nkind: PodMonitor\n\
+         metadata: {name: vectors, namespace: search}\n\
+         spec: {selector: {matchLabels: {team: other}}, podMetricsEndpoints: [{port: web}]}\n";
+    w.apply(foreign);
+    touch(1);
+    let said = eventually(60, "someone else's PodMonitor is refused", diag, || {
+        monitored("PodMonitorNotOwned")
+    })
+    .await;
+    assert!(said.contains("never takes over"), "{said}");
+    let pm = || -> Value {
+        serde_json::from_str(&w.kubectl(&["-n", NS, "get", "podmonitor", "vectors", "-o", "json"]))
+            .unwrap()
+    };
+    assert_eq!(pm()["spec"]["selector"]["matchLabels"]["team"], "other");
+    w.kubectl(&["-n", NS, "delete", "podmonitor", "vectors"]);
+    touch(2);
+    let said = eventually(60, "the PodMonitor is applied", diag, || {
+        monitored("PodMonitorApplied")
+    })
+    .await;
+    assert!(said.contains("with the API key and the agents"), "{said}");
+    let pm = pm();
+    let cluster_uid = clusters.get("vectors").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(
+        pm["metadata"]["ownerReferences"][0]["uid"],
+        cluster_uid.as_str()
+    );
+    assert_eq!(pm["metadata"]["labels"]["release"], "prom");
+    let endpoints = pm["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        endpoints[0]["authorization"],
+        json!({"type": "Bearer", "credentials": {"name": "qdrant-api-key", "key": "api-key"}})
+    );
+    assert_eq!(endpoints[1]["port"], "agent-metrics");
+    // What the Prometheus Operator makes of it, minus service discovery.
+    let selector = pm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let pods: Value =
+        serde_json::from_str(&w.kubectl(&["-n", NS, "get", "pods", "-l", &selector, "-o", "json"]))
+            .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w.admin.clone(), NS);
+    let mut jobs = vec![];
+    for (i, e) in endpoints.iter().enumerate() {
+        let targets: Vec<String> = pods["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| {
+                let ip = p["status"]["podIP"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                let ports: Vec<i64> = p["spec"]["containers"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|c| c["ports"].as_array().cloned().unwrap_or_default())
+                    .filter(|port| port["name"] == e["port"])
+                    .filter_map(|port| port["containerPort"].as_i64())
+                    .collect();
+                ports.into_iter().map(move |port| format!("{ip}:{port}"))
+            })
+            .collect();
+        assert_eq!(targets.len(), 3, "{e}: {pods}");
+        let mut job = json!({
+            "job_name": format!("podMonitor/{NS}/vectors/{i}"),
+            "metrics_path": e["path"],
+            "scheme": e["scheme"],
+            "static_configs": [{"targets": targets, "labels": {"endpoint": e["port"]}}],
+        });
+        if let Some(a) = e.get("authorization") {
+            let c = &a["credentials"];
+            let secret = secrets.get(c["name"].as_str().unwrap()).await.unwrap();
+            let key = &secret.data.unwrap()[c["key"].as_str().unwrap()];
+            let mut anonymous = job.clone();
+            anonymous["job_name"] = json!("without-key");
+            anonymous["static_configs"][0]["labels"]["endpoint"] = json!("without-key");
+            jobs.push(anonymous);
+            job["authorization"] = json!({
+                "type": a["type"],
+                "credentials": String::from_utf8(key.0.clone()).unwrap(),
+            });
+        }
+        jobs.push(job);
+    }
+    let prometheus = need(test_support::prometheus::Prometheus::start(json!(jobs)));
+    let scraped = |expr: &'static str| {
+        let p = &prometheus;
+        async move { Some(p.query(expr).len()).filter(|n| *n == 3) }
+    };
+    let why = || format!("{:#?}\n{}", prometheus.targets(), diag());
+    eventually(
+        60,
+        "Prometheus scrapes every Qdrant node with the key",
+        &why,
+        || scraped(r#"up{endpoint="http"} == 1"#),
+    )
+    .await;
+    eventually(30, "and every agent", &why, || {
+        scraped(r#"up{endpoint="agent-metrics"} == 1"#)
+    })
+    .await;
+    eventually(30, "Qdrant's and the agents' own series", &why, || async {
+        scraped(r#"app_info{endpoint="http"}"#).await?;
+        scraped("qdrant_agent_memory_budget_bytes").await
+    })
+    .await;
+    let refused = prometheus
+        .targets()
+        .into_iter()
+        .filter(|t| t["labels"]["endpoint"] == "without-key")
+        .filter(|t| {
+            t["health"] == "down" && t["lastError"].as_str().is_some_and(|e| e.contains("401"))
+        })
+        .count();
+    assert_eq!(refused, 3, "{:#?}", prometheus.targets());
+    // Turned off: the PodMonitor goes, and so does the condition.
+    w.kubectl(&[
+        "-n",
+        NS,
+        "patch",
+        "qc",
+        "vectors",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"metrics":{"podMonitor":{"enabled":false}}}}"#,
+    ]);
+    eventually(60, "the PodMonitor is deleted", diag, || async {
+        let gone =
+            w.cp.kubectl(&[
+                "-n",
+                NS,
+                "get",
+                "podmonitor",
+                "vectors",
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ])
+            .map(|o| o.stdout.is_empty())
+            .unwrap_or(false);
+        let st = clusters.get("vectors").await.ok()?.status?;
+        (gone && !st.conditions.iter().any(|c| c.type_ == "Monitored")).then_some(())
+    })
+    .await;
 }
 
 /// Every (verb, group, resource) that manifests/operator/rbac.yaml grants.

@@ -11,6 +11,7 @@ pub mod gate;
 pub mod kubelet;
 pub mod node;
 pub mod process;
+pub mod prometheus;
 pub mod qdrant_double;
 pub mod real_qdrant;
 pub mod s3_server;

@@ -25,6 +25,7 @@ use std::time::Duration;
 pub const FINALIZER: &str = "qdrant.io/cluster";
 
 pub mod decide;
+pub mod monitor;
 pub mod render;
 pub mod roll;
 pub mod scale;
@@ -282,6 +283,17 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     let rebalanced = scale::rebalance(&c, ctx, settled).await?;
     say(ctx, &c, "Rebalance", &rebalanced.event).await;
     decide::rebalancing(&mut d, rebalanced.status.as_ref());
+    if let Some((ok, reason, message)) = monitor::ensure(client, &c).await? {
+        let said = c.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|x| x.type_ == monitor::CONDITION && x.reason == reason)
+        });
+        if !ok && !said {
+            say(ctx, &c, "Monitor", &Some((true, reason, message.clone()))).await;
+        }
+        d.conditions.push((monitor::CONDITION, ok, reason, message));
+    }
     write_status(
         &c,
         ctx,

@@ -172,10 +172,36 @@ pub struct ApiKey {
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Metrics {
-    /// Annotate pods for Prometheus scraping of Qdrant's `/metrics`.
+    /// Annotate pods for Prometheus scraping of Qdrant's `/metrics`
+    /// (`prometheus.io/scrape`; such a scrape sends no API key, so Qdrant
+    /// answers it 401 when `apiKey` is set: use `podMonitor` then).
     #[serde(default)]
     pub enabled: bool,
+    /// A Prometheus Operator PodMonitor for the cluster's pods: Qdrant's
+    /// `/metrics`, authenticated with the cluster's API key (its read-only
+    /// key when it has one), and each agent's metrics port.
+    #[serde(default)]
+    pub pod_monitor: PodMonitor,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub struct PodMonitor {
+    /// Create the PodMonitor (named after the cluster, owned by it). Needs
+    /// the Prometheus Operator's CRDs; without them the `Monitored`
+    /// condition says so and the cluster runs on.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Labels of the PodMonitor, for a Prometheus' `podMonitorSelector`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Scrape interval, e.g. `30s` (default: the Prometheus' own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+    ))]
+    pub interval: Option<String>,
 }
 
 /// How the operator restarts pods for a new template.
