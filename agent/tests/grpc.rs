@@ -300,6 +300,23 @@ async fn start_backup_is_idempotent_by_task_id_and_watch_follows_it_to_the_end()
         1.0
     );
     assert!(metric(&scraped, "qdrant_agent_memory_budget_bytes") > 0.0);
+    // Every agent series the chart's dashboard draws is in the scrape.
+    let dashboard = include_str!("../../charts/qdrant-operator/files/dashboard.json");
+    let mut drawn: Vec<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("qdrant_agent_"))
+        .collect();
+    drawn.sort();
+    drawn.dedup();
+    assert!(drawn.len() >= 4, "{drawn:?}");
+    for name in drawn {
+        assert!(
+            scraped
+                .lines()
+                .any(|l| l.starts_with(&format!("{name} ")) || l.starts_with(&format!("{name}{{"))),
+            "the dashboard draws {name}, which the agent does not export:\n{scraped}"
+        );
+    }
     assert!(
         !scraped.contains(TOKEN) && !scraped.contains(&env.bucket),
         "{scraped}"

@@ -197,6 +197,22 @@ fn every_manifest_parses_as_the_kind_it_claims() {
                 "QdrantBackup" => check::<QdrantBackup>(&doc, file),
                 "QdrantBackupSchedule" => check::<QdrantBackupSchedule>(&doc, file),
                 "QdrantRestore" => check::<QdrantRestore>(&doc, file),
+                // The Prometheus Operator's kinds (manifests/monitoring): no
+                // Rust type here, so their shape is checked by hand.
+                "PodMonitor" => {
+                    assert_eq!(doc["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
+                    assert!(doc["spec"]["selector"]["matchLabels"].is_mapping());
+                    let endpoints = doc["spec"]["podMetricsEndpoints"].as_sequence().unwrap();
+                    assert!(endpoints.iter().all(|e| e["port"].is_string()));
+                }
+                "PrometheusRule" => {
+                    assert_eq!(doc["apiVersion"].as_str(), Some("monitoring.coreos.com/v1"));
+                    assert!(
+                        doc["spec"]["groups"]
+                            .as_sequence()
+                            .is_some_and(|g| !g.is_empty())
+                    );
+                }
                 other => panic!("{}: unexpected kind {other}", file.display()),
             }
             kinds.insert(kind);
