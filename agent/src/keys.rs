@@ -3,38 +3,9 @@
 
 use crate::error::{Error, Result};
 
-/// The layout root of a backup: `<prefix>/<backup-name>`.
-pub fn backup_root(prefix: &str, backup: &str) -> String {
-    join(prefix, backup)
-}
-
-pub fn manifest_key(prefix: &str, backup: &str) -> String {
-    join(&backup_root(prefix, backup), "manifest.json")
-}
-
-/// The ownership marker: who writes the backup, claimed before any upload.
-pub fn owner_key(prefix: &str, backup: &str) -> String {
-    join(&backup_root(prefix, backup), "owner")
-}
-
-/// Key of a streamed shard, relative to the backup root.
-pub fn shard_rel_key(node: &str, collection: &str, shard: u32) -> String {
-    format!("{node}/{collection}/{shard}.snapshot")
-}
-
-/// Key of a collection snapshot file, relative to the backup root.
-pub fn file_rel_key(node: &str, collection: &str, file_name: &str) -> String {
-    format!("{node}/{collection}/{file_name}")
-}
-
-pub fn join(a: &str, b: &str) -> String {
-    let a = a.trim_end_matches('/');
-    if a.is_empty() {
-        b.to_string()
-    } else {
-        format!("{a}/{b}")
-    }
-}
+pub use qdrant_agent_proto::layout::{
+    backup_root, file_rel_key, join, manifest_key, owner_key, shard_rel_key,
+};
 
 /// A single path segment: a collection, backup, node or file name.
 /// Qdrant allows most characters in collection names; we refuse what could

@@ -1,8 +1,10 @@
 //! qdrant-agent: streams Qdrant shard snapshots to and from object stores.
 
+pub mod budget;
 pub mod error;
 pub mod keys;
 pub mod store;
+pub mod units;
 pub mod upload;
 pub mod verify;
 

@@ -122,7 +122,7 @@ pub fn get() -> &'static Metrics {
 /// The metrics in Prometheus' text format, the memory budget read now.
 pub fn render() -> String {
     let (m, r) = METRICS.get_or_init(init);
-    if let Some(b) = crate::upload::Budget::installed() {
+    if let Some(b) = crate::budget::Budget::installed() {
         m.memory_budget.set(b.bytes() as i64);
         m.memory_in_use.set(b.in_use() as i64);
     }

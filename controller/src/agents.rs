@@ -4,9 +4,9 @@
 //! built from a resource's S3 settings and credentials Secret.
 
 use crate::agent_client::{self, AgentTls, Client};
-use crate::cluster::render;
 use crate::crd::S3Storage;
 use crate::crd::{AgentTask, AgentTaskState};
+use crate::names;
 use crate::plan::AgentPod;
 use crate::runtime::Halt;
 use crate::target::Target;
@@ -29,19 +29,7 @@ pub fn status_reason(s: &tonic::Status) -> (String, String) {
     (reason, s.message().trim().to_string())
 }
 
-/// Storage settings that put other tenants at risk, allowed only when the
-/// operator's administrator says so (flags, or the chart's `storage`
-/// values). Both are off by default.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StoragePolicy {
-    /// Without `credentialsSecretRef` the agents use the pod's or node's
-    /// cloud identity (IRSA, instance profile), which every tenant whose
-    /// pods run there shares.
-    pub ambient_credentials: bool,
-    /// An `http://` endpoint sends credentials' signatures and every byte
-    /// of the backup in clear text.
-    pub insecure_endpoints: bool,
-}
+pub use crate::settings::StoragePolicy;
 
 /// Whether an operation may start on `s3` under `policy`: the refusal's
 /// reason and message, which says how to opt in.
@@ -207,7 +195,7 @@ impl Agents {
                 .flat_map(|s| &s.containers)
                 .any(|c| c.name == reach.container);
             if !has_agent {
-                let skipped = p.annotations().get(crate::inject::SKIPPED);
+                let skipped = p.annotations().get(crate::names::SKIPPED);
                 without_agent.push(target.missing_agent(&name, skipped.map(String::as_str)));
                 continue;
             }
@@ -245,7 +233,7 @@ impl Agents {
         let token = secret
             .data
             .unwrap_or_default()
-            .get(render::AGENT_TOKEN_KEY)
+            .get(names::AGENT_TOKEN_KEY)
             .map(|b| String::from_utf8_lossy(&b.0).trim().to_string());
         Ok(Self {
             tls: tls.clone(),

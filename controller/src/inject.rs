@@ -3,17 +3,11 @@
 //! webhook, as a JSON patch. Pure: the webhook adds the I/O (the workload's
 //! token and TLS Secrets) and answers the API server.
 
-use crate::cluster::render::{self, AgentWiring};
+pub use crate::names::{CONTAINER, OPT_IN, PORT, SKIPPED, tls_secret, token_secret};
+use crate::sidecar::{self, AgentWiring};
 use k8s_openapi::api::core::v1::{Container, EnvVar, Pod, SecurityContext, VolumeMount};
 use serde_json::{Value, json};
 
-/// The pod label that asks for the agent (set through the chart's
-/// `podLabels`); the webhook's objectSelector matches it.
-pub const OPT_IN: &str = "qdrant.io/backup-agent";
-/// The injected container's name.
-pub const CONTAINER: &str = "qdrant-agent";
-/// The agent's gRPC port in injected pods (health answers on the next).
-pub const PORT: i32 = 50051;
 /// The injected agent's memory budget (its container gets 64 MiB more).
 pub const MEMORY_BUDGET_MIB: u32 = 256;
 const TOKEN_VOLUME: &str = "qdrant-agent-token";
@@ -27,15 +21,6 @@ pub struct Plan {
     pub workload: String,
     /// JSON patch operations (RFC 6902) that add the agent.
     pub patch: Vec<Value>,
-}
-
-/// Names of the Secrets the agents of `workload` read.
-pub fn token_secret(workload: &str) -> String {
-    format!("{workload}-agent-token")
-}
-
-pub fn tls_secret(workload: &str) -> String {
-    format!("{workload}-agent-tls")
 }
 
 /// Whether `q` is a quantity the agent reads: digits with an optional
@@ -63,28 +48,27 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
         .find(|o| o.kind == "StatefulSet")
         .map(|o| o.name.clone())
         .ok_or("the pod belongs to no StatefulSet; the agent is injected into a StatefulSet's pods only")?;
-    let (qdrant, snapshots) = spec
-        .containers
-        .iter()
-        .find_map(|c| {
-            let m = c
-                .volume_mounts
-                .iter()
-                .flatten()
-                .find(|m| m.mount_path.trim_end_matches('/') == render::SNAPSHOTS_PATH)?;
-            Some((c, m.clone()))
-        })
-        .ok_or_else(|| {
-            format!(
-                "no container mounts Qdrant's snapshots directory {}; the agent shares it",
-                render::SNAPSHOTS_PATH
-            )
-        })?;
+    let (qdrant, snapshots) =
+        spec.containers
+            .iter()
+            .find_map(|c| {
+                let m =
+                    c.volume_mounts.iter().flatten().find(|m| {
+                        m.mount_path.trim_end_matches('/') == crate::names::SNAPSHOTS_PATH
+                    })?;
+                Some((c, m.clone()))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "no container mounts Qdrant's snapshots directory {}; the agent shares it",
+                    crate::names::SNAPSHOTS_PATH
+                )
+            })?;
     if serves_https(qdrant) {
         return Err("Qdrant serves HTTPS (service.enable_tls), and the agent speaks plain HTTP to the Qdrant beside it".into());
     }
     let (env, extra_mounts) = api_key(qdrant);
-    let container = render::agent_sidecar(&AgentWiring {
+    let container = sidecar::agent_sidecar(&AgentWiring {
         image: image.to_string(),
         port: PORT,
         memory_budget_mib,
@@ -131,8 +115,8 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
         0o444
     };
     let volumes = [
-        render::secret_volume(TOKEN_VOLUME, token_secret(&workload), mode),
-        render::secret_volume(TLS_VOLUME, tls_secret(&workload), mode),
+        sidecar::secret_volume(TOKEN_VOLUME, token_secret(&workload), mode),
+        sidecar::secret_volume(TLS_VOLUME, tls_secret(&workload), mode),
     ];
     let mut patch = vec![json!({"op": "add", "path": "/spec/containers/-", "value": container})];
     if spec.volumes.is_none() {
@@ -143,10 +127,6 @@ pub fn plan(pod: &Pod, image: &str, memory_budget_mib: u32) -> Result<Option<Pla
     }
     Ok(Some(Plan { workload, patch }))
 }
-
-/// The annotation the webhook leaves on a labelled pod it admitted without
-/// the agent: why, so that a backup of its StatefulSet can say it.
-pub const SKIPPED: &str = "qdrant.io/backup-agent-skipped";
 
 /// The JSON patch that records on a pod why it got no agent.
 pub fn skipped_patch(pod: &serde_json::Value, why: &str) -> Vec<Value> {
@@ -242,7 +222,7 @@ fn security_context(pod: &Pod, qdrant: &Container) -> SecurityContext {
     let group = own
         .and_then(|s| s.run_as_group)
         .or_else(|| pod_sc.and_then(|s| s.run_as_group));
-    render::restricted_as(user, group)
+    sidecar::restricted_as(user, group)
 }
 
 #[cfg(test)]

@@ -4,9 +4,8 @@
 //! same facts: whether its agents can serve at all, whether a new operation
 //! should wait, and how to reach the agents.
 
-use crate::cluster::render;
 use crate::crd::{ClusterKind, ClusterPhase, ClusterReference, QdrantCluster};
-use crate::inject;
+use crate::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
@@ -65,7 +64,7 @@ impl Target {
 
     pub fn of_cluster(c: &QdrantCluster) -> Target {
         let ns = c.namespace().unwrap_or_default();
-        let names = render::Names::of(c);
+        let names = names::Names::of(c);
         let unusable = (!c.spec.agent.enabled).then(|| {
             (
                 "AgentDisabled",
@@ -94,12 +93,12 @@ impl Target {
             not_ready,
             reach: Reach {
                 selector: selector_string(&LabelSelector {
-                    match_labels: Some(render::selector_labels(c)),
+                    match_labels: Some(names::selector_labels(c)),
                     ..Default::default()
                 }),
                 statefulset: names.statefulset(),
                 token_secret: names.agent_token(),
-                container: render::AGENT_CONTAINER.into(),
+                container: names::AGENT_CONTAINER.into(),
                 port: c.spec.agent.port,
                 domain: format!("{}.{ns}.svc", names.headless()),
             },
@@ -117,7 +116,7 @@ impl Target {
             .metadata
             .as_ref()
             .and_then(|m| m.labels.as_ref())
-            .and_then(|l| l.get(inject::OPT_IN))
+            .and_then(|l| l.get(names::OPT_IN))
             .is_some_and(|v| v == "true");
         let owner = s
             .owner_references()
@@ -136,7 +135,7 @@ impl Target {
                 "AgentNotInjected",
                 format!(
                     "the pods of StatefulSet {name} do not ask for the backup agent: label its pod template {}: \"true\" (Qdrant's Helm chart: podLabels) and let its pods roll",
-                    inject::OPT_IN
+                    names::OPT_IN
                 ),
             ))
         } else if service.is_empty() {
@@ -186,9 +185,9 @@ impl Target {
             reach: Reach {
                 selector: selector_string(&spec.selector),
                 statefulset: name.clone(),
-                token_secret: inject::token_secret(&name),
-                container: inject::CONTAINER.into(),
-                port: inject::PORT,
+                token_secret: names::token_secret(&name),
+                container: names::CONTAINER.into(),
+                port: names::PORT,
                 domain: format!("{service}.{ns}.svc"),
             },
             namespace: ns,

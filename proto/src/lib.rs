@@ -1,4 +1,7 @@
-//! Generated types and service stubs for `qdrant.agent.v1.Agent`.
+//! Generated types and service stubs for `qdrant.agent.v1.Agent`, and the
+//! backup layout both sides of it share.
+
+pub mod layout;
 
 pub mod v1 {
     tonic::include_proto!("qdrant.agent.v1");

@@ -106,18 +106,6 @@ pub fn next_step<O: Borrow<QdrantBackup>>(
     Step::Run
 }
 
-/// Key prefix of a cluster's backups: `<storage prefix>/<namespace>/<cluster>`,
-/// the prefix the agents get, so the layout matches the agent CLI's.
-pub fn cluster_prefix(storage_prefix: Option<&str>, namespace: &str, cluster: &str) -> String {
-    match storage_prefix
-        .map(|p| p.trim_matches('/'))
-        .filter(|p| !p.is_empty())
-    {
-        Some(p) => format!("{p}/{namespace}/{cluster}"),
-        None => format!("{namespace}/{cluster}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -319,12 +307,5 @@ mod tests {
             panic!()
         };
         assert_eq!(reason, "InvalidSpec");
-    }
-
-    #[test]
-    fn cluster_prefix_matches_the_documented_layout() {
-        assert_eq!(cluster_prefix(Some("prod/"), "ns", "q"), "prod/ns/q");
-        assert_eq!(cluster_prefix(None, "ns", "q"), "ns/q");
-        assert_eq!(cluster_prefix(Some(""), "ns", "q"), "ns/q");
     }
 }

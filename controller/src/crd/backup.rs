@@ -125,7 +125,7 @@ impl QdrantBackup {
         let s3 = &self.spec.storage.s3;
         BackupLocation {
             bucket: s3.bucket.clone(),
-            prefix: crate::backup::decide::cluster_prefix(
+            prefix: qdrant_agent_proto::layout::cluster_prefix(
                 s3.prefix.as_deref(),
                 &self.namespace().unwrap_or_default(),
                 &self.spec.cluster_ref.name,

@@ -49,12 +49,12 @@ pub struct Context {
     /// progress and yields.
     pub follow_window: Duration,
     /// The images of clusters that name none.
-    pub images: crate::cluster::render::Images,
+    pub images: crate::settings::Images,
     /// Set when leader election runs: no reconcile starts once this
     /// process may have lost the lease.
     pub leadership: Option<Arc<lease::Leadership>>,
     /// What storage settings the operator's administrator allows.
-    pub storage_policy: crate::agents::StoragePolicy,
+    pub storage_policy: crate::settings::StoragePolicy,
     /// This installation of the operator (`<namespace>/<lease name>`): it
     /// claims each resource it reconciles, and leaves alone those another
     /// installation claimed. Empty: no claims (tests of one reconciler).

@@ -261,9 +261,9 @@ impl Snapshot {
             if let Some(next) = &st.next_backup_time {
                 self.schedule_next.get_or_create(&labels).set(seconds(next));
                 // The gap from that fire to the one after it.
-                let after = crate::schedule::cron::Cron::parse(&s.spec.schedule)
+                let after = crate::cron::Cron::parse(&s.spec.schedule)
                     .ok()
-                    .zip(crate::schedule::cron::time_zone(&s.spec.time_zone).ok())
+                    .zip(crate::cron::time_zone(&s.spec.time_zone).ok())
                     .and_then(|(c, tz)| c.next_after(next.0, &tz));
                 if let Some(after) = after {
                     let gap = after.duration_since(next.0).as_secs_f64();

@@ -7,8 +7,8 @@ use crate::crd::{
     ConcurrencyPolicy, OperationPhase, QdrantBackup, QdrantBackupSchedule,
     QdrantBackupScheduleStatus, QdrantBackupSpec, QdrantRestore, SchedulePhase,
 };
+use crate::cron::Cron;
 use crate::runtime::{self, Context, Error, report};
-use cron::Cron;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::controller::Action;
@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub mod cron;
+pub use crate::cron;
 pub mod retention;
 
 /// Label on each backup a schedule creates: the schedule's name.
