@@ -3,20 +3,18 @@
 //! status when it changed, and record an Event on each phase transition.
 
 use crate::crd::{ClusterPhase, QdrantCluster, QdrantClusterStatus};
-use crate::runtime::{self, Context, Error, MANAGER, report};
+use crate::runtime::{self, Context, Error, report};
 use decide::{Observed, conditions, decide};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, Time};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
-use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
+use kube::{Resource, ResourceExt};
 use sha2::Digest;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,12 +22,21 @@ use std::time::Duration;
 /// The finalizer earlier versions set; removed wherever it is found.
 pub const FINALIZER: &str = "qdrant.io/cluster";
 
+mod config;
+mod credentials;
 pub mod decide;
+pub mod disk;
 pub mod monitor;
+mod owned;
+pub mod rebalance;
 pub mod render;
 pub mod roll;
 pub mod scale;
 pub mod volumes;
+
+pub use credentials::{ensure_agent_tls, ensure_agent_token, until};
+pub use owned::ours;
+use owned::{check_ours, ssa};
 
 /// Reconciles one QdrantCluster. It has no finalizer: owned objects go with
 /// it through owner references.
@@ -93,51 +100,6 @@ async fn refused(c: &QdrantCluster, ctx: &Context, reason: &str, message: String
         )
         .await;
     }
-}
-
-/// Refuses when an object of `obj`'s name exists and is not ours: forced
-/// apply takes every field, owner references included, so it goes only
-/// onto an object that is already this cluster's.
-async fn check_ours<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    match api.get_metadata_opt(&name).await? {
-        Some(existing) => ours(
-            &K::kind(&Default::default()),
-            &existing.metadata,
-            obj.meta(),
-        ),
-        None => Ok(()),
-    }
-}
-
-/// Server-side applies `obj`, which [`check_ours`] (or a read of it) found
-/// to be this cluster's or absent.
-async fn ssa<K>(client: &Client, ns: &str, obj: &K) -> Result<K, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
-    K::DynamicType: Default,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    Ok(api
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(obj),
-        )
-        .await?)
 }
 
 async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
@@ -280,7 +242,7 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     // Once every pod runs and no scale-in is under way, the shards are
     // evened out over the nodes.
     let settled = d.phase == ClusterPhase::Running && scaled.status.is_none();
-    let rebalanced = scale::rebalance(&c, ctx, settled).await?;
+    let rebalanced = rebalance::rebalance(&c, ctx, settled).await?;
     say(ctx, &c, "Rebalance", &rebalanced.event).await;
     decide::rebalancing(&mut d, rebalanced.status.as_ref());
     if let Some((ok, reason, message)) = monitor::ensure(client, &c).await? {
@@ -322,73 +284,6 @@ async fn apply(c: Arc<QdrantCluster>, ctx: &Context) -> Result<Action, Error> {
     }))
 }
 
-/// How long until `at`; a second when it is past (never a busy loop).
-pub fn until(at: jiff::Timestamp) -> Duration {
-    let left = at.duration_since(jiff::Timestamp::now());
-    Duration::try_from(left)
-        .unwrap_or_default()
-        .max(Duration::from_secs(1))
-}
-
-/// Creates the agents' bearer token Secret once; an existing one is never
-/// replaced (that would cut the controller off from running agents).
-pub async fn ensure_agent_token(secrets: &Api<Secret>, meta: ObjectMeta) -> Result<(), Error> {
-    let name = meta.name.clone().unwrap_or_default();
-    if let Some(existing) = secrets.get_opt(&name).await? {
-        return ours("Secret", &existing.metadata, &meta);
-    }
-    let token: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    match secrets
-        .create(
-            &PostParams::default(),
-            &render::agent_token_secret(meta, &token),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Issues the agents' server certificate for `dns` when it is missing, was
-/// signed by another CA, or nears its expiry; returns when the current one
-/// is due for renewal. Agents pick up the renewed files without a restart.
-pub async fn ensure_agent_tls(
-    client: &Client,
-    secrets: &Api<Secret>,
-    meta: ObjectMeta,
-    dns: Vec<String>,
-    ca: &crate::pki::Ca,
-) -> Result<jiff::Timestamp, Error> {
-    let name = meta.name.clone().unwrap_or_default();
-    let now = jiff::Timestamp::now();
-    if let Some(s) = secrets.get_opt(&name).await? {
-        ours("Secret", &s.metadata, &meta)?;
-        let ann = s.metadata.annotations.unwrap_or_default();
-        let stale = crate::pki::needs_reissue(
-            ann.get(crate::pki::ANN_CA).map(String::as_str),
-            ann.get(crate::pki::ANN_NOT_AFTER).map(String::as_str),
-            ca,
-            now,
-        );
-        let not_after = ann
-            .get(crate::pki::ANN_NOT_AFTER)
-            .and_then(|t| t.parse().ok());
-        if let (false, Some(t)) = (stale, not_after) {
-            return Ok(ca.renew_at(t));
-        }
-    }
-    let ns = meta.namespace.clone().unwrap_or_default();
-    let leaf = ca.server_cert(dns, now)?;
-    let secret = render::agent_tls_secret(meta, &leaf, ca);
-    ssa(client, &ns, &secret).await?;
-    tracing::info!(secret = %name, namespace = %ns, not_after = %leaf.not_after, "issued the agents' certificate");
-    Ok(ca.renew_at(leaf.not_after))
-}
-
 /// When the latest Completed backup of `c` finished, from the backup
 /// reconciler's cache (`None` until that has started).
 fn last_backup(c: &QdrantCluster, ctx: &Context) -> Option<Time> {
@@ -407,37 +302,6 @@ fn last_backup(c: &QdrantCluster, ctx: &Context) -> Option<Time> {
         })
         .filter_map(|b| b.status.as_ref()?.completion_time.clone())
         .max_by_key(|t| t.0)
-}
-
-/// `Ok` when `existing` is owned by the owner that `desired` names (its
-/// first owner reference), so the operator may write it; otherwise the
-/// refusal, naming the object and who it belongs to.
-pub fn ours(kind: &str, existing: &ObjectMeta, desired: &ObjectMeta) -> Result<(), Error> {
-    let Some(owner) = desired.owner_references.as_ref().and_then(|o| o.first()) else {
-        return Ok(());
-    };
-    let refs = existing.owner_references.as_deref().unwrap_or_default();
-    if refs.iter().any(|r| r.uid == owner.uid) {
-        return Ok(());
-    }
-    let labels = existing.labels.clone().unwrap_or_default();
-    let annotations = existing.annotations.clone().unwrap_or_default();
-    let belongs = if let Some(r) = refs.first() {
-        format!("it belongs to {} {}", r.kind, r.name)
-    } else if let Some(release) = annotations.get("meta.helm.sh/release-name") {
-        format!("it belongs to Helm release {release}")
-    } else if let Some(by) = labels.get("app.kubernetes.io/managed-by") {
-        format!("it is managed by {by}")
-    } else {
-        "it was made by someone else".to_string()
-    };
-    Err(Error::NotOurs(format!(
-        "{kind} {} exists and is not {} {}'s ({belongs}); the operator never takes over an object it did not create: rename the {}, or move that {kind} out of the way",
-        existing.name.as_deref().unwrap_or_default(),
-        owner.kind,
-        owner.name,
-        owner.kind,
-    )))
 }
 
 async fn write_status(
@@ -666,53 +530,4 @@ pub async fn run(ctx: Arc<Context>) {
         move |s| crate::wake::clusters_using(&store, &s),
     );
     runtime::run(controller, ctx.clone(), reconcile).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-
-    fn owned_by(uid: &str) -> ObjectMeta {
-        ObjectMeta {
-            name: Some("vectors".into()),
-            owner_references: Some(vec![OwnerReference {
-                kind: "QdrantCluster".into(),
-                name: "vectors".into(),
-                uid: uid.into(),
-                ..Default::default()
-            }]),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn only_an_object_this_cluster_owns_is_written() {
-        let desired = owned_by("c-1");
-        assert!(ours("Service", &owned_by("c-1"), &desired).is_ok());
-        // A Helm release's Service of the same name.
-        let helm = ObjectMeta {
-            name: Some("vectors".into()),
-            annotations: Some([("meta.helm.sh/release-name".into(), "vectors".into())].into()),
-            labels: Some([("app.kubernetes.io/managed-by".into(), "Helm".into())].into()),
-            ..Default::default()
-        };
-        let e = ours("Service", &helm, &desired).unwrap_err().to_string();
-        assert!(
-            e.starts_with("Service vectors exists and is not QdrantCluster vectors's (it belongs to Helm release vectors)"),
-            "{e}"
-        );
-        // A QdrantCluster deleted and re-created is another owner.
-        let e = ours("StatefulSet", &owned_by("c-0"), &desired).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("it belongs to QdrantCluster vectors"),
-            "{e}"
-        );
-        let bare = ObjectMeta {
-            name: Some("vectors".into()),
-            ..Default::default()
-        };
-        assert!(ours("ConfigMap", &bare, &desired).is_err());
-    }
 }

@@ -7,6 +7,7 @@
 //! get its new replica count. What cannot be done is refused before
 //! anything moves, and the cluster keeps its pods.
 
+use super::disk::{disk_refusal, disks};
 use crate::agents::{Agents, Start};
 use crate::crd::{AgentTaskState, QdrantCluster, ScaleIn, ScaleInState};
 use crate::runtime::{Context, Error, Halt};
@@ -64,14 +65,14 @@ impl Scaled {
 }
 
 /// How long one reconcile follows the drain before it writes progress.
-const WINDOW: Duration = Duration::from_secs(2);
+pub(super) const WINDOW: Duration = Duration::from_secs(2);
 /// How soon a refused scale-in is tried again.
 const REFUSED_RETRY: Duration = Duration::from_secs(60);
 /// How soon a failed or lost attempt is started again.
-const RETRY: Duration = Duration::from_secs(30);
+pub(super) const RETRY: Duration = Duration::from_secs(30);
 
 /// When a failed attempt may start again.
-fn later(ctx: &Context) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
+pub(super) fn later(ctx: &Context) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::Time {
     k8s_openapi::apimachinery::pkg::apis::meta::v1::Time((ctx.now)() + RETRY)
 }
 
@@ -228,11 +229,11 @@ pub async fn operation_running(c: &QdrantCluster, ctx: &Context) -> Result<Optio
 
 /// The Qdrant peers of pods `0..count`, in order, and the agent that runs
 /// a drain or rebalance (pod 0's).
-struct Peers {
-    agents: Agents,
-    ids: Vec<u64>,
-    runner: String,
-    instance: String,
+pub(super) struct Peers {
+    pub(super) agents: Agents,
+    pub(super) ids: Vec<u64>,
+    pub(super) runner: String,
+    pub(super) instance: String,
 }
 
 /// The cluster's agents, what each sees of its Qdrant (all collections),
@@ -255,7 +256,7 @@ pub(super) async fn survey(
 
 /// Every pod's Qdrant peer, as its agent tells; `Ok(Err(why))` while an
 /// agent does not answer yet.
-async fn peers(
+pub(super) async fn peers(
     c: &QdrantCluster,
     ctx: &Context,
     count: i32,
@@ -368,93 +369,6 @@ async fn start(
     Ok(Scaled::hold(current, status).with_event(false, "MovingShards", note))
 }
 
-/// One pod's disk under Qdrant's storage, as its agent tells it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Disk {
-    pub pod: String,
-    pub free: u64,
-    pub total: u64,
-    /// What the collections take on it.
-    pub collections: u64,
-}
-
-/// The disks of `pods`; `None` when an agent cannot tell (it does not see
-/// the storage volume, is out of reach, or predates the question): the
-/// check is then skipped, as before there was one.
-async fn disks(agents: &Agents, pods: &[String]) -> Option<Vec<Disk>> {
-    let mut out = vec![];
-    for pod in pods {
-        let mut client = agents.connect(pod).await.ok()?;
-        let d = match client.get_disk(pb::GetDiskRequest {}).await {
-            Ok(d) => d.into_inner(),
-            Err(e) => {
-                tracing::info!(%pod, error = %e.message(), "no disk figures from the agent; the scale-in does not check the disk");
-                return None;
-            }
-        };
-        if !d.seen {
-            return None;
-        }
-        out.push(Disk {
-            pod: pod.clone(),
-            free: d.free_bytes,
-            total: d.total_bytes,
-            collections: d.collections_bytes,
-        });
-    }
-    Some(out)
-}
-
-/// Pure: why the pods that stay cannot take the shards of the pods that
-/// leave, or `None`. Shards spread evenly over the staying pods, so each
-/// must have room for its share of what the leaving pods' collections take,
-/// beyond a reserve of 5% of its volume (Qdrant needs room to optimize
-/// segments, and a full disk stops its writes).
-pub fn disk_refusal(staying: &Option<Vec<Disk>>, leaving: &Option<Vec<Disk>>) -> Option<String> {
-    let (Some(staying), Some(leaving)) = (staying, leaving) else {
-        return None;
-    };
-    let need: u64 = leaving.iter().map(|d| d.collections).sum();
-    let share = need.div_ceil(staying.len().max(1) as u64);
-    let room = |d: &Disk| d.free.saturating_sub(d.total / 20);
-    let tightest = staying.iter().min_by_key(|d| room(d))?;
-    if share <= room(tightest) {
-        return None;
-    }
-    let names = |ds: &[Disk]| {
-        ds.iter()
-            .map(|d| d.pod.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Some(format!(
-        "not enough disk: the pods that leave ({}) hold {} of collection data, about {} for each pod that stays, and {} has {} free beyond a reserve of 5% of its volume ({} free of {}); grow the volumes first (spec.persistence.size), or keep more nodes",
-        names(leaving),
-        bytes(need),
-        bytes(share),
-        tightest.pod,
-        bytes(room(tightest)),
-        bytes(tightest.free),
-        bytes(tightest.total),
-    ))
-}
-
-/// Bytes for people: 1.5 GiB, 200 MiB, 12 KiB.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// Follows the drain: progress, then Drained (the StatefulSet shrinks),
 /// Refused, or a failure that starts it again.
 async fn follow(
@@ -542,269 +456,5 @@ async fn follow(
             status.task = Some(task);
             Ok(Scaled::hold(current, status))
         }
-    }
-}
-
-/// What this reconcile does about evening out the shards.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rebalanced {
-    pub status: Option<crate::crd::Rebalance>,
-    /// An Event to record: (warning, reason, note).
-    pub event: Option<(bool, &'static str, String)>,
-    pub requeue: Option<Duration>,
-}
-
-/// Once every pod of a cluster whose node count changed is ready, one
-/// agent moves replicas, one at a time, until every node holds a fair
-/// share (`spec.cluster.rebalance`): Qdrant puts nothing on a new node.
-/// `settled`: every pod runs the current template and is ready, and no
-/// scale-in is under way.
-pub async fn rebalance(
-    c: &QdrantCluster,
-    ctx: &Context,
-    settled: bool,
-) -> Result<Rebalanced, Error> {
-    use crate::crd::Rebalance;
-    let previous = c.status.as_ref().and_then(|s| s.rebalance.clone());
-    let keep = |status: Option<Rebalance>| Rebalanced {
-        status,
-        event: None,
-        requeue: None,
-    };
-    let spec = &c.spec;
-    if !spec.cluster.enabled || !spec.cluster.rebalance || !spec.agent.enabled || spec.replicas < 2
-    {
-        return Ok(keep(previous));
-    }
-    let want = spec.replicas;
-    let current = previous.filter(|p| p.replicas == want);
-    match current {
-        Some(p) if p.done => Ok(keep(Some(p))),
-        _ if !settled => Ok(keep(c.status.as_ref().and_then(|s| s.rebalance.clone()))),
-        Some(p) => match p.task.clone() {
-            Some(t) if t.state == AgentTaskState::Failed => {
-                if p.retry_after.as_ref().is_some_and(|r| (ctx.now)() < r.0) {
-                    return Ok(Rebalanced {
-                        status: Some(p),
-                        event: None,
-                        requeue: Some(RETRY),
-                    });
-                }
-                start_rebalance(c, ctx, p, t.attempt + 1).await
-            }
-            Some(t) => follow_rebalance(c, ctx, p, t).await,
-            None => start_rebalance(c, ctx, p, 1).await,
-        },
-        None => {
-            let fresh = Rebalance {
-                replicas: want,
-                done: false,
-                task: None,
-                shards_moved: 0,
-                shards_to_move: 0,
-                message: None,
-                retry_after: None,
-            };
-            start_rebalance(c, ctx, fresh, 1).await
-        }
-    }
-}
-
-async fn start_rebalance(
-    c: &QdrantCluster,
-    ctx: &Context,
-    mut status: crate::crd::Rebalance,
-    attempt: u32,
-) -> Result<Rebalanced, Error> {
-    if let Some(why) = operation_running(c, ctx).await? {
-        status.task = None;
-        status.message = Some(format!("waiting to move shards until it ends: {why}"));
-        return Ok(Rebalanced {
-            status: Some(status),
-            event: None,
-            requeue: Some(Duration::from_secs(10)),
-        });
-    }
-    let found = match peers(c, ctx, status.replicas).await? {
-        Ok(p) => p,
-        Err(why) => {
-            status.task = None;
-            status.message = Some(why);
-            return Ok(Rebalanced {
-                status: Some(status),
-                event: None,
-                requeue: Some(Duration::from_secs(10)),
-            });
-        }
-    };
-    let (agents, peers, runner, instance) = (found.agents, found.ids, found.runner, found.instance);
-    let task_id = format!(
-        "rebalance-{}-{}-{attempt}",
-        c.uid().unwrap_or_default(),
-        status.replicas
-    );
-    let task = tasks::task(
-        runner,
-        task_id.clone(),
-        instance,
-        attempt,
-        std::iter::empty(),
-    );
-    let req = pb::StartDrainRequest {
-        task_id,
-        leaving_peer_ids: vec![],
-        staying_peer_ids: peers,
-        rebalance: true,
-    };
-    status.task = Some(task.clone());
-    status.message = None;
-    agents.start_each(vec![(&task, Start::Drain(req))]).await;
-    Ok(Rebalanced {
-        status: Some(status),
-        event: None,
-        requeue: Some(Duration::from_secs(2)),
-    })
-}
-
-async fn follow_rebalance(
-    c: &QdrantCluster,
-    ctx: &Context,
-    mut status: crate::crd::Rebalance,
-    mut task: crate::crd::AgentTask,
-) -> Result<Rebalanced, Error> {
-    let agents = match Agents::of(&ctx.client, &Target::of_cluster(c), &ctx.tls.get()).await {
-        Ok(a) => a,
-        Err(Halt::Kube(e)) => return Err(e.into()),
-        Err(h) => {
-            status.message = Some(h.text());
-            return Ok(Rebalanced {
-                status: Some(status),
-                event: None,
-                requeue: Some(Duration::from_secs(10)),
-            });
-        }
-    };
-    // The request is only re-sent to an agent that forgot the task, which
-    // then is lost and planned again.
-    let again = Start::Drain(pb::StartDrainRequest {
-        task_id: task.task_id.clone(),
-        ..Default::default()
-    });
-    let t = match agents.observe(&task, WINDOW, again).await {
-        Observed::Lost(why) => {
-            // Started again after a pause, never in a tight loop.
-            task.state = AgentTaskState::Failed;
-            status.task = Some(task);
-            status.message = Some(why);
-            status.retry_after = Some(later(ctx));
-            return Ok(Rebalanced {
-                status: Some(status),
-                event: None,
-                requeue: Some(Duration::from_secs(30)),
-            });
-        }
-        Observed::Task(t) => t,
-    };
-    status.shards_moved = t.shards_done;
-    status.shards_to_move = t.shards_total;
-    task.shards_done = t.shards_done;
-    match t.phase() {
-        TaskPhase::Succeeded => {
-            task.state = AgentTaskState::Succeeded;
-            status.task = Some(task);
-            status.done = true;
-            status.message = None;
-            let event = (status.shards_moved > 0).then(|| {
-                (
-                    false,
-                    "Rebalanced",
-                    format!(
-                        "moved {} shard replicas so that each of the {} nodes holds a fair share",
-                        status.shards_moved, status.replicas
-                    ),
-                )
-            });
-            Ok(Rebalanced {
-                status: Some(status),
-                event,
-                requeue: None,
-            })
-        }
-        TaskPhase::Failed | TaskPhase::Cancelled => {
-            task.state = AgentTaskState::Failed;
-            status.task = Some(task);
-            status.message = Some(t.error.clone());
-            status.retry_after = Some(later(ctx));
-            Ok(Rebalanced {
-                status: Some(status),
-                event: Some((
-                    true,
-                    "RebalanceFailed",
-                    format!(
-                        "evening out the shards failed and is tried again in 30 s: {}",
-                        t.error
-                    ),
-                )),
-                requeue: Some(Duration::from_secs(30)),
-            })
-        }
-        _ => {
-            task.state = AgentTaskState::Running;
-            status.task = Some(task);
-            Ok(Rebalanced {
-                status: Some(status),
-                event: None,
-                requeue: Some(Duration::from_secs(2)),
-            })
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const GIB: u64 = 1 << 30;
-
-    fn disk(pod: &str, free: u64, total: u64, collections: u64) -> Disk {
-        Disk {
-            pod: pod.into(),
-            free,
-            total,
-            collections,
-        }
-    }
-
-    #[test]
-    fn a_scale_in_is_refused_when_a_staying_pod_cannot_take_its_share() {
-        let leaving = Some(vec![disk("q-2", 5 * GIB, 10 * GIB, 4 * GIB)]);
-        // 2 GiB for each of two staying pods; 10 GiB volumes keep 0.5 GiB.
-        let roomy = Some(vec![
-            disk("q-0", 3 * GIB, 10 * GIB, GIB),
-            disk("q-1", 6 * GIB, 10 * GIB, GIB),
-        ]);
-        assert_eq!(disk_refusal(&roomy, &leaving), None);
-        let tight = Some(vec![
-            disk("q-0", 9 * GIB, 10 * GIB, GIB),
-            disk("q-1", 2 * GIB, 10 * GIB, GIB),
-        ]);
-        let why = disk_refusal(&tight, &leaving).expect("refused");
-        assert!(
-            why.contains("(q-2) hold 4.0 GiB")
-                && why.contains("2.0 GiB for each pod")
-                && why.contains("q-1 has 1.5 GiB free")
-                && why.contains("spec.persistence.size"),
-            "{why}"
-        );
-        // An agent that cannot tell: no check, as before there was one.
-        assert_eq!(disk_refusal(&None, &leaving), None);
-        assert_eq!(disk_refusal(&tight, &None), None);
-    }
-
-    #[test]
-    fn byte_counts_read_as_people_write_them() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(bytes(200 << 20), "200.0 MiB");
     }
 }
