@@ -15,6 +15,12 @@
 //! `manifest.json` last (`WriteManifest`); a failure cancels the tasks and
 //! deletes what was uploaded. Snapshot bytes never pass through here.
 
+mod cleanup;
+pub mod decide;
+mod verify;
+use cleanup::*;
+use verify::*;
+
 use crate::agents::{Agents, Seen, Start, agent_pods, instances, status_reason, storage_target};
 use crate::crd::Verification;
 use crate::crd::{
@@ -41,8 +47,6 @@ use qdrant_agent_proto::v1::{
 };
 use std::sync::Arc;
 use std::time::Duration;
-
-pub mod decide;
 
 pub const FINALIZER: &str = "qdrant.io/backup";
 /// Tries per shard: the first plus re-plans after a lost task.
@@ -527,132 +531,6 @@ fn summary(b: &QdrantBackup, status: &QdrantBackupStatus) -> String {
     )
 }
 
-fn verify_request(
-    b: &QdrantBackup,
-    storage: &StorageTarget,
-    task_id: &str,
-) -> pb::StartVerifyRequest {
-    pb::StartVerifyRequest {
-        task_id: task_id.to_string(),
-        storage: Some(storage.clone()),
-        backup_name: b.name_any(),
-        concurrency: 0,
-    }
-}
-
-/// `spec.verify`: the manifest is written; one agent now reads the backup
-/// back. The backup stays InProgress until the check passes.
-async fn start_verify(
-    b: &QdrantBackup,
-    ctx: &Context,
-    agents: &Agents,
-    storage: &StorageTarget,
-    mut status: QdrantBackupStatus,
-    attempt: u32,
-) -> Result<Action, Halt> {
-    if attempt > MAX_ATTEMPTS {
-        return Err(Halt::fail(
-            "AgentLost",
-            format!("the verification was lost {MAX_ATTEMPTS} times"),
-        ));
-    }
-    let (seen, _) = agents.survey_some(&[], &b.spec.cluster_ref.name).await?;
-    // Another pod than the last try's, when there is one.
-    let pick = &seen[(attempt as usize - 1) % seen.len()];
-    let uid = b.uid().unwrap_or_default();
-    let task = tasks::task(
-        pick.pod.clone(),
-        format!("verify-{uid}-{attempt}"),
-        pick.instance_id.clone(),
-        attempt,
-        std::iter::empty(),
-    );
-    let message = format!(
-        "reading every object back from the store (agent of pod {})",
-        pick.pod
-    );
-    status.verification = Some(Verification {
-        task: task.clone(),
-        completion_time: None,
-        objects: 0,
-        bytes: 0,
-    });
-    status.conditions = vec![report::ready(
-        false,
-        "Verifying",
-        message.clone(),
-        (ctx.now)(),
-        &status.conditions,
-        b.metadata.generation,
-    )];
-    operation::announce(b, ctx, &status, EventType::Normal, "Verifying", message).await?;
-    let start = Start::Verify(verify_request(b, storage, &task.task_id));
-    agents.start_each(vec![(&task, start)]).await;
-    Ok(Action::requeue(Duration::from_secs(1)))
-}
-
-/// Follows the verification task: Completed when it passes; a backup that
-/// does not check out fails (and is deleted as any failed backup).
-async fn follow_verify(
-    b: &QdrantBackup,
-    ctx: &Context,
-    agents: &Agents,
-    storage: &StorageTarget,
-    mut status: QdrantBackupStatus,
-) -> Result<Action, Halt> {
-    let Some(mut v) = status.verification.clone() else {
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    };
-    let start = Start::Verify(verify_request(b, storage, &v.task.task_id));
-    let task = match agents.observe(&v.task, ctx.follow_window, start).await {
-        Observed::Lost(why) => {
-            tracing::warn!(backup = %b.name_any(), why, "verification lost; starting it again");
-            let next = v.task.attempt + 1;
-            return start_verify(b, ctx, agents, storage, status, next).await;
-        }
-        Observed::Task(t) => t,
-    };
-    v.objects = task.shards_done;
-    v.bytes = task.bytes_done;
-    match task.phase() {
-        TaskPhase::Succeeded => {
-            v.task.state = AgentTaskState::Succeeded;
-            v.completion_time = Some(Time((ctx.now)()));
-            let message = format!(
-                "{}; verified by the agent of pod {}",
-                summary(b, &status),
-                v.task.pod
-            );
-            status.verification = Some(v);
-            Ok(operation::completed(b, ctx, status, message).await?)
-        }
-        TaskPhase::Failed | TaskPhase::Cancelled => {
-            v.task.state = AgentTaskState::Failed;
-            v.completion_time = Some(Time((ctx.now)()));
-            let pod = v.task.pod.clone();
-            status.verification = Some(v);
-            operation::write(ctx, b, &status).await?;
-            let reason = if task.error_reason.is_empty() {
-                "VerificationFailed".to_string()
-            } else {
-                task.error_reason.clone()
-            };
-            Err(Halt::fail(
-                reason,
-                format!(
-                    "the backup did not check out (agent of pod {pod}): {}",
-                    task.error
-                ),
-            ))
-        }
-        _ => {
-            status.verification = Some(v);
-            operation::write(ctx, b, &status).await?;
-            Ok(Action::requeue(Duration::from_secs(1)))
-        }
-    }
-}
-
 /// Whether a failed call may succeed if tried again: the agent or the store
 /// was out of reach or busy.
 fn transient(s: &tonic::Status, reason: &str) -> bool {
@@ -704,120 +582,6 @@ async fn fail(
         }
     }
     operation::failed(b, ctx, reason, message).await
-}
-
-/// Where a backup's objects and open uploads are when no agent is left to
-/// delete them, and the command that deletes exactly those.
-fn left_behind(b: &QdrantBackup) -> String {
-    let at = b.location();
-    format!(
-        "everything it wrote (objects and open multipart uploads) is under {}/; delete it with: qdrant-agent delete --from s3://{}/{} --name {}{}",
-        b.s3_path(),
-        at.bucket,
-        at.prefix,
-        b.name_any(),
-        at.endpoint
-            .as_ref()
-            .map(|e| format!(" --s3-endpoint {e}"))
-            .unwrap_or_default()
-    )
-}
-
-/// Cancels the running tasks, waits (briefly) for them to stop, then
-/// deletes the backup's objects and open uploads through any agent.
-async fn discard(
-    b: &QdrantBackup,
-    ctx: &Context,
-    cluster: Option<&Target>,
-    status: &QdrantBackupStatus,
-) -> Result<Discarded, String> {
-    let agents = Agents::stop(ctx, cluster, &status.tasks).await?;
-    let storage = storage_of(b, ctx).await.map_err(Halt::text)?;
-    let mut c = agents.any().await.map_err(Halt::text)?;
-    // Only what this resource's tasks claimed (its UID in the backup's
-    // ownership marker) is deleted: never a backup someone else wrote.
-    c.delete_backup(crate::agent_client::long_call(DeleteBackupRequest {
-        storage: Some(storage),
-        backup_name: b.name_any(),
-        owner: b.uid().unwrap_or_default(),
-    }))
-    .await
-    .map(|r| Discarded::Deleted(r.into_inner().deleted_objects))
-    .or_else(|s| match status_reason(&s) {
-        (reason, message) if reason == "BackupNotOwned" => Ok(Discarded::NotOwned(message)),
-        (_, message) => Err(message),
-    })
-}
-
-/// What `discard` did.
-enum Discarded {
-    Deleted(u32),
-    /// The objects there were not written by this resource: left untouched.
-    NotOwned(String),
-}
-
-/// Deleting the resource: running tasks are cancelled first; the objects go
-/// with it when the policy is Delete, or when the backup never completed
-/// (partial objects are of no use). A Completed backup with Retain keeps
-/// its objects.
-async fn cleanup(b: &QdrantBackup, ctx: &Context) -> Result<Action, Error> {
-    let status = status_of(b);
-    let completed = status.phase == Some(OperationPhase::Completed);
-    let running = status.phase == Some(OperationPhase::InProgress);
-    let delete = if completed {
-        b.spec.deletion_policy == DeletionPolicy::Delete
-    } else {
-        running && !status.tasks.is_empty()
-    };
-    if !delete {
-        return Ok(Action::await_change());
-    }
-    let ns = b.namespace().unwrap_or_default();
-    let cluster = Target::get(&ctx.client, &ns, &b.spec.cluster_ref).await?;
-    if cluster.is_none() {
-        // No agent is left to delete through: say where the data is.
-        report::event(
-            &ctx.recorder,
-            &b.object_ref(&()),
-            EventType::Warning,
-            "ObjectsLeft",
-            "Delete",
-            format!(
-                "{} is gone, so no agent can delete the backup: {}",
-                b.spec.cluster_ref.describe(),
-                left_behind(b)
-            ),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    let (type_, reason, note) = match discard(b, ctx, cluster.as_ref(), &status)
-        .await
-        .map_err(Error::Retry)?
-    {
-        Discarded::Deleted(n) => (
-            EventType::Normal,
-            "Deleted",
-            format!("deleted {n} objects under {}", b.s3_path()),
-        ),
-        // Someone else's backup sits there: it is never deleted, and this
-        // resource goes without it.
-        Discarded::NotOwned(why) => (
-            EventType::Warning,
-            "NotDeleted",
-            format!("left {} untouched: {why}", b.s3_path()),
-        ),
-    };
-    report::event(
-        &ctx.recorder,
-        &b.object_ref(&()),
-        type_,
-        reason,
-        "Delete",
-        note,
-    )
-    .await;
-    Ok(Action::await_change())
 }
 
 /// Runs the QdrantBackup controller until shutdown.
