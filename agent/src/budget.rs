@@ -82,6 +82,16 @@ impl Budget {
         }
     }
 
+    /// Holds `len` bytes now if they are free, else nothing: for a reader
+    /// that can do with less when the budget is busy.
+    pub fn try_hold(&self, len: u64) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if len > self.bytes {
+            return None;
+        }
+        let kib = u32::try_from(len.div_ceil(1024)).ok()?;
+        self.kib.clone().try_acquire_many_owned(kib).ok()
+    }
+
     /// Holds `len` bytes for a download's buffers while the permit lives.
     pub async fn hold(
         &self,

@@ -263,6 +263,43 @@ async fn backups_in_every_mode_of_real_qdrant_restore_every_point() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--rename"), "{}", stderr(&o));
 
+    // A shard object of two ranges or more is read with parallel ranged
+    // GETs (16 KiB ranges here, 8 MiB by default), handed to Qdrant in
+    // order, and every point comes back.
+    let m = qdrant_agent::manifest::read(&*env.store().await, "cli", "b-stream")
+        .await
+        .unwrap();
+    let largest = m.objects().map(|(_, o)| o.size).max().unwrap();
+    assert!(
+        largest >= 4 * 16384,
+        "the largest shard object is {largest} bytes"
+    );
+    let o = env
+        .agent(&[
+            "restore",
+            "--qdrant-url",
+            &dst,
+            "--from",
+            &to,
+            "--name",
+            "b-stream",
+            "--rename",
+            "docs=docs-ranged",
+            "--rename",
+            "notes=notes-ranged",
+            "--rename",
+            "tenants=tenants-ranged",
+        ])
+        .env("QDRANT_AGENT_RANGE_SIZE", "16KiB")
+        .env("QDRANT_AGENT_LOG", "qdrant_agent=debug")
+        .output()
+        .unwrap();
+    assert_ok(&o);
+    assert!(stderr(&o).contains("in ranges"), "{}", stderr(&o));
+    for c in ["docs", "notes", "tenants"] {
+        same_points(&src, c, &dst, &format!("{c}-ranged"));
+    }
+
     // A backup of one of docs' two shards is partial: restoring the whole
     // collection from it is refused before Qdrant is touched (it would turn
     // green with half the points); asked for by id, the shard restores.

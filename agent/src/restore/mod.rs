@@ -352,9 +352,11 @@ fn select<'a>(m: &'a Manifest, req: &RestoreRequest) -> Result<Plan<'a>> {
 
 mod collection;
 mod object;
+mod ranged;
 mod verify;
 use collection::*;
 use object::*;
+use ranged::*;
 pub(crate) use verify::verify_one;
 use verify::*;
 

@@ -74,17 +74,30 @@ pub(super) async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<(
         _ = cx.cancel.cancelled() => return Err(Error::Cancelled),
     };
     let key = keys::join(cx.root, &o.key);
-    // Downloads draw on the agent's one memory budget, as uploads do.
+    // Downloads draw on the agent's one memory budget, as uploads do. A
+    // large streamed object is read with parallel ranged GETs when the
+    // budget has room for their window now, else with one GET.
+    let budget = crate::upload::Budget::installed();
+    let ranged_memory = match (o.mode, &budget) {
+        (ObjectMode::Stream, _) if o.size < 2 * stream_range() => None,
+        (ObjectMode::Stream, Some(b)) => b
+            .try_hold(ranged_hold(stream_range(), STREAM_WINDOW))
+            .map(Some),
+        (ObjectMode::Stream, None) => Some(None),
+        (ObjectMode::File, _) => None,
+    };
+    let ranged = ranged_memory.is_some();
     let streams = match o.mode {
+        ObjectMode::Stream if ranged => 0,
         ObjectMode::Stream => 1,
         ObjectMode::File => RANGES_AT_ONCE as u64,
     };
-    let _memory = match crate::upload::Budget::installed() {
-        Some(b) => Some(
+    let _memory = match &budget {
+        Some(b) if streams > 0 => Some(
             b.hold(streams * crate::upload::DOWNLOAD_HOLD, cx.cancel)
                 .await?,
         ),
-        None => None,
+        _ => None,
     };
     match o.mode {
         ObjectMode::Stream => {
@@ -93,8 +106,21 @@ pub(super) async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<(
                 .ok_or_else(|| Error::Invalid(format!("{key} has no shard id")))?;
             let to = *cx.shard_map.get(&from).unwrap_or(&from);
             let verdict = Verdict::default();
+            let source = if ranged {
+                tracing::debug!(key = %o.key, size = o.size, range = stream_range(), "reading the object in ranges");
+                ranged_stream(
+                    of_store(cx.store.clone(), key.clone()),
+                    key.clone(),
+                    o.size,
+                    stream_range(),
+                    STREAM_WINDOW,
+                    cx.cancel.clone(),
+                )
+            } else {
+                or_cancelled(cx.cancel, cx.store.get(&key, None)).await?
+            };
             let body = checked_stream(
-                or_cancelled(cx.cancel, cx.store.get(&key, None)).await?,
+                source,
                 o,
                 cx.progress.clone(),
                 cx.cancel.clone(),

@@ -475,7 +475,10 @@ impl ObjectStore for S3Store {
             .send()
             .await
             .map_err(|e| map_err("get object", key, e))?;
-        crate::metrics::get().objects_downloaded.inc();
+        // An object read in ranges counts once, at its first.
+        if range.is_none_or(|(start, _)| start == 0) {
+            crate::metrics::get().objects_downloaded.inc();
+        }
         let key = key.to_string();
         let body = out.body;
         Ok(futures::stream::unfold(Some(body), move |state| {
