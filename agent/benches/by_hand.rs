@@ -10,8 +10,9 @@
 //! - restore by the agent: `qdrant-agent restore` under new names;
 //! - restore by hand: `s5cmd cp` of each file, Qdrant's snapshot upload API.
 //!
-//! and prints medians, the agent / by-hand ratios and the agent's peak RSS.
-//! Goal: both ratios <= 0.9, peak RSS <= 128 MiB.
+//! each collection on its own, and prints per case the medians, the agent /
+//! by-hand ratios and the agent's peak RSS. Goals: restore <= 1.0 x by hand
+//! for the one shard, <= 0.7 x for the four; peak RSS <= 128 MiB.
 //!
 //!   scripts/bench.sh            (installs s5cmd, then runs this)
 //!   cargo bench -p qdrant-agent --bench by_hand
@@ -196,7 +197,7 @@ fn restore_by_hand(base: &str, tmp: &Path, endpoint: &str, round: usize, cols: &
 fn report(what: &str, agent: &[f64], hand: &[f64], rss: f64) {
     let (a, h) = (median(agent), median(hand));
     println!(
-        "{what:<8} agent {a:>7.2} s   by hand {h:>7.2} s   agent / by hand {:>5.2}   agent peak RSS {rss:.0} MiB",
+        "{what:<22} agent {a:>7.2} s   by hand {h:>7.2} s   agent / by hand {:>5.2}   agent peak RSS {rss:.0} MiB",
         a / h
     );
 }
@@ -225,75 +226,81 @@ fn main() {
         seeded.elapsed().as_secs_f64()
     );
     let snaps = node.snapshots.display().to_string();
-    let (mut ab, mut hb, mut ar, mut hr) = (vec![], vec![], vec![], vec![]);
-    let (mut rss_backup, mut rss_restore) = (0f64, 0f64);
-    let peak = |rss: &mut f64, r: &Run| *rss = rss.max(r.peak_rss_mib.unwrap_or(0.0));
-    for round in 0..rounds {
-        let name = format!("r{round}");
-        let mut args = vec![
-            "backup",
-            "--qdrant-url",
-            &base,
-            "--to",
-            "s3://bench/agent",
-            "--name",
-            &name,
-            "--snapshots-dir",
-            &snaps,
-        ];
-        for c in cols {
-            args.extend(["--collection", c]);
-        }
-        let r = measure(&mut agent(&s3.endpoint, &args));
-        peak(&mut rss_backup, &r);
-        ab.push(r.secs);
-        hb.push(backup_by_hand(
-            &base,
-            &node.snapshots,
-            &s3.endpoint,
-            round,
-            &cols,
-        ));
-
-        let renames: Vec<String> = cols
-            .iter()
-            .map(|c| format!("{c}={c}-agent{round}"))
-            .collect();
-        let mut args = vec![
-            "restore",
-            "--qdrant-url",
-            &base,
-            "--from",
-            "s3://bench/agent",
-            "--name",
-            &name,
-            "--snapshots-dir",
-            &snaps,
-        ];
-        for r in &renames {
-            args.extend(["--rename", r]);
-        }
-        let r = measure(&mut agent(&s3.endpoint, &args));
-        peak(&mut rss_restore, &r);
-        ar.push(r.secs);
-        hr.push(restore_by_hand(
-            &base,
-            dir.path(),
-            &s3.endpoint,
-            round,
-            &cols,
-        ));
-        for c in cols {
-            for restored in [format!("{c}-agent{round}"), format!("{c}-hand{round}")] {
-                assert_eq!(count(&base, &restored), count(&base, c), "{restored}");
+    // Each case on its own: one large shard, then several smaller ones.
+    let mut lines = vec![];
+    for case in cols {
+        let (mut ab, mut hb, mut ar, mut hr) = (vec![], vec![], vec![], vec![]);
+        let (mut rss_backup, mut rss_restore) = (0f64, 0f64);
+        let peak = |rss: &mut f64, r: &Run| *rss = rss.max(r.peak_rss_mib.unwrap_or(0.0));
+        for round in 0..rounds {
+            let name = format!("{case}-r{round}");
+            let r = measure(&mut agent(
+                &s3.endpoint,
+                &[
+                    "backup",
+                    "--qdrant-url",
+                    &base,
+                    "--to",
+                    "s3://bench/agent",
+                    "--name",
+                    &name,
+                    "--snapshots-dir",
+                    &snaps,
+                    "--collection",
+                    case,
+                ],
+            ));
+            peak(&mut rss_backup, &r);
+            ab.push(r.secs);
+            hb.push(backup_by_hand(
+                &base,
+                &node.snapshots,
+                &s3.endpoint,
+                round,
+                &[case],
+            ));
+            let rename = format!("{case}={case}-agent{round}");
+            let r = measure(&mut agent(
+                &s3.endpoint,
+                &[
+                    "restore",
+                    "--qdrant-url",
+                    &base,
+                    "--from",
+                    "s3://bench/agent",
+                    "--name",
+                    &name,
+                    "--snapshots-dir",
+                    &snaps,
+                    "--rename",
+                    &rename,
+                ],
+            ));
+            peak(&mut rss_restore, &r);
+            ar.push(r.secs);
+            hr.push(restore_by_hand(
+                &base,
+                dir.path(),
+                &s3.endpoint,
+                round,
+                &[case],
+            ));
+            for restored in [
+                format!("{case}-agent{round}"),
+                format!("{case}-hand{round}"),
+            ] {
+                assert_eq!(count(&base, &restored), count(&base, case), "{restored}");
                 delete_collection(&base, &restored);
             }
         }
+        println!(
+            "{case}: backup agent {ab:.2?} by hand {hb:.2?}; restore agent {ar:.2?} by hand {hr:.2?}"
+        );
+        lines.push((format!("{case} backup"), ab, hb, rss_backup));
+        lines.push((format!("{case} restore"), ar, hr, rss_restore));
     }
     println!();
-    report("backup", &ab, &hb, rss_backup);
-    report("restore", &ar, &hr, rss_restore);
-    println!(
-        "rounds: backup agent {ab:.2?} by hand {hb:.2?}; restore agent {ar:.2?} by hand {hr:.2?}"
-    );
+    for (what, agent, hand, rss) in &lines {
+        report(what, agent, hand, *rss);
+    }
 }
