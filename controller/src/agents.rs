@@ -9,6 +9,7 @@ use crate::crd::{AgentTask, AgentTaskState};
 use crate::names;
 use crate::plan::AgentPod;
 use crate::runtime::Halt;
+use crate::runtime::Wait;
 use crate::target::Target;
 use crate::tasks::Observed;
 use futures::StreamExt;
@@ -72,7 +73,7 @@ pub async fn storage_target(
             let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
             let Some(secret) = secrets.get_opt(&r.name).await? else {
                 return Err(Halt::Wait {
-                    reason: "SecretNotFound",
+                    reason: Wait::SecretNotFound,
                     message: format!(
                         "Secret {ns}/{} (storage.s3.credentialsSecretRef) not found",
                         r.name
@@ -223,7 +224,7 @@ impl Agents {
                 return Err(agent_missing(&without_agent));
             }
             return Err(Halt::Wait {
-                reason: "AgentTokenMissing",
+                reason: Wait::AgentTokenMissing,
                 message: format!(
                     "Secret {ns}/{} (the agents' token) does not exist yet",
                     reach.token_secret
@@ -289,7 +290,7 @@ impl Agents {
             }
         }
         Err(Halt::Wait {
-            reason: "AgentUnreachable",
+            reason: Wait::AgentUnreachable,
             message: if why.is_empty() {
                 "the cluster has no ready pod".into()
             } else {
@@ -324,7 +325,7 @@ impl Agents {
         let (seen, unreachable) = self.survey(collections).await?;
         if seen.is_empty() {
             return Err(Halt::wait(
-                "AgentUnreachable",
+                Wait::AgentUnreachable,
                 if unreachable.is_empty() {
                     format!("cluster {cluster} has no ready pod")
                 } else {
@@ -392,7 +393,7 @@ impl Agents {
 }
 
 fn agent_missing(why: &[String]) -> Halt {
-    Halt::wait("AgentMissing", why.join("; "))
+    Halt::wait(Wait::AgentMissing, why.join("; "))
 }
 
 enum Ask {

@@ -2,6 +2,7 @@
 //! work on, before any agent is asked.
 
 use crate::crd::ClusterReference;
+use crate::runtime::Wait;
 use crate::target::Target;
 
 /// The next step of a backup or a restore.
@@ -11,7 +12,7 @@ pub enum Step {
     Run,
     /// Stay Pending, say why, and look again later.
     Wait {
-        reason: &'static str,
+        reason: crate::runtime::Wait,
         message: String,
     },
     /// End as Failed (undoing what was done).
@@ -43,7 +44,7 @@ pub fn cluster_gate(
             }
         } else {
             Step::Wait {
-                reason: "ClusterNotFound",
+                reason: Wait::ClusterNotFound,
                 message: format!("{} not found in namespace {ns}", reference.describe()),
             }
         });
@@ -56,7 +57,7 @@ pub fn cluster_gate(
     }
     match &target.not_ready {
         Some(message) if !started => Some(Step::Wait {
-            reason: "ClusterNotReady",
+            reason: Wait::ClusterNotReady,
             message: message.clone(),
         }),
         _ => None,

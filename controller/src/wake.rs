@@ -7,6 +7,7 @@ use crate::crd::{
     ClusterKind, ClusterReference, OperationPhase, QdrantBackup, QdrantCluster, QdrantRestore,
 };
 use crate::runtime::Kind;
+use crate::runtime::Wait;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::ResourceExt;
@@ -18,9 +19,6 @@ use kube::runtime::watcher;
 
 /// The label of a cluster's pods that names their QdrantCluster.
 const INSTANCE: &str = "app.kubernetes.io/instance";
-
-/// Waits that a change to a Secret can end.
-const SECRET_WAITS: [&str; 2] = ["SecretNotFound", "AgentTokenMissing"];
 
 /// What the wake-ups need to know of a backup or a restore.
 pub trait Waiting: Kind {
@@ -129,7 +127,9 @@ pub fn on_statefulset<K: Waiting>(
 /// A Secret that appears or changes: the objects waiting for one.
 pub fn on_secret<K: Waiting>(store: &Store<K>, s: &PartialObjectMeta<Secret>) -> Vec<ObjectRef<K>> {
     select(store, s.namespace(), |o| {
-        o.reason().is_some_and(|r| SECRET_WAITS.contains(&r))
+        o.reason()
+            .and_then(Wait::parse)
+            .is_some_and(Wait::on_secret)
     })
 }
 

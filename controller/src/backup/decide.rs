@@ -4,6 +4,7 @@
 
 use crate::crd::{OperationPhase, QdrantBackup};
 use crate::operation::cluster_gate;
+use crate::runtime::Wait;
 use crate::target::Target;
 use kube::ResourceExt;
 use std::borrow::Borrow;
@@ -95,7 +96,7 @@ pub fn next_step<O: Borrow<QdrantBackup>>(
         .min_by_key(|o| (phase(o) != Some(OperationPhase::InProgress), key(o)));
     if let Some(o) = blocker {
         return Step::Wait {
-            reason: "WaitingForBackup",
+            reason: Wait::WaitingForBackup,
             message: format!(
                 "backup {} of cluster {} runs first (one backup per cluster at a time)",
                 o.name_any(),
@@ -189,7 +190,7 @@ mod tests {
         assert_eq!(
             (reason, message.as_str()),
             (
-                "ClusterNotFound",
+                crate::runtime::Wait::ClusterNotFound,
                 "QdrantCluster q not found in namespace ns"
             )
         );
@@ -212,7 +213,7 @@ mod tests {
         ) else {
             panic!()
         };
-        assert_eq!(reason, "ClusterNotReady");
+        assert_eq!(reason, crate::runtime::Wait::ClusterNotReady);
         assert!(message.contains("is Upgrading, not Running"));
         let Step::Fail { reason, .. } =
             next_step(&b, Some(&cluster(ClusterPhase::Running, false)), NONE, t(0))
@@ -249,7 +250,7 @@ mod tests {
         let Step::Wait { reason, message } = next_step(&new, Some(&c), &all, t(20)) else {
             panic!()
         };
-        assert_eq!(reason, "WaitingForBackup");
+        assert_eq!(reason, crate::runtime::Wait::WaitingForBackup);
         assert!(message.starts_with("backup a-old of cluster q runs first"));
         // A younger backup that is already running blocks an older pending one.
         let running_young = backup("z", 30, Some(OperationPhase::InProgress), "");

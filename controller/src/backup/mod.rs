@@ -28,6 +28,7 @@ use crate::crd::{
     QdrantBackupStatus, TaskProgress, TaskShard,
 };
 use crate::plan::{self, from_agent};
+use crate::runtime::Wait;
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
 use crate::target::Target;
@@ -503,7 +504,7 @@ async fn complete(
             let message = format!("writing the manifest: {message}");
             if transient(&s, &reason) {
                 // Every object is uploaded: retry the commit, never discard.
-                Halt::wait("CommitRetrying", message)
+                Halt::wait(Wait::CommitRetrying, message)
             } else {
                 Halt::fail(reason, message)
             }

@@ -26,6 +26,7 @@ use crate::crd::{
 };
 use crate::operation::Step;
 use crate::plan::{from_agent, plan};
+use crate::runtime::Wait;
 use crate::runtime::operation::{self, Settled};
 use crate::runtime::{self, Context, Error, Halt, report};
 use crate::target::Target;
@@ -151,13 +152,13 @@ async fn start(
     let (seen, unreachable) = agents.survey_some(&[], cluster).await?;
     if seen.len() < agents.pods.len() {
         // Every pod takes part: wait until every agent answers.
-        return Err(Halt::wait("AgentUnreachable", unreachable.join("; ")));
+        return Err(Halt::wait(Wait::AgentUnreachable, unreachable.join("; ")));
     }
     let first = &seen[0];
     let mut c = agents
         .connect(&first.pod)
         .await
-        .map_err(|m| Halt::wait("AgentUnreachable", m))?;
+        .map_err(|m| Halt::wait(Wait::AgentUnreachable, m))?;
     let manifest = c
         .read_manifest(ReadManifestRequest {
             storage: Some(storage.clone()),
@@ -169,7 +170,7 @@ async fn start(
             let (reason, message) = status_reason(&s);
             // The store or the agent may be back soon; anything else is final.
             if s.code() == tonic::Code::Unavailable {
-                Halt::wait("StorageUnavailable", message)
+                Halt::wait(Wait::StorageUnavailable, message)
             } else {
                 Halt::fail(reason, message)
             }

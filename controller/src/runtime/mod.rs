@@ -13,7 +13,7 @@ pub mod report;
 pub mod state;
 
 pub use backoff::{Backoff, backoff};
-pub use error::{Error, Halt};
+pub use error::{Error, Halt, Wait};
 
 use crate::agent_client::ClientIdentity;
 use crate::pki::Ca;

@@ -98,18 +98,6 @@ pub async fn announce<K: Operation>(
     Ok(())
 }
 
-/// Waits that a watch ends (see `crate::wake`): the cluster (its pods or
-/// StatefulSet), a Secret or a QdrantBackup changing wakes the object at once.
-const WATCHED: [&str; 7] = [
-    "ClusterNotFound",
-    "AgentMissing",
-    "ClusterNotReady",
-    "WaitingForBackup",
-    "SecretNotFound",
-    "AgentTokenMissing",
-    "BackupNotComplete",
-];
-
 /// How long an object waiting for a watched change sleeps without one: a
 /// safety net only, so thousands of waiting objects cost the API server
 /// next to nothing.
@@ -137,7 +125,7 @@ pub async fn settle<K: Operation>(
         Ok(a) => Ok(Settled::Action(a)),
         Err(Halt::Wait { reason, message }) => {
             wait(obj, ctx, reason, message).await?;
-            let delay = if WATCHED.contains(&reason) {
+            let delay = if reason.watched() {
                 WATCHED_WAIT
             } else {
                 ctx.wait_delay(obj)
@@ -154,9 +142,10 @@ pub async fn settle<K: Operation>(
 pub async fn wait<K: Operation>(
     obj: &K,
     ctx: &Context,
-    reason: &str,
+    reason: super::Wait,
     message: String,
 ) -> Result<(), Error> {
+    let reason = reason.as_str();
     let mut status = obj.status().cloned().unwrap_or_default();
     let c = K::common(&mut status);
     let changed = c.conditions.first().map(|c| c.reason.as_str()) != Some(reason);

@@ -7,6 +7,7 @@ use crate::crd::{
 };
 use crate::operation::{Step, cluster_gate};
 use crate::runtime::Halt;
+use crate::runtime::Wait;
 use crate::target::Target;
 use crate::tasks;
 use kube::ResourceExt;
@@ -62,7 +63,7 @@ pub fn next_step<O: std::borrow::Borrow<QdrantRestore>>(
         .min_by_key(|o| (!running(o), key(o)));
     match blocker {
         Some(o) => Step::Wait {
-            reason: "WaitingForRestore",
+            reason: Wait::WaitingForRestore,
             message: format!(
                 "restore {} into {} runs first (one restore per cluster at a time)",
                 o.name_any(),
@@ -150,7 +151,7 @@ pub fn source(r: &QdrantRestore, backup: Option<&QdrantBackup>) -> Result<Source
             format!("QdrantBackup {} failed; it cannot be restored", b.name),
         )),
         _ => Err(Halt::wait(
-            "BackupNotComplete",
+            Wait::BackupNotComplete,
             format!("QdrantBackup {} is not Completed yet", b.name),
         )),
     }
