@@ -27,12 +27,8 @@ pub(super) const STREAM_WINDOW: usize = 4;
 /// Tries of one range before the object fails.
 const RANGE_TRIES: u32 = 3;
 
-/// The slices a range is handed on in, so the reader's channel holds a
-/// few MiB rather than whole ranges.
-const SLICE: usize = 1 << 20;
-
 /// What a ranged read holds at most: the window in flight, and the ranges
-/// whose slices are on their way (a range's slices share its buffer).
+/// whose chunks are on their way to Qdrant.
 pub(super) fn ranged_hold(range: u64, window: usize) -> u64 {
     range * (window as u64 + 2)
 }
@@ -67,12 +63,7 @@ pub(super) fn ranged_stream(
             async move { fetch_range(&get, &key, r, &cancel).await }
         })
         .buffered(window.max(1))
-        .map_ok(|b: Bytes| {
-            let slices = (0..b.len())
-                .step_by(SLICE)
-                .map(move |i| Ok(b.slice(i..(i + SLICE).min(b.len()))));
-            futures::stream::iter(slices.collect::<Vec<_>>())
-        })
+        .map_ok(|chunks| futures::stream::iter(chunks.into_iter().map(Ok)))
         .try_flatten()
         .boxed()
 }
@@ -82,7 +73,7 @@ async fn fetch_range(
     key: &str,
     r: (u64, u64),
     cancel: &CancellationToken,
-) -> Result<Bytes> {
+) -> Result<Vec<Bytes>> {
     let mut tries = 0;
     loop {
         tries += 1;
@@ -112,28 +103,33 @@ async fn read_range(
     key: &str,
     (start, end): (u64, u64),
     cancel: &CancellationToken,
-) -> Result<Bytes> {
+) -> Result<Vec<Bytes>> {
+    // The chunks as they came: no copy, the range is handed on as read.
     let mut s = or_cancelled(cancel, get(start, end)).await?;
-    let mut buf = bytes::BytesMut::with_capacity((end - start) as usize);
+    let (mut chunks, mut len) = (vec![], 0u64);
     loop {
         let c = tokio::select! {
             _ = cancel.cancelled() => return Err(Error::Cancelled),
             c = s.next() => c,
         };
         match c {
-            Some(c) => buf.extend_from_slice(&c?),
+            Some(c) => {
+                let c = c?;
+                len += c.len() as u64;
+                chunks.push(c);
+            }
             None => break,
         }
     }
-    if buf.len() as u64 != end - start {
+    if len != end - start {
         return Err(Error::Store {
             op: "get",
             key: key.to_string(),
-            detail: format!("bytes {start}-{} came back as {} bytes", end - 1, buf.len()),
+            detail: format!("bytes {start}-{} came back as {len} bytes", end - 1),
             reason: "ShortRead",
         });
     }
-    Ok(buf.freeze())
+    Ok(chunks)
 }
 
 #[cfg(test)]
