@@ -51,16 +51,12 @@ fn seed(base: &str, name: &str, shards: u32, rf: u32) {
 }
 
 fn replicas(w: &World, n: i32) {
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "qc",
         "vectors",
-        "--type=merge",
-        "-p",
         &format!(r#"{{"spec":{{"replicas":{n}}}}}"#),
-    ]);
+    );
 }
 
 /// Reads every collection in a loop (an exact count and a search each
@@ -315,16 +311,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     // a collection's only replica does not restart.
     let uids = || w.pod_uids(NS);
     let before_roll = uids().await;
-    w.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "qc",
-        "vectors",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"updateStrategy":{"singleReplica":"Wait"},"config":{"storage":{"performance":{"max_search_threads":2}}}}}"#,
-    ]);
+    w.merge_patch(NS, "qc", "vectors", r#"{"spec":{"updateStrategy":{"singleReplica":"Wait"},"config":{"storage":{"performance":{"max_search_threads":2}}}}}"#);
     let why = eventually(
         60,
         "the roll waits for the only replicas",
@@ -346,16 +333,12 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
     }
     let stop = Arc::new(AtomicBool::new(false));
     let reading = reader(bases, API_KEY, &["double"], stop.clone());
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "qc",
         "vectors",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"updateStrategy":{"singleReplica":"Restart"}}}"#,
-    ]);
+    );
     eventually(240, "every pod runs the new template", &diag, || async {
         let st = sts.get("vectors").await.ok()?.status?;
         let now = uids().await;
@@ -412,16 +395,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
                 .annotations
         }
     };
-    w.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "qc",
-        "vectors",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"version":"v1.17.6"}}"#,
-    ]);
+    w.merge_patch(NS, "qc", "vectors", r#"{"spec":{"version":"v1.17.6"}}"#);
     let why = eventually(60, "the downgrade is refused", &diag, || async {
         let (reason, message) = ready_reason().await?;
         (reason == "VersionRefused").then_some(message)
@@ -432,16 +406,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
         image("qdrant").await.as_deref(),
         Some("qdrant/qdrant:v1.18.3")
     );
-    w.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "qc",
-        "vectors",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"version":"v1.18.3"}}"#,
-    ]);
+    w.merge_patch(NS, "qc", "vectors", r#"{"spec":{"version":"v1.18.3"}}"#);
     eventually(60, "the cluster is Running again", &diag, || async {
         (ready_reason().await?.0 == "AllReplicasReady").then_some(())
     })

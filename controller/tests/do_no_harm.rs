@@ -431,16 +431,12 @@ async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_fina
     ));
     let pod_diag = || format!("{}\npods:\n{}", diag(), tail(&kubelet.all_logs(), 30));
     w.running(NS, "guarded", 1, 120, &pod_diag).await;
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "secret",
         "guarded-agent-token",
-        "--type=merge",
-        "-p",
         r#"{"data":{"token":""}}"#,
-    ]);
+    );
     let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(w.admin.clone(), NS);
     let before = pods.get("guarded-0").await.unwrap().metadata.uid;
     w.kubectl(&["-n", NS, "delete", "pod", "guarded-0", "--wait=false"]);
@@ -562,16 +558,12 @@ async fn the_operator_deletes_nothing_it_did_not_make_and_holds_no_needless_fina
         "its finalizer protects its objects"
     );
     // The README's one command to release it.
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "qb",
         "goes-with-objects",
-        "--type=merge",
-        "-p",
         r#"{"metadata":{"finalizers":null}}"#,
-    ]);
+    );
     eventually(20, "the released backup is gone", &diag, || async {
         qb.get_opt("goes-with-objects")
             .await

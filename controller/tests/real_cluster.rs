@@ -120,16 +120,12 @@ async fn grows_its_volumes(w: &World, clusters: &Api<QdrantCluster>, diag: &impl
         },
     )
     .await;
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "qc",
         "vectors",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"persistence":{"size":"20Gi"}}}"#,
-    ]);
+    );
     let (_, _, msg) = eventually(
         60,
         "the claims ask for 20Gi and the cluster waits for them",
@@ -452,16 +448,12 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
 
     // A change of the pod template (here Qdrant's config) restarts the pods
     // one at a time, each evicted only once the one before is Ready again.
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "qc",
         "vectors",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"config":{"storage":{"performance":{"max_search_threads":2}}}}}"#,
-    ]);
+    );
     eventually(240, "every pod runs the new template", &diag, || async {
         let s = sts.get("vectors").await.ok()?;
         let st = s.status?;
@@ -555,16 +547,12 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
     // Its claims have no volumes to bind to, so the API server refuses to
     // grow them: the cluster says why and what to do, in its status and an
     // Event, and keeps running.
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "qc",
         "vectors-staging",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"persistence":{"size":"2Gi"}}}"#,
-    ]);
+    );
     let (_, _, why) = eventually(60, "the refused expansion is reported", &diag, || async {
         let c = clusters.get("vectors-staging").await.ok()?;
         volumes_sized(&c).filter(|(ok, reason, _)| ok == "False" && reason == "ExpansionRefused")
@@ -721,16 +709,7 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         )) > 0.0
     );
 
-    w.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "qbs",
-        "minutely",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"suspend":true}}"#,
-    ]);
+    w.merge_patch(NS, "qbs", "minutely", r#"{"spec":{"suspend":true}}"#);
 
     // Deleting a backup resource (Retain) and applying it again, as a
     // GitOps re-sync does, keeps the backup: the new resource is refused
@@ -901,16 +880,7 @@ async fn monitored_by_a_real_prometheus(
             &format!("example.com/touch={n}"),
         ])
     };
-    w.kubectl(&[
-        "-n",
-        NS,
-        "patch",
-        "qc",
-        "vectors",
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"metrics":{"podMonitor":{"enabled":true,"interval":"5s","labels":{"release":"prom"}}}}}"#,
-    ]);
+    w.merge_patch(NS, "qc", "vectors", r#"{"spec":{"metrics":{"podMonitor":{"enabled":true,"interval":"5s","labels":{"release":"prom"}}}}}"#);
     let said = eventually(60, "no PodMonitor kind: the cluster says so", diag, || {
         monitored("PodMonitorUnavailable")
     })
@@ -1051,16 +1021,12 @@ async fn monitored_by_a_real_prometheus(
         .count();
     assert_eq!(refused, 3, "{:#?}", prometheus.targets());
     // Turned off: the PodMonitor goes, and so does the condition.
-    w.kubectl(&[
-        "-n",
+    w.merge_patch(
         NS,
-        "patch",
         "qc",
         "vectors",
-        "--type=merge",
-        "-p",
         r#"{"spec":{"metrics":{"podMonitor":{"enabled":false}}}}"#,
-    ]);
+    );
     eventually(60, "the PodMonitor is deleted", diag, || async {
         let gone =
             w.cp.kubectl(&[

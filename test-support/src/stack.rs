@@ -214,6 +214,20 @@ impl World {
         );
         String::from_utf8_lossy(&out.stdout).to_string()
     }
+
+    /// `kubectl patch --type=merge` of one object, which must succeed.
+    pub fn merge_patch(&self, ns: &str, resource: &str, name: &str, patch: &str) -> String {
+        self.kubectl(&[
+            "-n",
+            ns,
+            "patch",
+            resource,
+            name,
+            "--type=merge",
+            "-p",
+            patch,
+        ])
+    }
 }
 
 /// Polls `f` until it returns Some, or panics with `what` and `diag()`.
