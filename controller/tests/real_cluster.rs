@@ -880,7 +880,19 @@ async fn monitored_by_a_real_prometheus(
             &format!("example.com/touch={n}"),
         ])
     };
-    w.merge_patch(NS, "qc", "vectors", r#"{"spec":{"metrics":{"podMonitor":{"enabled":true,"interval":"5s","labels":{"release":"prom"}}}}}"#);
+    let monitor = |on: bool| {
+        let patch = if on {
+            r#"{"spec":{"metrics":{"podMonitor":{"enabled":true,"interval":"5s","labels":{"release":"prom"}}}}}"#
+        } else {
+            r#"{"spec":{"metrics":{"podMonitor":{"enabled":false}}}}"#
+        };
+        w.merge_patch(NS, "qc", "vectors", patch)
+    };
+    let unmonitored = || async {
+        let st = clusters.get("vectors").await.ok()?.status?;
+        (!st.conditions.iter().any(|c| c.type_ == "Monitored")).then_some(())
+    };
+    monitor(true);
     let said = eventually(60, "no PodMonitor kind: the cluster says so", diag, || {
         monitored("PodMonitorUnavailable")
     })
@@ -910,6 +922,12 @@ async fn monitored_by_a_real_prometheus(
             .unwrap()
     };
     assert_eq!(pm()["spec"]["selector"]["matchLabels"]["team"], "other");
+    // Turned off, the operator deletes only a PodMonitor it made: someone
+    // else's of that name stays as it was.
+    monitor(false);
+    eventually(60, "monitoring off: the condition goes", diag, unmonitored).await;
+    assert_eq!(pm()["spec"]["selector"]["matchLabels"]["team"], "other");
+    monitor(true);
     w.kubectl(&["-n", NS, "delete", "podmonitor", "vectors"]);
     touch(2);
     let said = eventually(60, "the PodMonitor is applied", diag, || {
@@ -1011,22 +1029,28 @@ async fn monitored_by_a_real_prometheus(
         scraped("qdrant_agent_memory_budget_bytes").await
     })
     .await;
-    let refused = prometheus
-        .targets()
-        .into_iter()
-        .filter(|t| t["labels"]["endpoint"] == "without-key")
-        .filter(|t| {
-            t["health"] == "down" && t["lastError"].as_str().is_some_and(|e| e.contains("401"))
-        })
-        .count();
-    assert_eq!(refused, 3, "{:#?}", prometheus.targets());
+    // (Each target is scraped on its own schedule: the keyless ones may
+    // come last.)
+    eventually(
+        30,
+        "Qdrant refuses the same scrape without the key",
+        &why,
+        || async {
+            let refused = prometheus
+                .targets()
+                .into_iter()
+                .filter(|t| t["labels"]["endpoint"] == "without-key")
+                .filter(|t| {
+                    t["health"] == "down"
+                        && t["lastError"].as_str().is_some_and(|e| e.contains("401"))
+                })
+                .count();
+            (refused == 3).then_some(())
+        },
+    )
+    .await;
     // Turned off: the PodMonitor goes, and so does the condition.
-    w.merge_patch(
-        NS,
-        "qc",
-        "vectors",
-        r#"{"spec":{"metrics":{"podMonitor":{"enabled":false}}}}"#,
-    );
+    monitor(false);
     eventually(60, "the PodMonitor is deleted", diag, || async {
         let gone =
             w.cp.kubectl(&[
@@ -1041,8 +1065,7 @@ async fn monitored_by_a_real_prometheus(
             ])
             .map(|o| o.stdout.is_empty())
             .unwrap_or(false);
-        let st = clusters.get("vectors").await.ok()?.status?;
-        (gone && !st.conditions.iter().any(|c| c.type_ == "Monitored")).then_some(())
+        unmonitored().await.filter(|_| gone)
     })
     .await;
 }
