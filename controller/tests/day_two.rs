@@ -427,14 +427,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
         ],
     );
     // A change wakes the new operator's reconcile of the cluster at once.
-    w.kubectl(&[
-        "-n",
-        NS,
-        "annotate",
-        "qc",
-        "vectors",
-        "example.com/touched=1",
-    ]);
+    w.annotate(NS, "qc", "vectors", "example.com/touched=1");
     eventually(
         60,
         "the new operator has reconciled the cluster",
@@ -454,14 +447,7 @@ async fn scaling_in_moves_every_shard_first_and_no_read_fails() {
         before_upgrade,
         "the operator upgrade rolled the pods"
     );
-    w.kubectl(&[
-        "-n",
-        NS,
-        "annotate",
-        "qc",
-        "vectors",
-        "qdrant.io/upgrade-agent=true",
-    ]);
+    w.annotate(NS, "qc", "vectors", "qdrant.io/upgrade-agent=true");
     eventually(
         60,
         "the pods move to the new agent image",

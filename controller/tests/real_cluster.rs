@@ -808,15 +808,7 @@ async fn the_operator_runs_backs_up_and_restores_real_qdrant_with_only_its_rbac(
         shown == took(0) || shown == took(1),
         "{shown} for {start}..{end}"
     );
-    w.kubectl(&[
-        "-n",
-        NS,
-        "annotate",
-        "--overwrite",
-        "qc",
-        "vectors",
-        "example.com/looked=1",
-    ]);
+    w.annotate(NS, "qc", "vectors", "example.com/looked=1");
     let want = good.completion_time.clone();
     eventually(60, "the cluster shows its latest backup", &diag, || async {
         let st = clusters.get("vectors").await.ok()?.status?;
@@ -869,17 +861,7 @@ async fn monitored_by_a_real_prometheus(
         let c = st.conditions.iter().find(|c| c.type_ == "Monitored")?;
         (c.reason == reason && st.phase == Some(ClusterPhase::Running)).then(|| c.message.clone())
     };
-    let touch = |n: u32| {
-        w.kubectl(&[
-            "-n",
-            NS,
-            "annotate",
-            "--overwrite",
-            "qc",
-            "vectors",
-            &format!("example.com/touch={n}"),
-        ])
-    };
+    let touch = |n: u32| w.annotate(NS, "qc", "vectors", &format!("example.com/touch={n}"));
     let monitor = |on: bool| {
         let patch = if on {
             r#"{"spec":{"metrics":{"podMonitor":{"enabled":true,"interval":"5s","labels":{"release":"prom"}}}}}"#
@@ -1703,14 +1685,7 @@ async fn a_distributed_cluster_whose_pods_all_restart_together_comes_back() {
         .await
         .unwrap();
     // Secrets are not watched: a touch of the cluster makes it look now.
-    w.kubectl(&[
-        "-n",
-        NS,
-        "annotate",
-        "qc",
-        "vectors",
-        "example.com/touched=1",
-    ]);
+    w.annotate(NS, "qc", "vectors", "example.com/touched=1");
     let new = eventually(60, "a new agent certificate is issued", &diag, || async {
         let s = secrets.get_opt("vectors-agent-tls").await.ok()??;
         Some(cert_sha(&s)).filter(|n| *n != old)

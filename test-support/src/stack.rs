@@ -215,6 +215,20 @@ impl World {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Sets annotation `key=value` on one object (overwriting it), which
+    /// must succeed: a change that makes its reconciler look at it now.
+    pub fn annotate(&self, ns: &str, resource: &str, name: &str, annotation: &str) -> String {
+        self.kubectl(&[
+            "-n",
+            ns,
+            "annotate",
+            "--overwrite",
+            resource,
+            name,
+            annotation,
+        ])
+    }
+
     /// `kubectl patch --type=merge` of one object, which must succeed.
     pub fn merge_patch(&self, ns: &str, resource: &str, name: &str, patch: &str) -> String {
         self.kubectl(&[

@@ -77,27 +77,21 @@ pub(super) async fn restore_object(cx: &ObjCtx<'_>, o: &ObjectEntry) -> Result<(
     // Downloads draw on the agent's one memory budget, as uploads do. A
     // large streamed object is read with parallel ranged GETs when the
     // budget has room for their window now, else with one GET.
-    let budget = crate::upload::Budget::installed();
-    let ranged_memory = match (o.mode, &budget) {
-        (ObjectMode::Stream, _) if o.size < 2 * stream_range() => None,
-        (ObjectMode::Stream, Some(b)) => b
-            .try_hold(ranged_hold(stream_range(), STREAM_WINDOW))
-            .map(Some),
-        (ObjectMode::Stream, None) => Some(None),
-        (ObjectMode::File, _) => None,
-    };
-    let ranged = ranged_memory.is_some();
-    let streams = match o.mode {
-        ObjectMode::Stream if ranged => 0,
-        ObjectMode::Stream => 1,
-        ObjectMode::File => RANGES_AT_ONCE as u64,
-    };
-    let _memory = match &budget {
-        Some(b) if streams > 0 => Some(
-            b.hold(streams * crate::upload::DOWNLOAD_HOLD, cx.cancel)
-                .await?,
-        ),
-        _ => None,
+    let large = o.mode == ObjectMode::Stream && o.size >= 2 * stream_range();
+    let hold = crate::upload::DOWNLOAD_HOLD;
+    let (ranged, _memory) = match crate::upload::Budget::installed() {
+        None => (large, None),
+        Some(b) if large => match b.try_hold(ranged_hold(stream_range(), STREAM_WINDOW)) {
+            Some(window) => (true, Some(window)),
+            None => (false, Some(b.hold(hold, cx.cancel).await?)),
+        },
+        Some(b) => {
+            let streams = match o.mode {
+                ObjectMode::Stream => 1,
+                ObjectMode::File => RANGES_AT_ONCE as u64,
+            };
+            (false, Some(b.hold(streams * hold, cx.cancel).await?))
+        }
     };
     match o.mode {
         ObjectMode::Stream => {

@@ -89,13 +89,10 @@ async fn fetch_range(
 
 /// A broken connection or a busy store: worth another GET of the range.
 fn transient(e: &Error) -> bool {
-    match e {
-        Error::Store { reason, .. } => {
-            matches!(*reason, "S3Unreachable" | "S3Unavailable" | "ShortRead")
-        }
-        Error::Stalled(_) | Error::Timeout(_) => true,
-        _ => false,
-    }
+    matches!(
+        e.reason(),
+        "S3Unreachable" | "S3Unavailable" | "ShortRead" | "StreamStalled" | "Timeout"
+    )
 }
 
 async fn read_range(
